@@ -1,0 +1,1 @@
+"""Shipped config profiles (YAML)."""

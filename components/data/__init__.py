@@ -1,0 +1,1 @@
+"""Data steps: fetch, validate, split."""

@@ -1,0 +1,76 @@
+"""The train-to-register pipeline (KFP v2): fetch, validate, split, train, evaluate, export, register.
+
+Cluster-only settings (GPU, node selector, tolerations, shared memory, retries) are attached here
+too; ``kfp.local`` ignores them, so the same definition runs on a laptop and on a cluster.
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from pipelines import steps
+
+PIPELINE_NAME = "garbage-classifier-train"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = "nvidia.com/gpu.present"
+
+
+def _on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Ask for one NVIDIA GPU, a GPU node, and a memory-backed /dev/shm for data loaders."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request("4").set_cpu_limit("8")
+    task.set_memory_request("16G").set_memory_limit("32G")
+    kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value="true")
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                               size_limit="8Gi")
+    return task
+
+
+def _small(task: dsl.PipelineTask, memory: str = "2G") -> dsl.PipelineTask:
+    task.set_cpu_request("500m").set_cpu_limit("2")
+    task.set_memory_request(memory).set_memory_limit(memory)
+    return task
+
+
+@dsl.pipeline(name=PIPELINE_NAME,
+              description="Train, evaluate, export and register the TrashNet garbage classifier.")
+def garbage_pipeline(config_json: str) -> dsl.Markdown:
+    """The pipeline.
+
+    Args:
+        config_json: The validated run config (``components.config.Config``) as JSON.
+
+    Returns:
+        The promotion gate's decision (Markdown).
+    """
+    fetch = _small(steps.fetch_data(config_json=config_json)).set_retry(2)
+    fetch.set_display_name("fetch data")
+    validate = _small(steps.validate_data(config_json=config_json, images=fetch.outputs["images"]))
+    validate.set_display_name("validate data")
+    split = _small(steps.split_data(config_json=config_json, table=validate.outputs["table"]))
+    split.set_display_name("split data")
+    train = _on_gpu_node(steps.train_model(config_json=config_json, images=fetch.outputs["images"],
+                                           manifest=split.outputs["manifest"]))
+    train.set_display_name("train").set_retry(1)
+    run_id = train.outputs["Output"]
+    evaluate = _small(steps.evaluate_model(
+        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
+        manifest=split.outputs["manifest"], model=train.outputs["model"]), memory="4G")
+    evaluate.set_display_name("evaluate")
+    export = _small(steps.export_model(
+        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
+        manifest=split.outputs["manifest"], model=train.outputs["model"]), memory="4G")
+    export.set_display_name("export ONNX").after(evaluate)
+    register = _small(steps.register_model(
+        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
+        manifest=split.outputs["manifest"], onnx_model=export.outputs["onnx_model"]), memory="4G")
+    register.set_display_name("register and promote").set_caching_options(False)
+    return register.outputs["decision"]
+
+
+def compile_pipeline(package_path: Path) -> Path:
+    """Write the pipeline's IR YAML to ``package_path`` and return it."""
+    package_path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(garbage_pipeline, str(package_path))
+    return package_path

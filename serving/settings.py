@@ -1,0 +1,133 @@
+"""Serving settings: limits, micro-batching and thread budget, from defaults, environment and flags.
+
+Every field can be set by an environment variable ``GARBAGE_SERVE_<FIELD>`` (upper case, e.g.
+``GARBAGE_SERVE_MAX_BATCH_SIZE=16``) and by the matching command-line flag of ``garbage serve``
+(``--max-batch-size``) or ``python -m serving`` (``--max_batch_size``); a flag beats the
+environment, which beats the default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from components.preprocessing import DEFAULT_MAX_PIXELS
+
+ENV_PREFIX = "GARBAGE_SERVE_"
+DEFAULT_MODEL_NAME = "garbage-classifier"
+
+
+class SettingsError(ValueError):
+    """A serving setting (flag or environment variable) is invalid."""
+
+
+class ServingSettings(BaseModel):
+    """How the model server runs and what it accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+                            description="The model's name on the wire (URL paths, gRPC).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime device: cuda when its provider is installed, else cpu.")
+    max_batch_size: int = Field(32, ge=1, le=1024,
+                                description="Most images in one model call (micro-batching).")
+    max_batch_wait_ms: float = Field(
+        0.0, ge=0, le=1000,
+        description="How long an under-full batch waits for more requests while the model is idle. "
+                    "Requests that arrive while the model is busy are batched anyway, so 0 keeps "
+                    "single-request latency minimal; raise it on a GPU to trade latency for batch size.")
+    intra_op_threads: int | None = Field(
+        None, ge=1, description="ONNX Runtime threads per model call; default: CPUs / workers on "
+                                "CPU, 1 on CUDA.")
+    decode_threads: int | None = Field(
+        None, ge=1, description="Threads decoding images (Pillow releases the GIL); default: CPUs / workers.")
+    max_instances: int = Field(64, ge=1, description="Most images in one request.")
+    max_payload_bytes: int = Field(16 * 1024 * 1024, ge=1024,
+                                   description="Largest request body (REST) or tensor payload (gRPC).")
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
+                                  description="Largest width x height of one image (decompression-bomb guard).")
+    allowed_formats: tuple[str, ...] = Field(("JPEG", "PNG"), min_length=1,
+                                             description="Accepted encoded formats (Pillow names).")
+
+    @field_validator("allowed_formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        return tuple(str(v).strip().upper() for v in value)
+
+    @classmethod
+    def from_sources(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingSettings:
+        """Defaults, then ``GARBAGE_SERVE_*`` variables, then ``overrides`` whose value is not None.
+
+        Raises:
+            SettingsError: A value is invalid; the message names the setting and its variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw.strip():
+                values[name] = raw.strip()
+        unknown = set(overrides) - set(cls.model_fields)
+        if unknown:
+            raise SettingsError(f"unknown serving settings: {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])} (flag or {ENV_PREFIX}"
+                f"{str(err['loc'][0]).upper()}): {err['msg']}" for err in e.errors())
+            raise SettingsError(f"invalid serving settings: {problems}") from e
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup (v2 or v1) CPU quota.
+
+    ``os.cpu_count()`` reports the node's cores, which in a container with a CPU limit makes every
+    thread pool oversubscribe the quota; this is the number the thread budget divides.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def thread_budget(settings: ServingSettings, workers: int = 1, cuda: bool = False,
+                  cpus: int | None = None) -> tuple[int, int]:
+    """``(intra_op_threads, decode_threads)`` for one server process.
+
+    The CPUs are shared, not multiplied: each of ``workers`` processes gets ``cpus / workers``
+    ONNX Runtime threads (model calls are serialised per process by the micro-batcher, so one
+    call owns them) and as many decode threads (they run while the model waits for the next
+    batch). On CUDA the model needs one host thread.
+    """
+    share = max(1, (cpus or available_cpus()) // max(1, workers))
+    intra = settings.intra_op_threads or (1 if cuda else share)
+    decode = settings.decode_threads or share
+    return intra, decode
