@@ -108,6 +108,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(1e-4, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     warmup_epochs: int = Field(1, ge=0)
+    freeze_stages: int = Field(
+        0, ge=0, le=7, description="Backbone stages (after the stem) kept frozen: faster on CPU.")
+    channels_last: bool = Field(True, description="channels-last memory format (faster convs).")
     num_workers: int = Field(1, ge=0)
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -133,6 +133,38 @@ class GarbageClassifier(nn.Module):
         x = (x - self.mean) / self.std
         return self.backbone(x)
 
+    def early_modules(self, stages: int) -> list[nn.Module]:
+        """The stem and the first ``stages`` stages of the backbone (generic low-level features)."""
+        if stages <= 0:
+            return []
+        net = self.backbone
+        if hasattr(net, "conv_stem") and hasattr(net, "blocks"):  # timm EfficientNet family
+            return [net.conv_stem, net.bn1, *list(net.blocks)[:stages]]
+        if hasattr(net, "features"):  # torchvision MobileNet
+            return list(net.features)[: stages + 1]
+        if hasattr(net, "layer1"):  # torchvision ResNet
+            return [net.conv1, net.bn1, *[getattr(net, f"layer{i}") for i in range(1, stages + 1)]]
+        raise ModelBuildError(f"do not know the stages of {type(net).__name__}")
+
+    def freeze_early_stages(self, stages: int) -> list[nn.Module]:
+        """Stop gradients through the first ``stages`` stages; return the frozen modules.
+
+        Frozen modules should stay in eval mode during training (see :meth:`train`).
+        """
+        frozen = self.early_modules(stages)
+        for module in frozen:
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+        self._frozen = frozen
+        return frozen
+
+    def train(self, mode: bool = True) -> GarbageClassifier:
+        """Like :meth:`nn.Module.train`, but frozen stages keep their batch-norm statistics."""
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()
+        return self
+
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the freshly initialised classification head."""
         head = self.backbone.get_classifier() if hasattr(self.backbone, "get_classifier") else None

@@ -63,6 +63,8 @@ def decode_image(
         ) from e
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidImageError(f"the image is too large: {e}", "too_large") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidImageError(f"the image header is truncated or corrupt: {e}", "corrupt") from e
     if image.format not in allowed_formats:
         raise InvalidImageError(
             f"image format {image.format} is not allowed (allowed: {', '.join(allowed_formats)})",
@@ -76,10 +78,10 @@ def decode_image(
         )
     try:
         image.load()
+        image = ImageOps.exif_transpose(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImageError(f"the image is truncated or corrupt: {e}", "corrupt") from e
-    image = ImageOps.exif_transpose(image)
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def to_model_input(image: Image.Image, height: int, width: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from components.config import Config
@@ -25,6 +26,9 @@ def run_locally(config: Config) -> Path:
     pipeline_root.mkdir(parents=True, exist_ok=True)
     # Progress bars in step logs: redraw rarely, since the logs are not a terminal.
     os.environ.setdefault("TQDM_MININTERVAL", "15")
+    # Cluster-only settings (GPU, resources) and the components image are ignored by design here.
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                raise_on_error=True)
     task = garbage_pipeline(config_json=config.model_dump_json())

@@ -143,10 +143,10 @@ def _schema_failures(table: pd.DataFrame, config: DataConfig) -> dict[str, str]:
             if case.index is None or pd.isna(case.index):
                 continue
             row = checked.loc[case.index]
-            if case.column == "error":
-                reason = str(row["error"])
-            elif case.column == "label":
+            if case.column == "label":
                 continue  # reported per folder, not per file
+            if isinstance(row["error"], str):
+                reason = row["error"]  # the decoder's own words are the clearest
             else:
                 reason = f"{case.column}={getattr(row, str(case.column), case.failure_case)} fails {case.check}"
             failures.setdefault(str(row["path"]), reason)

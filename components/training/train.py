@@ -164,10 +164,11 @@ def train_model(
 
     model = build_model(mc.backbone, len(classes), pretrained=mc.pretrained,
                         weights_path=mc.weights_path, dropout=mc.dropout).to(device)
-    if device.type == "cuda":
+    model.freeze_early_stages(tc.freeze_stages)
+    if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     head = {id(p) for p in model.head_parameters()}
-    body = [p for p in model.parameters() if id(p) not in head]
+    body = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
             {"params": model.head_parameters(), "lr": tc.learning_rate},

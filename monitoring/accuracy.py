@@ -1,0 +1,58 @@
+"""Live accuracy and per-class recall from predictions that received a true label."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+
+import pandas as pd
+
+_WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_window(text: str) -> timedelta:
+    """Parse ``30m``, ``1h``, ``7d``, ``2w``, ``90s`` into a positive duration.
+
+    Raises:
+        ValueError: Not a number followed by one of s, m, h, d, w (the message shows examples).
+    """
+    match = _WINDOW.match(text or "")
+    if not match:
+        raise ValueError(f"window {text!r} is not a duration; use e.g. 30m, 1h, 24h or 7d")
+    value = float(match.group(1))
+    if value <= 0:
+        raise ValueError(f"window {text!r} must be positive")
+    return timedelta(**{_UNIT[match.group(2).lower()]: value})
+
+
+def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, object]:
+    """Accuracy and per-class recall over the rows of ``frame`` that carry a true label.
+
+    Args:
+        frame: Rows with ``prediction`` and ``true_label`` columns (others ignored).
+        classes: Every class, so that classes without labelled rows appear with ``None``.
+
+    Returns:
+        ``{"labelled": n, "accuracy": float | None, "recall": {class: float | None},
+        "support": {class: int}}``; ``None`` where there is nothing to divide by.
+    """
+    if frame.empty or "true_label" not in frame:
+        labelled = frame.iloc[0:0]
+    else:
+        labelled = frame[frame["true_label"].notna() & frame["prediction"].notna()]
+    n = len(labelled)
+    correct = labelled["prediction"] == labelled["true_label"] if n else pd.Series(dtype=bool)
+    recall: dict[str, float | None] = {}
+    support: dict[str, int] = {}
+    for name in classes:
+        mask = labelled["true_label"] == name if n else pd.Series(dtype=bool)
+        support[name] = int(mask.sum()) if n else 0
+        recall[name] = float(correct[mask].mean()) if support[name] else None
+    return {
+        "labelled": n,
+        "accuracy": float(correct.mean()) if n else None,
+        "recall": recall,
+        "support": support,
+    }

@@ -1,0 +1,163 @@
+"""The drift job as one plain function: load a window, decide, write reports, publish metrics.
+
+:func:`run_drift_job` takes only strings, paths and numbers and returns a JSON-ready dict, so it
+runs unchanged from the CLI (``garbage drift``), a Kubernetes CronJob and a KFP component.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.config import TRASHNET_CLASSES
+from components.preprocessing import InvalidImageError, decode_image
+from monitoring.accuracy import parse_window
+from monitoring.drift import DriftSettings, compute_drift, write_reports
+from monitoring.features import FEATURE_COLUMNS, pixel_features
+from monitoring.metrics import drift_registry, push, write_textfile
+from monitoring.reference import load_reference
+from monitoring.store import InferenceStore
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+WINDOW_COLUMNS = ("ts", *FEATURE_COLUMNS, "feature_error", "prediction", "score", "true_label")
+
+
+class DriftJobError(ValueError):
+    """The job's inputs are inconsistent or missing; the message says which option to fix."""
+
+
+def features_from_folder(folder: Path, model_dir: Path | None = None,
+                         classes: Sequence[str] = TRASHNET_CLASSES) -> pd.DataFrame:
+    """Features of every JPEG/PNG under ``folder`` (recursively), as a drift window.
+
+    A file inside a folder named after a class gets that class as ``true_label``. With
+    ``model_dir``, the model's prediction and score are added.
+
+    Raises:
+        DriftJobError: The folder does not exist or holds no readable image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DriftJobError(f"--images {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    rows, pixels, unreadable = [], [], 0
+    for path in files:
+        try:
+            image = decode_image(path.read_bytes())
+        except (OSError, InvalidImageError):
+            unreadable += 1
+            continue
+        array = np.asarray(image, dtype=np.uint8)
+        row: dict[str, object] = pixel_features(array)
+        row["path"] = str(path.relative_to(folder))
+        row["true_label"] = path.parent.name if path.parent.name in classes else None
+        rows.append(row)
+        if model_dir is not None:
+            pixels.append(array)
+    if not rows:
+        raise DriftJobError(f"no readable JPEG or PNG under {folder} ({unreadable} unreadable files)")
+    frame = pd.DataFrame(rows)
+    if model_dir is not None:
+        from components.inference import OnnxClassifier
+
+        model = OnnxClassifier.load(Path(model_dir), device="cpu")
+        predictions = []
+        for start in range(0, len(pixels), 64):
+            batch = np.stack([model.fit_pixels(p) for p in pixels[start : start + 64]])
+            predictions.extend(model.to_predictions(model.predict_pixels(batch)))
+        frame["prediction"] = [p.label for p in predictions]
+        frame["score"] = [p.score for p in predictions]
+    frame.attrs["unreadable"] = unreadable
+    return frame
+
+
+def load_db_window(db_url: str, window: str, now: datetime | None = None,
+                   limit: int | None = None) -> pd.DataFrame:
+    """Logged rows of the last ``window`` (e.g. ``1h``) from the store at ``db_url``."""
+    span = parse_window(window)
+    end = now or datetime.now(UTC).replace(tzinfo=None)
+    store = InferenceStore(db_url, create=False)
+    try:
+        return store.load_window(since=end - span, until=end, limit=limit, columns=WINDOW_COLUMNS)
+    finally:
+        store.close()
+
+
+def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | None = None,
+                  window: str = "1h", images: str | Path | None = None, model_dir: str | Path | None = None,
+                  pushgateway: str | None = None, html: bool = True, limit: int | None = None,
+                  settings: DriftSettings | None = None, classes: Sequence[str] = TRASHNET_CLASSES,
+                  now: datetime | None = None) -> dict[str, object]:
+    """Compare the current window with the reference; write reports and metrics; return the summary.
+
+    Exactly one of ``db_url`` and ``images`` names the window.
+
+    Args:
+        reference: The reference profile (parquet or CSV from ``build_reference``).
+        out_dir: Where ``drift_report.html/json``, ``drift_summary.json`` and ``metrics.prom`` go.
+        db_url: The collector's store (SQLAlchemy URL or SQLite path); with ``window``.
+        window: How far back from ``now`` the window reaches (``30m``, ``1h``, ``24h``, ``7d``).
+        images: A folder of images to use as the window instead of the store.
+        model_dir: With ``images``: an exported model to predict the class mix.
+        pushgateway: Prometheus Pushgateway URL to push the drift metrics to.
+        html: Write the HTML reports too.
+        limit: At most this many newest rows of the window.
+        settings: Drift tests and thresholds.
+        classes: The model's classes.
+        now: End of the window (default: now, UTC).
+
+    Returns:
+        :meth:`DriftResult.summary` plus ``timings`` (seconds), ``outputs`` and ``pushed``.
+
+    Raises:
+        DriftJobError: Neither or both window sources, or unusable inputs.
+        monitoring.reference.ReferenceProfileError: The reference cannot be read.
+        monitoring.metrics.PushError: The Pushgateway refused the metrics.
+    """
+    if (db_url is None) == (images is None):
+        raise DriftJobError("give exactly one window source: --db URL (with --window) or --images FOLDER")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    ref = load_reference(Path(reference))
+    timings["load_reference"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    if images is not None:
+        current = features_from_folder(Path(images), Path(model_dir) if model_dir else None, classes)
+        source = f"images:{images}"
+    else:
+        try:
+            current = load_db_window(str(db_url), window, now=now, limit=limit)
+        except ValueError as e:
+            raise DriftJobError(str(e)) from e
+        source = f"db:{window}"
+    timings["load_window"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    result = compute_drift(ref, current, settings, classes=list(classes))
+    timings["decide"] = time.perf_counter() - mark
+    result.extra["source"] = source
+    mark = time.perf_counter()
+    out = Path(out_dir)
+    written = write_reports(ref, current, result, out, html=html)
+    timings["report"] = time.perf_counter() - mark
+    summary = result.summary()
+    registry = drift_registry(summary)
+    metrics_path = write_textfile(registry, out / "metrics.prom")
+    pushed = False
+    if pushgateway:
+        push(registry, pushgateway)
+        pushed = True
+    timings["total"] = time.perf_counter() - started
+    summary["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    summary["outputs"] = {k: str(v) for k, v in {**written, "metrics": metrics_path}.items()}
+    summary["pushed"] = pushed
+    (out / "drift_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

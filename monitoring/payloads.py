@@ -1,0 +1,343 @@
+"""Read the images out of logged inference requests and the predictions out of logged responses.
+
+Request payloads (one image per item, in order):
+
+* Open Inference Protocol v1: ``{"instances": [...]}`` where an instance is
+  ``{"image_bytes": {"b64": "..."}}`` (TF-Serving convention), ``{"b64": "..."}``, a bare base64
+  string, or nested ``[H][W][3]`` pixel values.
+* Open Inference Protocol v2: ``{"inputs": [{"name", "shape", "datatype", "data"}]}`` with a
+  ``BYTES`` tensor of base64-encoded files (shape ``[N]`` or ``[N, 1]``) or a ``UINT8`` tensor of
+  pixels (``[N, H, W, 3]`` or ``[H, W, 3]``), in JSON or with the binary tensor extension (a JSON
+  header followed by the raw tensor bytes; ``parameters.binary_data_size`` on the input).
+* A bare ``image/*`` body.
+
+Response payloads: v1 ``{"predictions": [...]}`` with per-item objects (``label``/``class``,
+``score``, ``probabilities``), labels, class indices or probability lists; v2 ``{"outputs": [...]}``
+with a ``BYTES`` label tensor and/or a ``[N, C]`` probability tensor and/or a ``[N]`` score tensor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MAX_ITEMS = 1024
+
+
+class PayloadError(ValueError):
+    """The payload as a whole cannot be read; the message says what was expected."""
+
+
+@dataclass
+class ImageItem:
+    """One image of a request: encoded bytes or pixels, or why neither could be read."""
+
+    data: bytes | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None  # short reason tag
+    message: str = ""
+
+
+@dataclass
+class PredictionItem:
+    """One item of a response."""
+
+    label: str | None
+    score: float | None = None
+    probabilities: dict[str, float] | None = field(default=None)
+
+
+@dataclass
+class RequestPayload:
+    """What a request carried."""
+
+    protocol: str
+    items: list[ImageItem]
+
+
+@dataclass
+class ResponsePayload:
+    """What a response carried."""
+
+    protocol: str
+    items: list[PredictionItem]
+    model_name: str = ""
+    model_version: str = ""
+
+
+def _split_binary(body: bytes) -> tuple[object, bytes]:
+    """Parse the leading JSON document; return it and whatever bytes follow (binary extension)."""
+    text = body.decode("latin-1")  # 1 char == 1 byte, so the index is a byte offset
+    stripped = len(text) - len(text.lstrip())
+    try:
+        obj, end = json.JSONDecoder().raw_decode(text, stripped)
+    except json.JSONDecodeError as e:
+        raise PayloadError(f"the payload is not JSON: {e.msg} at byte {e.pos}") from e
+    header = body[:end]
+    try:
+        obj = json.loads(header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PayloadError(f"the JSON header is not valid UTF-8 JSON: {e}") from e
+    return obj, body[end:]
+
+
+def _b64(value: str) -> bytes:
+    return base64.b64decode(value.strip(), validate=True)
+
+
+def _image_from_b64(value: object) -> ImageItem:
+    if not isinstance(value, str):
+        return ImageItem(error="bad_instance", message=f"expected a base64 string, got {type(value).__name__}")
+    try:
+        return ImageItem(data=_b64(value))
+    except (binascii.Error, ValueError):
+        return ImageItem(error="bad_base64", message="the image is not valid base64")
+
+
+def _pixels(value: object, shape: Sequence[int] | None = None) -> ImageItem:
+    try:
+        array = np.asarray(value)
+        if shape is not None:
+            array = array.reshape(shape)
+    except (ValueError, TypeError) as e:
+        return ImageItem(error="bad_pixels", message=f"pixel data do not form an array: {e}")
+    if array.ndim != 3 or array.shape[2] != 3 or not np.issubdtype(array.dtype, np.number):
+        return ImageItem(error="bad_pixels", message=f"expected [H, W, 3] pixels, got shape {array.shape}")
+    if array.min(initial=0) < 0 or array.max(initial=0) > 255:
+        return ImageItem(error="bad_pixels", message="pixel values must lie in 0..255")
+    return ImageItem(pixels=array.astype(np.uint8))
+
+
+def _v1_instance(instance: object) -> ImageItem:
+    if isinstance(instance, dict):
+        for key in ("image_bytes", "image", "bytes"):
+            if key in instance:
+                inner = instance[key]
+                if isinstance(inner, dict) and "b64" in inner:
+                    return _image_from_b64(inner["b64"])
+                if isinstance(inner, str):
+                    return _image_from_b64(inner)
+                return _pixels(inner)
+        if "b64" in instance:
+            return _image_from_b64(instance["b64"])
+        return ImageItem(error="bad_instance",
+                         message=f"instance keys {sorted(instance)[:5]} hold no image (use image_bytes.b64)")
+    if isinstance(instance, str):
+        return _image_from_b64(instance)
+    if isinstance(instance, list):
+        return _pixels(instance)
+    return ImageItem(error="bad_instance", message=f"unsupported instance of type {type(instance).__name__}")
+
+
+def _flatten(values: object) -> list[object]:
+    if isinstance(values, list):
+        out: list[object] = []
+        for v in values:
+            out.extend(_flatten(v))
+        return out
+    return [values]
+
+
+def _binary_bytes_elements(raw: bytes) -> list[bytes]:
+    items, offset = [], 0
+    while offset + 4 <= len(raw):
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise PayloadError("a BYTES element in the binary data overruns the payload")
+        items.append(raw[offset : offset + length])
+        offset += length
+    return items
+
+
+def _v2_inputs(inputs: list[object], binary: bytes) -> list[ImageItem]:
+    offset = 0
+    chunks: list[tuple[dict, bytes | None]] = []
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise PayloadError("each v2 input must be an object with name, shape, datatype and data")
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            chunk = binary[offset : offset + int(size)]
+            if len(chunk) != int(size):
+                raise PayloadError(f"input {tensor.get('name')!r} announces {size} binary bytes; fewer follow")
+            offset += int(size)
+            chunks.append((tensor, chunk))
+        else:
+            chunks.append((tensor, None))
+    for tensor, chunk in chunks:
+        datatype = str(tensor.get("datatype", "")).upper()
+        shape = [int(s) for s in tensor.get("shape") or []]
+        if datatype == "BYTES":
+            if chunk is not None:
+                return [ImageItem(data=b) for b in _binary_bytes_elements(chunk)]
+            return [_image_from_b64(v) for v in _flatten(tensor.get("data", []))]
+        if datatype == "UINT8":
+            if chunk is not None:
+                flat = np.frombuffer(chunk, dtype=np.uint8)
+            else:
+                flat = np.asarray(_flatten(tensor.get("data", [])))
+            if len(shape) == 3:
+                shape = [1, *shape]
+            if len(shape) != 4 or shape[3] != 3:
+                raise PayloadError(f"a UINT8 image input needs shape [N, H, W, 3], got {shape}")
+            if flat.size != int(np.prod(shape)):
+                raise PayloadError(f"UINT8 input has {flat.size} values for shape {shape}")
+            batch = flat.reshape(shape)
+            return [_pixels(image) for image in batch]
+    raise PayloadError("no BYTES or UINT8 input among the v2 inputs; expected encoded images or pixels")
+
+
+def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
+    """Extract the images of a logged inference request.
+
+    Args:
+        body: The request payload as logged.
+        content_type: Its content type (``image/*`` means a bare image file).
+
+    Returns:
+        The protocol and one :class:`ImageItem` per image, in request order.
+
+    Raises:
+        PayloadError: Not a v1/v2 image request, or more than :data:`MAX_ITEMS` items.
+    """
+    if content_type.lower().startswith("image/"):
+        return RequestPayload("raw", [ImageItem(data=body)])
+    if not body:
+        raise PayloadError("the request payload is empty")
+    obj, binary = _split_binary(body)
+    if not isinstance(obj, dict):
+        raise PayloadError("the request payload must be a JSON object with 'instances' (v1) or 'inputs' (v2)")
+    if "instances" in obj:
+        instances = obj["instances"]
+        if not isinstance(instances, list):
+            raise PayloadError("'instances' must be a list")
+        protocol, items = "v1", [_v1_instance(i) for i in instances[: MAX_ITEMS + 1]]
+    elif "inputs" in obj:
+        if not isinstance(obj["inputs"], list) or not obj["inputs"]:
+            raise PayloadError("'inputs' must be a non-empty list of tensors")
+        protocol, items = "v2", _v2_inputs(obj["inputs"], binary)
+    else:
+        raise PayloadError("the request payload has neither 'instances' (v1) nor 'inputs' (v2)")
+    if len(items) > MAX_ITEMS:
+        raise PayloadError(f"more than {MAX_ITEMS} images in one request")
+    return RequestPayload(protocol, items)
+
+
+def _prediction(value: object, classes: Sequence[str]) -> PredictionItem:
+    if isinstance(value, dict):
+        label = next((value[k] for k in ("label", "class", "predicted_label", "prediction") if k in value), None)
+        score = next((value[k] for k in ("score", "confidence", "probability") if k in value), None)
+        probs = next((value[k] for k in ("probabilities", "probs", "scores") if k in value), None)
+        probabilities = None
+        if isinstance(probs, dict):
+            probabilities = {str(k): float(v) for k, v in probs.items()}
+        elif isinstance(probs, list) and len(probs) == len(classes):
+            probabilities = {c: float(p) for c, p in zip(classes, probs, strict=True)}
+        if label is None and probabilities:
+            label = max(probabilities, key=probabilities.__getitem__)
+        if isinstance(label, int) and 0 <= label < len(classes):
+            label = classes[label]
+        if score is None and probabilities and label in probabilities:
+            score = probabilities[str(label)]
+        return PredictionItem(None if label is None else str(label),
+                              None if score is None else float(score), probabilities)
+    if isinstance(value, str):
+        return PredictionItem(value)
+    if isinstance(value, bool):
+        return PredictionItem(None)
+    if isinstance(value, int):
+        return PredictionItem(classes[value] if 0 <= value < len(classes) else str(value))
+    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+        if len(value) == len(classes):
+            probabilities = {c: float(p) for c, p in zip(classes, value, strict=True)}
+            label = max(probabilities, key=probabilities.__getitem__)
+            return PredictionItem(label, probabilities[label], probabilities)
+    return PredictionItem(None)
+
+
+def _v2_outputs(outputs: list[object], binary: bytes, classes: Sequence[str]) -> list[PredictionItem]:
+    labels: list[str] | None = None
+    scores: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    offset = 0
+    for tensor in outputs:
+        if not isinstance(tensor, dict):
+            raise PayloadError("each v2 output must be an object")
+        name = str(tensor.get("name", "")).lower()
+        datatype = str(tensor.get("datatype", "")).upper()
+        shape = [int(s) for s in tensor.get("shape") or []]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        chunk = None
+        if size is not None:
+            chunk = binary[offset : offset + int(size)]
+            offset += int(size)
+        if datatype == "BYTES":
+            values = ([b.decode("utf-8", "replace") for b in _binary_bytes_elements(chunk)]
+                      if chunk is not None else [str(v) for v in _flatten(tensor.get("data", []))])
+            labels = values
+            continue
+        if chunk is not None:
+            dtype = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}.get(datatype)
+            if dtype is None:
+                continue
+            data = np.frombuffer(chunk, dtype=dtype).astype(np.float64)
+        else:
+            data = np.asarray(_flatten(tensor.get("data", [])), dtype=np.float64)
+        if len(shape) == 2 and shape[1] == len(classes) and data.size == shape[0] * shape[1]:
+            if probs is None or "prob" in name:
+                probs = data.reshape(shape)
+        elif data.size and ("score" in name or "confidence" in name):
+            scores = data.reshape(-1)
+        elif data.size and ("label" in name or "class" in name) and datatype.startswith("INT"):
+            labels = [classes[int(i)] if 0 <= int(i) < len(classes) else str(int(i)) for i in data]
+    n = len(labels) if labels is not None else (len(probs) if probs is not None else
+                                                 (len(scores) if scores is not None else 0))
+    items = []
+    for i in range(n):
+        probabilities = ({c: float(p) for c, p in zip(classes, probs[i], strict=True)}
+                         if probs is not None and i < len(probs) else None)
+        label = labels[i] if labels is not None and i < len(labels) else (
+            max(probabilities, key=probabilities.__getitem__) if probabilities else None)
+        score = float(scores[i]) if scores is not None and i < len(scores) else (
+            probabilities.get(label) if probabilities and label in probabilities else None)
+        items.append(PredictionItem(label, score, probabilities))
+    return items
+
+
+def parse_response(body: bytes, classes: Sequence[str]) -> ResponsePayload:
+    """Extract per-item predictions from a logged inference response.
+
+    Args:
+        body: The response payload as logged.
+        classes: Class names, to name probability columns and class indices.
+
+    Returns:
+        The protocol, the items in order, and the model name/version when the payload has them.
+
+    Raises:
+        PayloadError: Not a v1 (``predictions``) or v2 (``outputs``) response.
+    """
+    if not body:
+        raise PayloadError("the response payload is empty")
+    obj, binary = _split_binary(body)
+    if not isinstance(obj, dict):
+        raise PayloadError("the response payload must be a JSON object")
+    if "predictions" in obj:
+        predictions = obj["predictions"]
+        if not isinstance(predictions, list):
+            raise PayloadError("'predictions' must be a list")
+        return ResponsePayload("v1", [_prediction(p, classes) for p in predictions[:MAX_ITEMS]])
+    if "outputs" in obj:
+        if not isinstance(obj["outputs"], list):
+            raise PayloadError("'outputs' must be a list of tensors")
+        return ResponsePayload("v2", _v2_outputs(obj["outputs"], binary, classes)[:MAX_ITEMS],
+                               model_name=str(obj.get("model_name") or ""),
+                               model_version=str(obj.get("model_version") or ""))
+    raise PayloadError("the response payload has neither 'predictions' (v1) nor 'outputs' (v2)")

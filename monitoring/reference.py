@@ -1,0 +1,122 @@
+"""The reference profile: monitoring features of the images the champion was trained on.
+
+The drift job compares live traffic with this table, so it must hold exactly the features the
+collector computes (:mod:`monitoring.features`), for the champion's training (and validation)
+images. The pipeline builds it next to the model and logs it with the model version in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.preprocessing import InvalidImageError, decode_image
+from monitoring.features import FEATURE_COLUMNS, FEATURE_VERSION, pixel_features
+
+META_COLUMNS = ("path", "label", "split", "sha256")
+PREDICTION_BATCH = 64
+
+
+class ReferenceProfileError(ValueError):
+    """The manifest, the images or a reference file are not usable; the message says why."""
+
+
+def _predict(model_dir: Path, images: list[np.ndarray]) -> tuple[list[str], list[float]]:
+    from components.inference import OnnxClassifier
+
+    model = OnnxClassifier.load(model_dir, device="cpu")
+    labels: list[str] = []
+    scores: list[float] = []
+    for start in range(0, len(images), PREDICTION_BATCH):
+        batch = np.stack([model.fit_pixels(p) for p in images[start : start + PREDICTION_BATCH]])
+        for prediction in model.to_predictions(model.predict_pixels(batch)):
+            labels.append(prediction.label)
+            scores.append(prediction.score)
+    return labels, scores
+
+
+def build_reference(images_root: Path, manifest: pd.DataFrame, out_path: Path,
+                    splits: Sequence[str] = ("train", "val"), *, model_dir: Path | None = None) -> Path:
+    """Compute the monitoring features of the manifest's images in ``splits`` and save them.
+
+    Args:
+        images_root: Folder the manifest's ``path`` column is relative to.
+        manifest: Columns ``path``, ``label``, ``sha256``, ``split`` (the pipeline's split manifest).
+        out_path: ``.parquet`` (recommended) or ``.csv``; a ``.json`` sidecar records provenance.
+        splits: Which splits make up the reference (the data the champion learnt from).
+        model_dir: Optional exported model; when given, its predicted class and score are added
+            (columns ``prediction``, ``score``), so the class mix of live predictions can be
+            compared with the model's own predictions instead of the true labels.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ReferenceProfileError: Missing columns, no image in ``splits``, or an unreadable image.
+    """
+    missing = {"path", "label", "sha256", "split"} - set(manifest.columns)
+    if missing:
+        raise ReferenceProfileError(f"the manifest lacks columns {sorted(missing)}; expected path, label, sha256, split")
+    chosen = manifest[manifest["split"].isin(list(splits))].reset_index(drop=True)
+    if chosen.empty:
+        raise ReferenceProfileError(f"the manifest has no image in splits {list(splits)} "
+                             f"(it has {sorted(manifest['split'].unique())})")
+    root = Path(images_root)
+    rows: list[dict[str, float]] = []
+    pixels: list[np.ndarray] = []
+    for rel in chosen["path"]:
+        file = root / str(rel)
+        try:
+            image = decode_image(file.read_bytes())
+        except (OSError, InvalidImageError) as e:
+            raise ReferenceProfileError(f"cannot read reference image {file}: {e}") from e
+        array = np.asarray(image, dtype=np.uint8)
+        rows.append(pixel_features(array))
+        if model_dir is not None:
+            pixels.append(array)
+    table = pd.concat(
+        [chosen[list(META_COLUMNS)].reset_index(drop=True), pd.DataFrame(rows, columns=list(FEATURE_COLUMNS))],
+        axis=1,
+    )
+    if model_dir is not None:
+        table["prediction"], table["score"] = _predict(Path(model_dir), pixels)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".csv":
+        table.to_csv(out_path, index=False)
+    else:
+        table.to_parquet(out_path, index=False)
+    provenance = {
+        "feature_version": FEATURE_VERSION,
+        "rows": len(table),
+        "splits": list(splits),
+        "class_counts": {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()},
+        "has_predictions": model_dir is not None,
+    }
+    out_path.with_suffix(out_path.suffix + ".json").write_text(json.dumps(provenance, indent=2))
+    return out_path
+
+
+def load_reference(path: Path) -> pd.DataFrame:
+    """Read a reference written by :func:`build_reference` and check it has every feature.
+
+    Raises:
+        ReferenceProfileError: The file is missing, unreadable or lacks feature columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReferenceProfileError(f"reference profile {path} does not exist; build it with "
+                             "monitoring.reference.build_reference (the training pipeline logs it)")
+    try:
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as e:
+        raise ReferenceProfileError(f"cannot read reference profile {path}: {e}") from e
+    lacking = [c for c in FEATURE_COLUMNS if c not in table.columns]
+    if lacking:
+        raise ReferenceProfileError(f"reference profile {path} lacks feature columns {lacking[:5]}; "
+                             "rebuild it with this version of monitoring.reference")
+    return table

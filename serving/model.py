@@ -1,0 +1,360 @@
+"""The KServe predictor of the garbage classifier: ``kserve.Model`` over ``OnnxClassifier``.
+
+Request flow (KServe's ``Model.__call__`` runs preprocess -> predict -> postprocess):
+
+* ``preprocess`` reads the images out of the payload (:mod:`serving.payload`) and decodes them
+  once, with the shared preprocessing, in a small thread pool (Pillow releases the GIL), so the
+  event loop stays free;
+* ``predict`` hands the pixels to the :class:`~serving.batcher.MicroBatcher`, which runs ONNX
+  Runtime in its own thread on batches of concurrent requests;
+* ``postprocess`` turns probabilities into labels in the protocol of the request (v1 dict or v2
+  ``InferResponse``), updates the metrics and calls the optional ``on_prediction`` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from kserve import Model
+from kserve.model import InferenceVerb
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from PIL import Image
+
+from components.inference import ModelLoadError, OnnxClassifier, Prediction, default_providers
+from components.preprocessing import InvalidImageError
+from serving.batcher import MicroBatcher
+from serving.errors import InputRejected
+from serving.metrics import serving_metrics
+from serving.payload import (
+    BYTES_INPUT,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_SCORE,
+    PIXELS_INPUT,
+    grpc_payload_bytes,
+    v1_images,
+    v2_images,
+)
+from serving.settings import ServingSettings, thread_budget
+
+logger = logging.getLogger(__name__)
+
+PredictionHook = Callable[[str, "list[bytes] | np.ndarray", "list[Prediction]"], Awaitable[None]]
+"""``async on_prediction(request_id, inputs, predictions)``, called after each answered request.
+
+``inputs`` is what the client sent: the encoded image files (``list[bytes]``) or the ``uint8
+[N, H, W, 3]`` tensor; ``predictions`` has one :class:`~components.inference.Prediction` per
+image. It runs as a background task after the response is ready: it adds no latency, and an
+exception in it is logged and never reaches the client. This is where payload logging (e.g.
+CloudEvents to a monitoring sink) plugs in; with ``workers > 1`` it must be a module-level
+function so that it can be sent to the worker processes.
+"""
+
+
+@dataclass
+class _Work:
+    """One request between preprocess, predict and postprocess."""
+
+    request_id: str
+    protocol: str  # "v1", "v2" (REST) or "grpc"
+    inputs: list[bytes] | np.ndarray
+    pixels: np.ndarray
+    request: InferRequest | None = None
+    probabilities: np.ndarray | None = None
+
+
+class GarbageClassifierModel(Model):
+    """Serves an exported garbage classifier over KServe's v1, v2 REST and v2 gRPC protocols.
+
+    Args:
+        name: The model's name on the wire.
+        model_dir: A folder holding ``model.onnx`` (any layout ``OnnxClassifier.load`` accepts).
+        settings: Limits, batching and threads.
+        workers: Server processes sharing this machine's CPUs (divides the thread budget).
+        on_prediction: Optional :data:`PredictionHook`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: Path,
+        settings: ServingSettings | None = None,
+        *,
+        workers: int = 1,
+        on_prediction: PredictionHook | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.settings = settings or ServingSettings(model_name=name)
+        self.workers = workers
+        self.on_prediction = on_prediction
+        self.classifier: OnnxClassifier | None = None
+        self.threads: dict[str, int] = {}
+        self.model_sha256 = ""
+        self._batcher: MicroBatcher | None = None
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._metrics = serving_metrics()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """Load the ONNX model, start the thread pools and answer a warm-up; then ready.
+
+        Raises:
+            ModelLoadError: No usable model at ``model_dir``, or it failed the warm-up.
+        """
+        cuda = default_providers(self.settings.device)[0] == "CUDAExecutionProvider"
+        intra, decode = thread_budget(self.settings, self.workers, cuda=cuda)
+        classifier = OnnxClassifier.load(self.model_dir, device=self.settings.device,
+                                         intra_op_threads=intra)
+        self._warm_up(classifier)
+        self.threads = {"intra_op": intra, "decode": decode, "workers": self.workers}
+        self._decode_pool = ThreadPoolExecutor(decode, thread_name_prefix="garbage-decode")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="garbage-onnx")
+        batch_metrics = (self._metrics.batch_size.labels(self.name),
+                         self._metrics.batch_seconds.labels(self.name))
+        self._batcher = MicroBatcher(
+            classifier.predict_pixels,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            executor=self._infer_pool,
+            on_batch=lambda n, s: (batch_metrics[0].observe(n), batch_metrics[1].observe(s)),
+        )
+        self.model_sha256 = hashlib.sha256(classifier.model_file.read_bytes()).hexdigest()
+        self.classifier = classifier
+        logger.info("model %s loaded from %s: providers %s, threads %s", self.name,
+                    classifier.model_file, classifier.providers, self.threads)
+        self.ready = True
+        return self.ready
+
+    def _warm_up(self, classifier: OnnxClassifier) -> None:
+        """Run the whole preprocessing and the model once at batch 1 and at the largest batch."""
+        buffer = io.BytesIO()
+        Image.new("RGB", (classifier.width, classifier.height), (128, 128, 128)).save(buffer, "JPEG")
+        pixels = classifier.preprocess(buffer.getvalue(), allowed_formats=self.settings.allowed_formats,
+                                       max_pixels=self.settings.max_image_pixels)
+        for n in sorted({1, self.settings.max_batch_size}):
+            probabilities = classifier.predict_pixels(np.repeat(pixels[None], n, axis=0))
+            if (probabilities.shape != (n, len(classifier.classes))
+                    or not np.all(np.isfinite(probabilities))
+                    or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
+                raise ModelLoadError(
+                    f"{classifier.model_file} failed the warm-up: batch {n} gave probabilities of "
+                    f"shape {probabilities.shape} that are not a distribution over "
+                    f"{len(classifier.classes)} classes")
+
+    def start(self) -> None:
+        """KServe calls this after registering the model; readiness stays what ``load`` made it."""
+
+    def stop(self) -> None:
+        """Not ready any more; stop the thread pools."""
+        self.ready = False
+        for pool in (self._decode_pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """With ``--workers > 1`` KServe sends the model to each worker process: reload it there."""
+        from serving.server import restore_in_worker
+
+        return restore_in_worker, (self.name, str(self.model_dir), self.settings.model_dump(),
+                                   self.workers, self.on_prediction)
+
+    # -- description -------------------------------------------------------------------------
+
+    def _loaded(self) -> OnnxClassifier:
+        if self.classifier is None:
+            from kserve.errors import ModelNotReady
+
+            raise ModelNotReady(self.name, "The model has not been loaded yet.")
+        return self.classifier
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: either input, encoded files or RGB pixels."""
+        classifier = self._loaded()
+        return [
+            {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
+            {"name": PIXELS_INPUT, "datatype": "UINT8",
+             "shape": [-1, classifier.height, classifier.width, 3]},
+        ]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """v2 metadata: label, score and the probability of every class."""
+        classes = len(self._loaded().classes)
+        return [
+            {"name": OUTPUT_LABEL, "datatype": "BYTES", "shape": [-1]},
+            {"name": OUTPUT_SCORE, "datatype": "FP32", "shape": [-1]},
+            {"name": OUTPUT_PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]},
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """What the v2 REST metadata adds under ``parameters``: classes, input size, limits."""
+        classifier = self._loaded()
+        s = self.settings
+        return {
+            "classes": list(classifier.classes),
+            "image_height": classifier.height,
+            "image_width": classifier.width,
+            "providers": classifier.providers,
+            "model_sha256": self.model_sha256,
+            "max_instances": s.max_instances,
+            "max_payload_bytes": s.max_payload_bytes,
+            "max_image_pixels": s.max_image_pixels,
+            "allowed_formats": list(s.allowed_formats),
+            "max_batch_size": s.max_batch_size,
+        }
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def __call__(self, body: Any, headers: dict[str, str] | None = None,
+                       verb: InferenceVerb = InferenceVerb.PREDICT) -> Any:
+        """KServe's pipeline, counting rejected requests by reason."""
+        try:
+            return await super().__call__(body, headers, verb)
+        except InputRejected as e:
+            self._metrics.rejected.labels(self.name, e.kind).inc()
+            raise
+
+    def validate(self, payload: Any) -> Any:
+        """Checked in :meth:`preprocess` already (KServe's check assumes dict payloads)."""
+        return payload
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Work:
+        """Read and decode the request's images."""
+        classifier = self._loaded()
+        headers = headers or {}
+        if isinstance(payload, ModelInferRequest):
+            payload = InferRequest.from_grpc(payload)
+        if isinstance(payload, InferRequest):
+            protocol = "grpc" if payload.from_grpc else "v2"
+            if protocol == "grpc":
+                size = grpc_payload_bytes(payload)
+                if size > self.settings.max_payload_bytes:
+                    raise InputRejected(
+                        f"the request carries {size} bytes of tensor data, over the limit of "
+                        f"{self.settings.max_payload_bytes}", "payload_too_large")
+            inputs = v2_images(payload, self.settings)
+            request_id = headers.get("x-request-id") or payload.id or uuid.uuid4().hex
+        else:
+            protocol = "v1"
+            inputs = v1_images(payload, self.settings)
+            payload = None
+            request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        if isinstance(inputs, np.ndarray):
+            pixels = await self._fit(classifier, inputs)
+        else:
+            pixels = await self._decode(classifier, inputs)
+        self._metrics.request_images.labels(self.name, protocol).observe(len(pixels))
+        return _Work(request_id, protocol, inputs, pixels, payload)
+
+    async def predict(self, payload: _Work, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> _Work:
+        """Run the model on the request's pixels, batched with concurrent requests."""
+        assert self._batcher is not None
+        payload.probabilities = await self._batcher.submit(payload.pixels)
+        return payload
+
+    async def postprocess(self, result: _Work, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        """Labels, scores and probabilities in the request's protocol; metrics; the hook."""
+        classifier = self._loaded()
+        assert result.probabilities is not None
+        predictions = classifier.to_predictions(result.probabilities)
+        for prediction in predictions:
+            self._metrics.predictions.labels(self.name, prediction.label).inc()
+            self._metrics.score.labels(self.name).observe(prediction.score)
+        if self.on_prediction is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._notify(result.request_id, result.inputs, predictions))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if result.request is None:
+            return {"predictions": [p.to_dict() for p in predictions]}
+        return self._v2_response(classifier, result, predictions)
+
+    def _v2_response(self, classifier: OnnxClassifier, work: _Work,
+                     predictions: list[Prediction]) -> InferResponse:
+        assert work.request is not None and work.probabilities is not None
+        n = len(predictions)
+        outputs = [
+            InferOutput(OUTPUT_LABEL, [n], "BYTES",
+                        data=np.array([p.label for p in predictions], dtype=np.object_)),
+            InferOutput(OUTPUT_SCORE, [n], "FP32",
+                        data=np.array([p.score for p in predictions], dtype=np.float32)),
+            InferOutput(OUTPUT_PROBABILITIES, [n, len(classifier.classes)], "FP32",
+                        data=np.ascontiguousarray(work.probabilities, dtype=np.float32),
+                        parameters={"classes": json.dumps(classifier.classes)}),
+        ]
+        return InferResponse(
+            response_id=work.request.id or work.request_id,
+            model_name=self.name,
+            infer_outputs=outputs,
+            from_grpc=work.request.from_grpc,
+            # gRPC: NumPy outputs always travel as raw_output_contents; KServe 0.21's to_grpc()
+            # fails on NumPy data when this flag is set, so it only steers REST's binary outputs.
+            use_binary_outputs=not work.request.from_grpc and work.request.use_binary_outputs,
+            requested_outputs=work.request.request_outputs,
+        )
+
+    async def _notify(self, request_id: str, inputs: list[bytes] | np.ndarray,
+                      predictions: list[Prediction]) -> None:
+        assert self.on_prediction is not None
+        try:
+            await self.on_prediction(request_id, inputs, predictions)
+        except Exception:  # a monitoring failure must never affect serving
+            logger.exception("on_prediction hook failed for request %s", request_id)
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    async def _decode(self, classifier: OnnxClassifier, images: list[bytes]) -> np.ndarray:
+        """Decode and resize encoded images in the decode pool, in parallel chunks."""
+        out = np.empty((len(images), classifier.height, classifier.width, 3), dtype=np.uint8)
+        s = self.settings
+
+        def decode_range(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                try:
+                    out[i] = classifier.preprocess(images[i], allowed_formats=s.allowed_formats,
+                                                   max_pixels=s.max_image_pixels)
+                except InvalidImageError as e:
+                    where = f"image {i}: " if len(images) > 1 else ""
+                    raise InputRejected(f"{where}{e}", e.reason) from e
+
+        await self._in_chunks(len(images), decode_range)
+        return out
+
+    async def _fit(self, classifier: OnnxClassifier, pixels: np.ndarray) -> np.ndarray:
+        """Resize a pixel tensor to the model's input size (no-op when it already is)."""
+        if pixels.shape[1:3] == (classifier.height, classifier.width):
+            return pixels
+        out = np.empty((len(pixels), classifier.height, classifier.width, 3), dtype=np.uint8)
+
+        def fit_range(start: int, stop: int) -> None:
+            for i in range(start, stop):
+                out[i] = classifier.fit_pixels(pixels[i])
+
+        await self._in_chunks(len(pixels), fit_range)
+        return out
+
+    async def _in_chunks(self, count: int, work: Callable[[int, int], None]) -> None:
+        """Run ``work(start, stop)`` over ``range(count)`` split across the decode threads."""
+        assert self._decode_pool is not None
+        loop = asyncio.get_running_loop()
+        chunks = min(count, self.threads["decode"])
+        bounds = [count * k // chunks for k in range(chunks + 1)]
+        await asyncio.gather(*(loop.run_in_executor(self._decode_pool, work, bounds[k], bounds[k + 1])
+                               for k in range(chunks)))

@@ -1,0 +1,311 @@
+"""Read images out of protocol payloads, checking everything a client can get wrong.
+
+Accepted inputs (see serving/README.md):
+
+* v1 REST: ``{"instances": [{"image_bytes": {"b64": "<base64 JPEG/PNG>"}}, ...]}`` (an instance
+  may also be the bare ``{"b64": ...}`` object).
+* v2 (REST and gRPC): exactly one input, either ``image_bytes`` (``BYTES``, shape ``[N]`` or
+  ``[N, 1]``: encoded files) or ``image`` (``UINT8``, shape ``[N, H, W, 3]``: RGB pixels of any
+  size, resized like the shared preprocessing). A ``BYTES`` element that arrives as a JSON string
+  is base64 text (JSON cannot carry raw bytes); one that arrives as bytes (gRPC
+  ``bytes_contents``/``raw_input_contents``, or REST's binary-data extension) is the raw file.
+
+Every problem raises :class:`serving.errors.InputRejected` with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import binascii
+import math
+import struct
+from base64 import b64decode
+from typing import Any
+
+import numpy as np
+import orjson
+from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+
+from components.inference import INPUT_NAME
+from serving.errors import InputRejected
+from serving.settings import ServingSettings
+
+BYTES_INPUT = "image_bytes"
+PIXELS_INPUT = INPUT_NAME
+OUTPUT_LABEL = "label"
+OUTPUT_SCORE = "score"
+OUTPUT_PROBABILITIES = "probabilities"
+OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_SCORE, OUTPUT_PROBABILITIES)
+
+_INPUT_HINT = (f"send exactly one input: '{BYTES_INPUT}' (BYTES, shape [N], encoded JPEG/PNG files) "
+               f"or '{PIXELS_INPUT}' (UINT8, shape [N, H, W, 3], RGB pixels)")
+
+
+def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
+    """The encoded images of a v1 ``:predict`` body, base64-decoded.
+
+    Raises:
+        InputRejected: Wrong structure, too many instances or invalid base64.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+        raise InputRejected(
+            'the body must be a JSON object {"instances": [{"image_bytes": {"b64": "<base64 JPEG or '
+            'PNG>"}}, ...]}', "bad_request")
+    instances = body["instances"]
+    if not instances:
+        raise InputRejected('"instances" is empty: send at least one image', "bad_request")
+    _check_count(len(instances), settings)
+    images = []
+    for index, instance in enumerate(instances):
+        if isinstance(instance, dict) and isinstance(instance.get("image_bytes"), dict):
+            instance = instance["image_bytes"]
+        if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
+            raise InputRejected(
+                f'instance {index} must be {{"image_bytes": {{"b64": "<base64 JPEG or PNG>"}}}}',
+                "bad_request")
+        images.append(_b64(instance["b64"], f"instance {index}"))
+    return images
+
+
+def v2_images(request: InferRequest, settings: ServingSettings) -> list[bytes] | np.ndarray:
+    """The images of a v2 request: encoded files (``list[bytes]``) or ``uint8 [N, H, W, 3]`` pixels.
+
+    Raises:
+        InputRejected: Wrong input name, datatype, shape or contents, too many images, or an
+            unknown requested output.
+    """
+    if len(request.inputs) != 1:
+        raise InputRejected(f"got {len(request.inputs)} inputs; {_INPUT_HINT}", "bad_request")
+    for output in request.request_outputs or ():
+        if output.name not in OUTPUT_NAMES:
+            raise InputRejected(
+                f"unknown output '{output.name}'; this model's outputs are {', '.join(OUTPUT_NAMES)}",
+                "bad_tensor_name")
+    tensor = request.inputs[0]
+    if tensor.name == BYTES_INPUT:
+        _expect_datatype(tensor, "BYTES")
+        return _encoded_images(tensor, settings)
+    if tensor.name == PIXELS_INPUT:
+        _expect_datatype(tensor, "UINT8")
+        return _pixel_tensor(tensor, settings)
+    raise InputRejected(f"unknown input '{tensor.name}'; {_INPUT_HINT}", "bad_tensor_name")
+
+
+def grpc_payload_bytes(request: InferRequest) -> int:
+    """Size of a gRPC request's tensor data (raw contents plus typed contents)."""
+    total = 0
+    for tensor in request.inputs:
+        raw = tensor._raw_data  # set by KServe from raw_input_contents (no public accessor)
+        if raw is not None:
+            total += len(raw)
+        elif tensor.data is not None:
+            total += sum(len(v) if isinstance(v, bytes | str) else 1 for v in tensor.data)
+    return total
+
+
+def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> InferRequest:
+    """Decode a v2 REST infer body (JSON, optionally followed by binary tensor data).
+
+    This replaces KServe's pydantic validation and ``InferRequest.from_bytes`` on our model's
+    route: orjson parses the JSON once, tensors stay as received (a JSON list, or the binary
+    bytes as-is), and the binary-data extension carries raw image files (KServe's own decoder
+    tries to turn binary ``BYTES`` into UTF-8 text and fails on JPEGs).
+
+    Args:
+        body: The request body.
+        json_length: The ``Inference-Header-Content-Length`` header, when binary data follows.
+        model_name: The model's name, stored in the request.
+
+    Raises:
+        InputRejected: Malformed JSON, wrong structure or binary sizes that do not add up.
+    """
+    if json_length is None:
+        end = len(body)
+    else:
+        try:
+            end = int(json_length)
+        except ValueError:
+            raise InputRejected(
+                f"Inference-Header-Content-Length must be an integer, got {json_length!r}",
+                "bad_request") from None
+        if not 0 < end <= len(body):
+            raise InputRejected(
+                f"Inference-Header-Content-Length {end} is outside the body's {len(body)} bytes",
+                "bad_request")
+    try:
+        doc = orjson.loads(body[:end])
+    except orjson.JSONDecodeError as e:
+        raise InputRejected(f"the body is not valid JSON: {e}", "malformed_json") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
+        raise InputRejected(
+            'the body must be a v2 inference request {"inputs": [{"name", "shape", "datatype", '
+            '"data"}]}', "bad_request")
+    inputs: list[InferInput] = []
+    raws: list[bytes | None] = []
+    offset = end
+    for index, spec in enumerate(doc["inputs"]):
+        tensor, raw, offset = _rest_input(spec, index, body, offset)
+        inputs.append(tensor)
+        raws.append(raw)
+    if offset != len(body):
+        raise InputRejected(
+            f"{len(body) - offset} bytes follow the JSON that no input's binary_data_size accounts for",
+            "bad_request")
+    request_id = doc.get("id")
+    parameters = doc.get("parameters")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InputRejected('"id" must be a string', "bad_request")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InputRejected('"parameters" must be an object', "bad_request")
+    return InferRequest(
+        model_name=model_name,
+        infer_inputs=inputs,
+        request_id=request_id,
+        raw_inputs=raws if any(r is not None for r in raws) else None,
+        parameters=parameters,
+        request_outputs=_requested_outputs(doc.get("outputs")),
+    )
+
+
+def _rest_input(spec: Any, index: int, body: bytes, offset: int
+                ) -> tuple[InferInput, bytes | None, int]:
+    if not isinstance(spec, dict):
+        raise InputRejected(f"input {index} must be an object", "bad_request")
+    name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+    parameters = spec.get("parameters") or {}
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise InputRejected(f"input {index} needs a string 'name' and 'datatype'", "bad_request")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise InputRejected(f"input '{name}' needs a 'shape' of non-negative integers",
+                            "bad_shape")
+    if not isinstance(parameters, dict):
+        raise InputRejected(f"input '{name}': 'parameters' must be an object", "bad_request")
+    tensor = InferInput(name=name, shape=shape, datatype=datatype, parameters=parameters)
+    if "data" in spec:
+        if not isinstance(spec["data"], list):
+            raise InputRejected(f"input '{name}': 'data' must be a list", "bad_request")
+        tensor.data = spec["data"]
+        return tensor, None, offset
+    size = parameters.get("binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InputRejected(
+            f"input '{name}' has neither 'data' nor an integer parameters.binary_data_size",
+            "bad_request")
+    if offset + size > len(body):
+        raise InputRejected(
+            f"input '{name}' declares binary_data_size {size} but only {len(body) - offset} bytes "
+            "remain in the body", "bad_request")
+    return tensor, body[offset:offset + size], offset + size
+
+
+def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list) or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        raise InputRejected('"outputs" must be a list of {"name": ...} objects', "bad_request")
+    return [RequestedOutput(name=o["name"], parameters=o.get("parameters") or {}) for o in outputs] or None
+
+
+def _check_count(count: int, settings: ServingSettings) -> None:
+    if count > settings.max_instances:
+        raise InputRejected(
+            f"{count} images in one request, over the limit of {settings.max_instances}; split the "
+            "request", "too_many_instances")
+
+
+def _expect_datatype(tensor: InferInput, datatype: str) -> None:
+    if tensor.datatype != datatype:
+        raise InputRejected(
+            f"input '{tensor.name}' must have datatype {datatype}, got {tensor.datatype}", "bad_dtype")
+
+
+def _b64(text: str, where: str) -> bytes:
+    try:
+        return b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputRejected(f"{where} is not valid base64: {e}", "invalid_base64") from e
+
+
+def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes]:
+    shape = list(tensor.shape)
+    if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
+        raise InputRejected(
+            f"input '{BYTES_INPUT}' must have shape [N] or [N, 1] with N >= 1, got {shape}", "bad_shape")
+    count = shape[0]
+    _check_count(count, settings)
+    raw = tensor._raw_data  # binary extension / gRPC raw_input_contents (no public accessor)
+    if raw is not None:
+        elements = _split_bytes_tensor(raw)
+    else:
+        elements = tensor.data or []
+        if elements and isinstance(elements[0], list):  # nested JSON for shape [N, 1]
+            elements = [e for row in elements for e in (row if isinstance(row, list) else [row])]
+    if len(elements) != count:
+        raise InputRejected(
+            f"input '{BYTES_INPUT}' has shape {shape} but {len(elements)} elements", "bad_shape")
+    images = []
+    for index, element in enumerate(elements):
+        if isinstance(element, str):
+            images.append(_b64(element, f"element {index} of '{BYTES_INPUT}' (JSON BYTES are base64)"))
+        elif isinstance(element, bytes):
+            images.append(element)
+        else:
+            raise InputRejected(
+                f"element {index} of '{BYTES_INPUT}' must be a base64 string, got "
+                f"{type(element).__name__}", "bad_tensor_data")
+    return images
+
+
+def _split_bytes_tensor(raw: bytes) -> list[bytes]:
+    """Elements of a serialised BYTES tensor (4-byte little-endian length, then the bytes)."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise InputRejected("malformed BYTES tensor: a length prefix is cut off", "bad_tensor_data")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InputRejected(
+                f"malformed BYTES tensor: element {len(elements)} claims {length} bytes but "
+                f"{len(raw) - offset} remain", "bad_tensor_data")
+        elements.append(raw[offset:offset + length])
+        offset += length
+    return elements
+
+
+def _pixel_tensor(tensor: InferInput, settings: ServingSettings) -> np.ndarray:
+    shape = list(tensor.shape)
+    if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
+        raise InputRejected(
+            f"input '{PIXELS_INPUT}' must have shape [N, H, W, 3] (RGB, N, H, W >= 1), got {shape}",
+            "bad_shape")
+    _check_count(shape[0], settings)
+    if shape[1] * shape[2] > settings.max_image_pixels:
+        raise InputRejected(
+            f"images of {shape[2]}x{shape[1]} = {shape[1] * shape[2]} pixels are over the limit of "
+            f"{settings.max_image_pixels}", "too_large")
+    expected = math.prod(shape)
+    raw = tensor._raw_data
+    if raw is not None:
+        if len(raw) != expected:
+            raise InputRejected(
+                f"input '{PIXELS_INPUT}' has {len(raw)} bytes of data but shape {shape} needs {expected}",
+                "bad_shape")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+    try:
+        values = np.asarray(tensor.data)
+    except ValueError as e:  # ragged nesting
+        raise InputRejected(f"input '{PIXELS_INPUT}': data is not a regular array: {e}",
+                            "bad_tensor_data") from e
+    if values.size != expected:
+        raise InputRejected(
+            f"input '{PIXELS_INPUT}' has {values.size} values but shape {shape} needs {expected}",
+            "bad_shape")
+    if values.dtype.kind not in "iu":
+        raise InputRejected(
+            f"input '{PIXELS_INPUT}' (UINT8) must hold integers 0..255, got {values.dtype} values",
+            "bad_dtype")
+    if values.min() < 0 or values.max() > 255:
+        raise InputRejected(f"input '{PIXELS_INPUT}' (UINT8) has values outside 0..255",
+                            "bad_tensor_data")
+    return values.astype(np.uint8, copy=False).reshape(shape)

@@ -1,0 +1,141 @@
+"""Start the KServe model server with the garbage classifier (``python -m serving``, ``garbage serve``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from components.inference import ModelLoadError
+from serving.model import GarbageClassifierModel, PredictionHook
+from serving.settings import DEFAULT_MODEL_NAME, ServingSettings, SettingsError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = "/mnt/models"
+GRPC_LIMIT_HEADROOM = 2
+"""gRPC's own message limit is kept at least this many times ``max_payload_bytes`` so that a
+payload over the server's limit reaches the model and gets INVALID_ARGUMENT with a message
+(a message over gRPC's limit gets RESOURCE_EXHAUSTED from gRPC itself)."""
+
+
+def build_model(model_dir: Path, settings: ServingSettings, *, workers: int = 1,
+                on_prediction: PredictionHook | None = None) -> GarbageClassifierModel:
+    """Create and load the predictor (ready when this returns).
+
+    Raises:
+        ModelLoadError: No usable model in ``model_dir``, or it failed the warm-up.
+    """
+    model = GarbageClassifierModel(settings.model_name, model_dir, settings, workers=workers,
+                                   on_prediction=on_prediction)
+    model.load()
+    return model
+
+
+def serve_model(model: GarbageClassifierModel, *, http_port: int = 8080, grpc_port: int = 8081,
+                workers: int = 1, **server_options: Any) -> None:
+    """Run KServe's ``ModelServer`` with ``model`` until the process is stopped.
+
+    Args:
+        model: A loaded predictor.
+        http_port: REST (v1, v2), readiness and ``/metrics``.
+        grpc_port: v2 gRPC.
+        workers: REST server processes (KServe's ``--workers``); each reloads the model and
+            gets ``CPUs / workers`` threads. On a small machine 1 is best: micro-batching
+            needs the requests in one process.
+        server_options: More ``kserve.ModelServer`` arguments (``enable_grpc``, ``max_threads``,
+            ``enable_latency_logging``, ...).
+    """
+    import kserve
+    from kserve import model_server
+
+    from serving.rest import install_routes
+
+    install_routes(model_server.app, model)
+    # KServe's gRPC server reads its options from KServe's parsed command line.
+    model_server.args.grpc_max_receive_message_length = max(
+        model_server.args.grpc_max_receive_message_length,
+        GRPC_LIMIT_HEADROOM * model.settings.max_payload_bytes)
+    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
+                       **server_options).start([model])
+
+
+def restore_in_worker(name: str, model_dir: str, settings: dict[str, Any], workers: int,
+                      on_prediction: PredictionHook | None) -> GarbageClassifierModel:
+    """Rebuild the model in a KServe REST worker process (``--workers > 1``) and route to it.
+
+    KServe unpickles the model in the new process before that process starts answering its
+    parent's liveness pings (5 s timeout), so the model is only created here and loaded at the
+    worker's application start-up; uvicorn accepts connections after that.
+    """
+    from kserve import model_server
+
+    from serving.rest import install_routes
+
+    model = GarbageClassifierModel(name, Path(model_dir), ServingSettings(**settings), workers=workers,
+                                   on_prediction=on_prediction)
+    install_routes(model_server.app, model)
+    model_server.app.router.on_startup.append(model.load)
+    return model
+
+
+def _parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    parser = argparse.ArgumentParser(
+        prog="python -m serving", parents=[model_server.parser],
+        description="KServe model server for the garbage classifier (REST v1/v2, gRPC v2). "
+                    "Every setting also reads GARBAGE_SERVE_<NAME> from the environment.")
+    parser.set_defaults(model_name=os.environ.get("GARBAGE_SERVE_MODEL_NAME", DEFAULT_MODEL_NAME))
+    parser.add_argument("--model_dir", default=os.environ.get("GARBAGE_SERVE_MODEL_DIR", DEFAULT_MODEL_DIR),
+                        help="Model folder (KServe's /mnt/models layout too), .onnx file, or MLflow "
+                             "URI such as models:/garbage-classifier@champion.")
+    parser.add_argument("--config", default=None,
+                        help="Project config YAML (for MLflow URIs: tracking URI, work dir).")
+    for name, field in ServingSettings.model_fields.items():
+        if name == "model_name":
+            continue
+        kind = {"max_batch_wait_ms": float, "device": str, "allowed_formats": str}.get(name, int)
+        parser.add_argument(f"--{name}", type=kind, default=None, help=field.description)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m serving``; returns the exit code on a startup error."""
+    args, _ = _parser().parse_known_args(argv)
+    overrides = {name: getattr(args, name) for name in ServingSettings.model_fields
+                 if name != "model_name"}
+    try:
+        settings = ServingSettings.from_sources(model_name=args.model_name, **overrides)
+        model_dir = resolve(args.model_dir, args.config)
+        model = build_model(model_dir, settings, workers=args.workers)
+    except (SettingsError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, SettingsError) else 1
+    serve_model(model, http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
+                max_threads=args.max_threads, max_asyncio_workers=args.max_asyncio_workers,
+                enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
+                enable_latency_logging=args.enable_latency_logging,
+                access_log_format=args.access_log_format)
+    return 0
+
+
+def resolve(uri: str | None, config_path: str | Path | None = None, profile: str = "default",
+            overrides: list[str] | None = None) -> Path:
+    """The local model folder for ``uri`` (None: the registry's champion).
+
+    Raises:
+        ModelLoadError: Nothing usable there (the message says what to do).
+    """
+    from components.config import ConfigError, load_config
+    from components.model_store import resolve_model_dir
+
+    try:
+        config = load_config(config_path, overrides=overrides, profile=profile)
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from e
+    return resolve_model_dir(uri, config)

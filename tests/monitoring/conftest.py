@@ -1,0 +1,166 @@
+"""Fixtures for the monitoring tests: the real TrashNet dev images, a reference profile, servers.
+
+Servers are real processes or threads on 127.0.0.1: the collector under uvicorn, a throwaway
+PostgreSQL cluster (Debian's package), a Prometheus Pushgateway (Debian's package).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.config import load_config
+
+# Test modules import the helpers as a top-level module; make this folder importable for them.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from monitoring_helpers import free_port, kserve_headers, wait_for_port  # noqa: E402
+
+DEV_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08"
+
+
+@pytest.fixture(scope="session")
+def dev_dataset(dev_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    """The extracted dev archive and its split manifest (validated and split like the pipeline)."""
+    from components.data.fetch import fetch_dataset
+    from components.data.split import split_dataset
+    from components.data.validate import validate_dataset
+
+    cache = tmp_path_factory.mktemp("data-cache")
+    root = fetch_dataset(str(dev_archive), DEV_SHA256, cache)
+    config = load_config(environ={})
+    _, kept = validate_dataset(root, config.data)
+    return root, split_dataset(kept, config.split)
+
+
+@pytest.fixture(scope="session")
+def reference_profile(dev_dataset: tuple[Path, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reference built from the training split (1502 images), as the pipeline would."""
+    from monitoring.reference import build_reference
+
+    root, manifest = dev_dataset
+    return build_reference(root, manifest, tmp_path_factory.mktemp("ref") / "reference.parquet",
+                           splits=("train",))
+
+
+@pytest.fixture(scope="session")
+def test_images(dev_dataset: tuple[Path, pd.DataFrame]) -> list[tuple[str, bytes]]:
+    """(label, JPEG bytes) of the test split: unseen by the reference."""
+    root, manifest = dev_dataset
+    test = manifest[manifest["split"] == "test"]
+    return [(row.label, (root / row.path).read_bytes()) for row in test.itertuples()]
+
+
+class ServerThread:
+    """uvicorn serving an ASGI app in a background thread on 127.0.0.1 (a real socket)."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        wait_for_port(self.port)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def collector_server(tmp_path: Path) -> Iterator[ServerThread]:
+    """The collector app on a SQLite store, served by uvicorn on a free loopback port."""
+    from monitoring.collector import create_app
+    from monitoring.store import InferenceStore
+
+    store = InferenceStore(str(tmp_path / "inferences.db"))
+    with ServerThread(create_app(store), free_port()) as server:
+        server.store = store
+        yield server
+    store.close()
+
+
+def _pg_bindir() -> Path | None:
+    candidates = []
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+        candidates.append(Path(out.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    for folder in candidates:
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its SQLAlchemy URL."""
+    bindir = _pg_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install-postgres.sh")
+    as_root = os.geteuid() == 0
+    if as_root and not shutil.which("runuser"):
+        pytest.skip("running as root without runuser: initdb refuses to run as root")
+    base = Path(tempfile.mkdtemp(prefix="garbage-pg-"))
+    prefix: list[str] = []
+    if as_root:
+        shutil.chown(base, user="postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    try:
+        run(str(bindir / "initdb"), "-D", str(data), "-U", "garbage", "--auth=trust", "-E", "UTF8", "--no-sync")
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
+            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    except subprocess.CalledProcessError as e:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"cannot start PostgreSQL: {e.stderr or e.stdout}")
+    try:
+        yield f"postgresql://garbage@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, check=False, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pushgateway() -> Iterator[str]:
+    """A real Prometheus Pushgateway on a free loopback port (Debian's prometheus-pushgateway)."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        pytest.skip("prometheus-pushgateway not installed; run scripts/install-pushgateway.sh")
+    port = free_port()
+    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def event_headers() -> Callable[..., dict[str, str]]:
+    """Factory for KServe-format binary-mode headers."""
+    return kserve_headers

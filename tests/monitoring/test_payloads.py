@@ -1,0 +1,129 @@
+"""Reading images from logged v1/v2 requests and predictions from logged responses."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from monitoring.payloads import PayloadError, parse_request, parse_response
+from monitoring_helpers import make_jpeg, v1_request, v1_response
+
+CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
+
+
+@pytest.fixture
+def jpeg() -> bytes:
+    return make_jpeg((60, 160, 90), seed=3)
+
+
+def test_v1_image_bytes_b64(jpeg: bytes) -> None:
+    payload = parse_request(v1_request([jpeg, jpeg]))
+    assert payload.protocol == "v1"
+    assert [item.data for item in payload.items] == [jpeg, jpeg]
+
+
+def test_v1_other_instance_shapes(jpeg: bytes) -> None:
+    b64 = base64.b64encode(jpeg).decode()
+    pixels = np.full((4, 5, 3), 7, dtype=np.uint8).tolist()
+    body = json.dumps({"instances": [b64, {"b64": b64}, pixels, {"weird": 1}, "%%%"]}).encode()
+    items = parse_request(body).items
+    assert items[0].data == jpeg and items[1].data == jpeg
+    assert items[2].pixels.shape == (4, 5, 3)
+    assert items[3].error == "bad_instance"
+    assert items[4].error == "bad_base64"
+
+
+def test_v2_bytes_json(jpeg: bytes) -> None:
+    body = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                                   "data": [base64.b64encode(jpeg).decode()] * 2}]}).encode()
+    payload = parse_request(body)
+    assert payload.protocol == "v2"
+    assert [i.data for i in payload.items] == [jpeg, jpeg]
+
+
+def test_v2_bytes_binary_extension(jpeg: bytes) -> None:
+    other = jpeg_bytes_other()
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in (jpeg, other))
+    header = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    payload = parse_request(header + raw, "application/octet-stream")
+    assert [i.data for i in payload.items] == [jpeg, other]
+
+
+def jpeg_bytes_other() -> bytes:
+    return make_jpeg((200, 40, 40), seed=9)
+
+
+def test_v2_uint8_json_and_binary() -> None:
+    batch = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
+    body = json.dumps({"inputs": [{"name": "image", "shape": [2, 4, 6, 3], "datatype": "UINT8",
+                                   "data": batch.ravel().tolist()}]}).encode()
+    items = parse_request(body).items
+    assert len(items) == 2 and np.array_equal(items[1].pixels, batch[1])
+    header = json.dumps({"inputs": [{"name": "image", "shape": [2, 4, 6, 3], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": batch.nbytes}}]}).encode()
+    items = parse_request(header + batch.tobytes()).items
+    assert np.array_equal(items[0].pixels, batch[0])
+
+
+def test_raw_image_body(jpeg: bytes) -> None:
+    payload = parse_request(jpeg, "image/jpeg")
+    assert payload.protocol == "raw" and payload.items[0].data == jpeg
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty"),
+        (b"not json", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"foo": 1}', "neither"),
+        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}', "no BYTES or UINT8"),
+        (b'{"inputs": [{"name": "x", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [1]}]}', "values for shape"),
+    ],
+)
+def test_bad_requests(body: bytes, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_request(body)
+
+
+def test_v1_response_objects() -> None:
+    payload = parse_response(v1_response(["glass", "trash"], CLASSES), CLASSES)
+    assert [(p.label, p.score) for p in payload.items] == [("glass", 0.9), ("trash", 0.9)]
+    assert payload.items[0].probabilities["glass"] == 0.9
+
+
+def test_v1_response_lists_labels_and_indices() -> None:
+    probs = [0.1, 0.6, 0.1, 0.1, 0.05, 0.05]
+    body = json.dumps({"predictions": [probs, "paper", 3]}).encode()
+    items = parse_response(body, CLASSES).items
+    assert (items[0].label, items[0].score) == ("glass", 0.6)
+    assert items[1].label == "paper" and items[1].score is None
+    assert items[2].label == "paper"
+
+
+def test_v2_response_labels_and_probabilities() -> None:
+    body = json.dumps({"model_name": "garbage-classifier", "model_version": "3", "outputs": [
+        {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["metal", "paper"]},
+        {"name": "probabilities", "shape": [2, 6], "datatype": "FP32",
+         "data": [0, 0, 0.7, 0.3, 0, 0, 0, 0, 0.2, 0.8, 0, 0]},
+    ]}).encode()
+    payload = parse_response(body, CLASSES)
+    assert payload.model_name == "garbage-classifier" and payload.model_version == "3"
+    assert [(p.label, round(p.score, 3)) for p in payload.items] == [("metal", 0.7), ("paper", 0.8)]
+
+
+def test_v2_response_probabilities_only() -> None:
+    body = json.dumps({"outputs": [{"name": "probabilities", "shape": [1, 6], "datatype": "FP32",
+                                    "data": [0.05, 0.05, 0.05, 0.05, 0.05, 0.75]}]}).encode()
+    [item] = parse_response(body, CLASSES).items
+    assert item.label == "trash" and item.score == pytest.approx(0.75)
+
+
+def test_bad_response() -> None:
+    with pytest.raises(PayloadError, match="neither"):
+        parse_response(b'{"result": 1}', CLASSES)

@@ -1,0 +1,92 @@
+"""The compiled pipeline IR: a golden file (normalised) and the train task's GPU request.
+
+Regenerate the golden file after an intended pipeline change with
+``UPDATE_GOLDEN=1 python -m pytest tests/pipelines/test_compiled_ir.py`` and review its diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+GOLDEN = Path(__file__).parent / "golden" / "pipeline_ir.yaml"
+IMAGE_PLACEHOLDER = "<COMPONENTS_IMAGE>"
+VOLATILE_KEYS = ("sdkVersion",)
+
+training = pytest.importorskip("pipelines.training",
+                               reason="pipelines/training.py (the lead's pipeline) is not there yet")
+
+
+def _compile(tmp_path: Path) -> list[dict[str, Any]]:
+    path = training.compile_pipeline(tmp_path / "pipeline.yaml")
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def normalise(documents: list[dict[str, Any]], image: str) -> list[dict[str, Any]]:
+    """Drop fields that change without a pipeline change (SDK version, the image tag)."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items() if k not in VOLATILE_KEYS}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return IMAGE_PLACEHOLDER if node == image else node
+    return [walk(d) for d in documents]
+
+
+@pytest.fixture(scope="module")
+def ir(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return _compile(tmp_path_factory.mktemp("ir"))
+
+
+def _executor_for(ir: list[dict[str, Any]], task: str) -> str:
+    spec = ir[0]["root"]["dag"]["tasks"][task]
+    return ir[0]["components"][spec["componentRef"]["name"]]["executorLabel"]
+
+
+def test_compiled_ir_matches_golden(ir):
+    from pipelines.images import COMPONENTS_IMAGE
+
+    got = normalise(ir, COMPONENTS_IMAGE)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(yaml.safe_dump_all(got, sort_keys=True))
+    assert GOLDEN.is_file(), f"no golden file; create it with UPDATE_GOLDEN=1 ({GOLDEN})"
+    want = [d for d in yaml.safe_load_all(GOLDEN.read_text()) if d]
+    assert got == want, ("compiled IR differs from tests/pipelines/golden/pipeline_ir.yaml; if the "
+                         "change is intended, regenerate with UPDATE_GOLDEN=1 and review the diff")
+    assert not any("sdkVersion" in d for d in want)
+
+
+def test_train_task_asks_for_one_gpu_on_a_gpu_node(ir):
+    executor = _executor_for(ir, "train-model")
+    resources = ir[0]["deploymentSpec"]["executors"][executor]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert int(resources["accelerator"]["resourceCount"]) == 1
+    platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
+    assert platform["nodeSelector"]["labels"]  # a GPU node label
+    assert any(t.get("key") == "nvidia.com/gpu" for t in platform["tolerations"])
+    assert any(m["mountPath"] == "/dev/shm" and m.get("medium") == "Memory"
+               for m in platform["emptyDirMounts"])
+
+
+def test_only_the_train_task_asks_for_a_gpu(ir):
+    train = _executor_for(ir, "train-model")
+    for name, executor in ir[0]["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources") or {}
+        assert ("accelerator" in resources) == (name == train), name
+
+
+def test_every_step_runs_in_the_components_image_with_requests_and_limits(ir):
+    from pipelines.images import COMPONENTS_IMAGE
+
+    for name, executor in ir[0]["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        assert container["image"] == COMPONENTS_IMAGE, name
+        resources = container.get("resources") or {}
+        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
+                    "resourceMemoryLimit"):
+            assert key in resources, f"{name} has no {key}"

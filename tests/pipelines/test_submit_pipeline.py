@@ -1,0 +1,171 @@
+"""``garbage pipeline submit``: compile, fit to the cluster, create the run through a KFP client.
+
+``FakeKFPClient`` is a FAKE of ``kfp.Client``: a Kubeflow Pipelines API server needs Kubernetes,
+which cannot run on the development and CI machines. It records what ``submit`` sends (the
+compiled package is read while the call happens) and answers like the client does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from components.config import Config, load_config
+from pipelines.submit import (
+    CLUSTER_TRACKING_URI,
+    SubmitError,
+    cluster_config,
+    fit_to_cpu_cluster,
+    submit_pipeline,
+    wait_for_run,
+)
+
+pytest.importorskip("pipelines.training", reason="pipelines/training.py (the lead's) is not there yet")
+
+
+class FakeKFPClient:
+    """A fake ``kfp.Client`` (see the module docstring)."""
+
+    instances: list[FakeKFPClient] = []
+
+    def __init__(self, host: str | None = None, **kwargs: Any) -> None:
+        self.host, self.kwargs = host, kwargs
+        self.runs: list[dict[str, Any]] = []
+        self.states = ["RUNNING", "SUCCEEDED"]
+        self.refuse: Exception | None = None
+        FakeKFPClient.instances.append(self)
+
+    def create_run_from_pipeline_package(self, pipeline_file: str, **kwargs: Any) -> Any:
+        if self.refuse:
+            raise self.refuse
+        docs = [d for d in yaml.safe_load_all(Path(pipeline_file).read_text()) if d]
+        self.runs.append({"documents": docs, **kwargs})
+        return SimpleNamespace(run_id=f"run-{len(self.runs)}")
+
+    def get_run(self, run_id: str) -> Any:
+        return SimpleNamespace(run_id=run_id, state=self.states.pop(0))
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return load_config(profile="smoke", overrides=[f"work_dir={tmp_path / 'work'}"], environ={})
+
+
+def _train_executor(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    name = next(n for n in docs[0]["deploymentSpec"]["executors"] if "train" in n)
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"].get(name, {})
+    return docs[0]["deploymentSpec"]["executors"][name]["container"]["resources"], platform
+
+
+def test_cluster_config_uses_a_shared_tracking_server_and_a_relative_work_dir(config):
+    cfg = cluster_config(config)
+    assert cfg.registry.tracking_uri == CLUSTER_TRACKING_URI
+    assert cfg.mlflow_tracking_uri == CLUSTER_TRACKING_URI
+    assert cfg.work_dir == Path("work")
+    explicit = cluster_config(config, "http://mlflow.example:5000")
+    assert explicit.mlflow_tracking_uri == "http://mlflow.example:5000"
+
+
+def test_submit_sends_the_compiled_pipeline_with_the_config(config):
+    client = FakeKFPClient("http://kfp.example")
+    cfg = cluster_config(config)
+    result = submit_pipeline("http://kfp.example/", cfg, experiment="exp", run_name="r1",
+                             client=client)
+
+    assert result.run_id == "run-1"
+    assert result.run_url == "http://kfp.example/#/runs/details/run-1"
+    (run,) = client.runs
+    assert run["experiment_name"] == "exp" and run["run_name"] == "r1"
+    assert run["service_account"] == "garbage-pipeline"
+    assert Config.model_validate_json(run["arguments"]["config_json"]) == cfg
+    resources, platform = _train_executor(run["documents"])
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert platform["nodeSelector"]
+
+
+def test_cpu_only_drops_gpu_requests_and_caps_resources(config):
+    client = FakeKFPClient()
+    submit_pipeline("http://kfp", cluster_config(config), cpu_only=True, client=client)
+    docs = client.runs[0]["documents"]
+    resources, platform = _train_executor(docs)
+    assert "accelerator" not in resources
+    assert resources["resourceCpuRequest"] in ("2", "500m") and resources["resourceMemoryLimit"] == "6G"
+    assert "nodeSelector" not in platform and "tolerations" not in platform
+    for executor in docs[0]["deploymentSpec"]["executors"].values():
+        assert "accelerator" not in executor["container"].get("resources", {})
+
+
+def test_fit_to_cpu_cluster_keeps_small_requests_and_other_tolerations():
+    docs = [{"deploymentSpec": {"executors": {"e": {"container": {"resources": {
+        "resourceCpuRequest": "500m", "resourceCpuLimit": "8", "resourceMemoryRequest": "512Mi",
+        "resourceMemoryLimit": "32G", "cpuLimit": 8.0,
+        "accelerator": {"resourceType": "nvidia.com/gpu", "resourceCount": "1"}}}}}}},
+            {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {"e": {
+                "nodeSelector": {"labels": {"gpu": "true"}},
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"},
+                                {"key": "spot", "operator": "Exists"}]}}}}}}]
+    fitted = fit_to_cpu_cluster(docs, max_cpu="2", max_memory="6G")
+    assert fitted[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"] == {
+        "resourceCpuRequest": "500m", "resourceCpuLimit": "2", "resourceMemoryRequest": "512Mi",
+        "resourceMemoryLimit": "6G"}
+    assert fitted[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["e"] == {
+        "tolerations": [{"key": "spot", "operator": "Exists"}]}
+    assert "accelerator" in docs[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"]
+
+
+def test_wait_reports_a_failed_run(config):
+    client = FakeKFPClient()
+    client.states = ["RUNNING", "FAILED"]
+    with pytest.raises(SubmitError, match="run run-1 ended FAILED"):
+        submit_pipeline("http://kfp", cluster_config(config), wait=True, client=client)
+    ok = FakeKFPClient()
+    ok.states = ["PENDING", "RUNNING", "SUCCEEDED"]
+    sleeps: list[float] = []
+    assert wait_for_run(ok, "r", timeout_s=100, poll_s=1, sleep=sleeps.append) == "SUCCEEDED"
+    assert sleeps == [1, 1]
+
+
+def test_wait_times_out():
+    client = FakeKFPClient()
+    client.states = ["RUNNING"] * 10
+    now = [0.0]
+    with pytest.raises(SubmitError, match="still RUNNING after 5 s"):
+        wait_for_run(client, "r", timeout_s=5, poll_s=3, clock=lambda: now[0],
+                     sleep=lambda s: now.__setitem__(0, now[0] + s))
+
+
+def test_a_refused_run_names_the_host(config):
+    client = FakeKFPClient()
+    client.refuse = RuntimeError("HTTP 401 Unauthorized")
+    with pytest.raises(SubmitError, match="at http://kfp refused the run: HTTP 401"):
+        submit_pipeline("http://kfp", cluster_config(config), client=client)
+
+
+def test_submit_command(monkeypatch, tmp_path):
+    import kfp
+
+    from pipelines.cluster_cli import submit
+
+    monkeypatch.setattr(kfp, "Client", FakeKFPClient)
+    FakeKFPClient.instances.clear()
+    app = typer.Typer()
+    app.command()(submit)
+    result = CliRunner().invoke(app, ["--host", "http://kfp.example", "--profile", "smoke",
+                                      "--set", "train.epochs=1", "--cpu-only",
+                                      "--experiment", "e2e"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run_id"] == "run-1"
+    (client,) = FakeKFPClient.instances
+    assert client.host == "http://kfp.example"
+    sent = Config.model_validate_json(client.runs[0]["arguments"]["config_json"])
+    assert sent.train.epochs == 1 and sent.mlflow_tracking_uri == CLUSTER_TRACKING_URI
+
+    bad = CliRunner().invoke(app, ["--host", "http://kfp", "--set", "train.epochs=-3"])
+    assert bad.exit_code == 2
