@@ -22,7 +22,8 @@ DEFAULT_OUT = Path("work/monitoring/drift")
 
 
 def drift(
-    reference: Path = typer.Option(..., "--reference", help="Reference profile (parquet/CSV) of the champion."),
+    reference: str = typer.Option(..., "--reference", help="Reference profile (parquet/CSV) of the champion, "
+                                  "or an MLflow URI such as models:/garbage-classifier@champion."),
     images: Path | None = typer.Option(None, "--images", help="Folder of images to use as the window."),
     db: str | None = typer.Option(None, "--db", help="Collector store: SQLAlchemy URL or SQLite path."),
     window: str = typer.Option("1h", "--window", help="With --db: how far back, e.g. 30m, 1h, 24h, 7d."),

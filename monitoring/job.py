@@ -22,7 +22,7 @@ from monitoring.accuracy import parse_window
 from monitoring.drift import DriftSettings, compute_drift, write_reports
 from monitoring.features import FEATURE_COLUMNS, pixel_features
 from monitoring.metrics import drift_registry, push, write_textfile
-from monitoring.reference import load_reference
+from monitoring.reference import load_reference, resolve_reference
 from monitoring.store import InferenceStore
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,8 @@ def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | N
     Exactly one of ``db_url`` and ``images`` names the window.
 
     Args:
-        reference: The reference profile (parquet or CSV from ``build_reference``).
+        reference: The reference profile (parquet or CSV from ``build_reference``), or an MLflow
+            URI to download it from (``models:/garbage-classifier@champion``, ``runs:/...``).
         out_dir: Where ``drift_report.html/json``, ``drift_summary.json`` and ``metrics.prom`` go.
         db_url: The collector's store (SQLAlchemy URL or SQLite path); with ``window``.
         window: How far back from ``now`` the window reaches (``30m``, ``1h``, ``24h``, ``7d``).
@@ -127,7 +128,8 @@ def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | N
         raise DriftJobError("give exactly one window source: --db URL (with --window) or --images FOLDER")
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    ref = load_reference(Path(reference))
+    out = Path(out_dir)
+    ref = load_reference(resolve_reference(reference, out / "reference"))
     timings["load_reference"] = time.perf_counter() - started
     mark = time.perf_counter()
     if images is not None:
@@ -145,7 +147,6 @@ def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | N
     timings["decide"] = time.perf_counter() - mark
     result.extra["source"] = source
     mark = time.perf_counter()
-    out = Path(out_dir)
     written = write_reports(ref, current, result, out, html=html)
     timings["report"] = time.perf_counter() - mark
     summary = result.summary()

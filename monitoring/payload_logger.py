@@ -13,12 +13,15 @@ and background tasks post them with a short timeout, counting failures instead o
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 
 from monitoring.events import binary_headers
 
@@ -158,3 +161,58 @@ class PayloadLogger:
                         event.kind, event.event_id, response.text[:200])
         else:
             self.stats.sent += 1
+
+
+def encode_request(inputs: list[bytes] | np.ndarray) -> tuple[bytes, str]:
+    """A logged request body in an inference protocol the collector reads.
+
+    Encoded files become a v1 body (``{"instances": [{"image_bytes": {"b64": ...}}]}``); a
+    ``uint8 [N, H, W, 3]`` tensor a v2 body with the binary tensor extension (JSON header, then
+    the raw pixels), which is far smaller than JSON numbers.
+    """
+    if isinstance(inputs, np.ndarray):
+        pixels = np.ascontiguousarray(inputs, dtype=np.uint8)
+        header = {"inputs": [{"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
+                              "parameters": {"binary_data_size": pixels.nbytes}}]}
+        return json.dumps(header).encode() + pixels.tobytes(), "application/octet-stream"
+    instances = [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}} for data in inputs]
+    return json.dumps({"instances": instances}).encode(), "application/json"
+
+
+class CloudEventsHook:
+    """A ``serving.model.PredictionHook`` that logs every answered request as KServe CloudEvents.
+
+    ``garbage serve --logger-url URL`` passes one to the predictor. It holds only its settings
+    when pickled (``--workers > 1`` sends the hook to each worker process); the emitter is made
+    in the process that uses it, on first use.
+    """
+
+    def __init__(self, url: str, **options: object) -> None:
+        """Args: url: the collector's events endpoint; options: :class:`PayloadLogger` keywords."""
+        self.url = url
+        self.options = options
+        self._logger: PayloadLogger | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"url": self.url, "options": self.options}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.url = str(state["url"])
+        self.options = dict(state["options"])  # type: ignore[arg-type]
+        self._logger = None
+
+    @property
+    def logger(self) -> PayloadLogger:
+        """The emitter of this process."""
+        if self._logger is None:
+            self._logger = PayloadLogger(self.url, **self.options)  # type: ignore[arg-type]
+        return self._logger
+
+    async def __call__(self, request_id: str, inputs: list[bytes] | np.ndarray, predictions: list) -> None:
+        """Queue the request and response events of one answered request (runs after the answer)."""
+        emitter = self.logger
+        if not emitter.running:
+            await emitter.start()
+        body, content_type = await asyncio.to_thread(encode_request, inputs)
+        response = json.dumps({"predictions": [p.to_dict() for p in predictions]}).encode()
+        emitter.log(body, response, inference_id=request_id, content_type=content_type)

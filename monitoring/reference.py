@@ -19,6 +19,7 @@ from monitoring.features import FEATURE_COLUMNS, FEATURE_VERSION, pixel_features
 
 META_COLUMNS = ("path", "label", "split", "sha256")
 PREDICTION_BATCH = 64
+MLFLOW_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 class ReferenceProfileError(ValueError):
@@ -120,3 +121,32 @@ def load_reference(path: Path) -> pd.DataFrame:
         raise ReferenceProfileError(f"reference profile {path} lacks feature columns {lacking[:5]}; "
                              "rebuild it with this version of monitoring.reference")
     return table
+
+
+def resolve_reference(location: str | Path, download_dir: Path) -> Path:
+    """A local reference file for a path or an MLflow artifact URI.
+
+    ``models:/garbage-classifier@champion``, ``runs:/<id>/reference`` and ``mlflow-artifacts:/``
+    URIs are downloaded into ``download_dir`` (``MLFLOW_TRACKING_URI`` names the server); when
+    the download is a folder, the ``*reference*.parquet`` (or ``.csv``) inside it is used, so the
+    drift job can follow the champion: the pipeline logs the reference with the model version.
+
+    Raises:
+        ReferenceProfileError: Nothing downloadable at the URI, or no reference file in it.
+    """
+    text = str(location)
+    if not text.startswith(MLFLOW_PREFIXES):
+        return Path(text)
+    try:
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir)))
+    except Exception as e:  # mlflow raises many unrelated types for a missing artifact  # noqa: BLE001
+        raise ReferenceProfileError(f"cannot download the reference profile from {text}: {e}") from e
+    if local.is_file():
+        return local
+    found = sorted(p for suffix in ("parquet", "csv") for p in local.rglob(f"*reference*.{suffix}"))
+    if not found:
+        raise ReferenceProfileError(f"{text} holds no *reference*.parquet or .csv file; log the profile "
+                                    "built by monitoring.reference.build_reference with the model version")
+    return found[0]

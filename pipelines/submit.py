@@ -101,7 +101,9 @@ def compile_package(out_path: Path, cpu_only: bool = False,
                     compile_fn: Callable[[Path], Path] | None = None) -> Path:
     """Compile the pipeline to ``out_path`` (fitted to a CPU cluster when ``cpu_only``)."""
     if compile_fn is None:
-        from pipelines.training import compile_pipeline as compile_fn
+        from pipelines.training import compile_pipeline
+
+        compile_fn = compile_pipeline
     try:
         path = compile_fn(out_path)
     except Exception as e:  # the KFP compiler raises many types for a broken pipeline

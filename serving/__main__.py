@@ -1,4 +1,4 @@
-"""``python -m serving --model_dir /mnt/models --http_port 8080 --grpc_port 8081``: the container's entry point."""
+"""The container's entry point: ``python -m serving --model_dir /mnt/models --http_port 8080``."""
 
 import sys
 

@@ -10,6 +10,7 @@ under-full batch waits for company when the model is idle (0: never, the lowest 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -66,8 +67,10 @@ class MicroBatcher:
     async def submit(self, pixels: np.ndarray) -> np.ndarray:
         """Run the model on ``pixels`` (``[N, H, W, 3]``) together with concurrent submissions."""
         if len(pixels) > self.max_batch_size:
-            parts = [pixels[i:i + self.max_batch_size]
-                     for i in range(0, len(pixels), self.max_batch_size)]
+            parts = [
+                pixels[i : i + self.max_batch_size]
+                for i in range(0, len(pixels), self.max_batch_size)
+            ]
             return np.concatenate(await asyncio.gather(*(self.submit(p) for p in parts)))
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
@@ -82,10 +85,8 @@ class MicroBatcher:
         """Stop the worker; callers still waiting get ``RuntimeError``."""
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
             self._worker = None
         self._fail_pending(RuntimeError("the model server is shutting down"))
 
@@ -169,5 +170,5 @@ class MicroBatcher:
         for item in batch:
             n = len(item.pixels)
             if not item.future.done():
-                item.future.set_result(results[offset:offset + n])
+                item.future.set_result(results[offset : offset + n])
             offset += n

@@ -10,20 +10,20 @@ from kserve.errors import InvalidInput
 
 # Reason tags, the values of the ``reason`` label of ``garbage_rejected_requests_total``.
 REASONS = (
-    "malformed_json",      # the body is not JSON
-    "bad_request",         # JSON of the wrong structure for the protocol
-    "payload_too_large",   # body / tensor payload over --max-payload-bytes
+    "malformed_json",  # the body is not JSON
+    "bad_request",  # JSON of the wrong structure for the protocol
+    "payload_too_large",  # body / tensor payload over --max-payload-bytes
     "too_many_instances",  # more images than --max-instances
-    "invalid_base64",      # a b64 / JSON BYTES element that is not base64
-    "empty",               # an image of 0 bytes
-    "not_an_image",        # bytes Pillow cannot identify
-    "format",              # an image format outside --allowed-formats
-    "too_large",           # an image over --max-image-pixels (decompression bomb)
-    "corrupt",             # a truncated or corrupt image
-    "bad_tensor_name",     # an input or requested output the model does not have
-    "bad_dtype",           # a tensor of the wrong datatype
-    "bad_shape",           # a tensor whose shape is wrong or disagrees with its data
-    "bad_tensor_data",     # tensor contents that cannot be read (out of range, malformed)
+    "invalid_base64",  # a b64 / JSON BYTES element that is not base64
+    "empty",  # an image of 0 bytes
+    "not_an_image",  # bytes Pillow cannot identify
+    "format",  # an image format outside --allowed-formats
+    "too_large",  # an image over --max-image-pixels (decompression bomb)
+    "corrupt",  # a truncated or corrupt image
+    "bad_tensor_name",  # an input or requested output the model does not have
+    "bad_dtype",  # a tensor of the wrong datatype
+    "bad_shape",  # a tensor whose shape is wrong or disagrees with its data
+    "bad_tensor_data",  # tensor contents that cannot be read (out of range, malformed)
 )
 
 

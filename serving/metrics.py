@@ -1,15 +1,15 @@
 """Prometheus series of the garbage model server, beside KServe's own on ``/metrics``.
 
-==========================================  =========  ==========================================
-series                                      type       labels / meaning
-==========================================  =========  ==========================================
-``garbage_predictions_total``               counter    ``model_name``, ``label``: images classified
-``garbage_prediction_score``                histogram  ``model_name``: top-class probability
-``garbage_batch_size``                      histogram  ``model_name``: images per model call
-``garbage_batch_inference_seconds``         histogram  ``model_name``: duration of one model call
-``garbage_request_images``                  histogram  ``model_name``, ``protocol``: images per request
-``garbage_rejected_requests_total``         counter    ``model_name``, ``reason``: 4xx answers
-==========================================  =========  ==========================================
+=====================================  =========  ============================================
+series                                 type       labels / meaning
+=====================================  =========  ============================================
+``garbage_predictions_total``          counter    ``model_name``, ``label``: images classified
+``garbage_prediction_score``           histogram  ``model_name``: top-class probability
+``garbage_batch_size``                 histogram  ``model_name``: images per model call
+``garbage_batch_inference_seconds``    histogram  ``model_name``: duration of one model call
+``garbage_request_images``             histogram  ``model_name``, ``protocol``: images per request
+``garbage_rejected_requests_total``    counter    ``model_name``, ``reason``: 4xx answers
+=====================================  =========  ============================================
 
 The collectors are created on first use (not at import) and registered once per process in
 prometheus_client's default registry, which KServe's ``/metrics`` endpoint serves.
@@ -43,17 +43,38 @@ class ServingMetrics:
 def serving_metrics() -> ServingMetrics:
     """The process-wide collectors, registered on the first call."""
     return ServingMetrics(
-        predictions=Counter("garbage_predictions_total", "Images classified, by predicted label.",
-                            ["model_name", "label"]),
-        score=Histogram("garbage_prediction_score", "Probability of the predicted label.",
-                        ["model_name"], buckets=SCORE_BUCKETS),
-        batch_size=Histogram("garbage_batch_size", "Images per model call (micro-batch size).",
-                             ["model_name"], buckets=BATCH_BUCKETS),
-        batch_seconds=Histogram("garbage_batch_inference_seconds", "Duration of one model call.",
-                                ["model_name"], buckets=SECONDS_BUCKETS),
-        request_images=Histogram("garbage_request_images", "Images per inference request.",
-                                 ["model_name", "protocol"], buckets=BATCH_BUCKETS),
-        rejected=Counter("garbage_rejected_requests_total",
-                         "Requests answered 400 / INVALID_ARGUMENT, by reason.",
-                         ["model_name", "reason"]),
+        predictions=Counter(
+            "garbage_predictions_total",
+            "Images classified, by predicted label.",
+            ["model_name", "label"],
+        ),
+        score=Histogram(
+            "garbage_prediction_score",
+            "Probability of the predicted label.",
+            ["model_name"],
+            buckets=SCORE_BUCKETS,
+        ),
+        batch_size=Histogram(
+            "garbage_batch_size",
+            "Images per model call (micro-batch size).",
+            ["model_name"],
+            buckets=BATCH_BUCKETS,
+        ),
+        batch_seconds=Histogram(
+            "garbage_batch_inference_seconds",
+            "Duration of one model call.",
+            ["model_name"],
+            buckets=SECONDS_BUCKETS,
+        ),
+        request_images=Histogram(
+            "garbage_request_images",
+            "Images per inference request.",
+            ["model_name", "protocol"],
+            buckets=BATCH_BUCKETS,
+        ),
+        rejected=Counter(
+            "garbage_rejected_requests_total",
+            "Requests answered 400 / INVALID_ARGUMENT, by reason.",
+            ["model_name", "reason"],
+        ),
     )

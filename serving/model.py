@@ -117,16 +117,20 @@ class GarbageClassifierModel(Model):
         Raises:
             ModelLoadError: No usable model at ``model_dir``, or it failed the warm-up.
         """
+        self.stop()  # a reload replaces the pools
         cuda = default_providers(self.settings.device)[0] == "CUDAExecutionProvider"
         intra, decode = thread_budget(self.settings, self.workers, cuda=cuda)
-        classifier = OnnxClassifier.load(self.model_dir, device=self.settings.device,
-                                         intra_op_threads=intra)
+        classifier = OnnxClassifier.load(
+            self.model_dir, device=self.settings.device, intra_op_threads=intra
+        )
         self._warm_up(classifier)
         self.threads = {"intra_op": intra, "decode": decode, "workers": self.workers}
         self._decode_pool = ThreadPoolExecutor(decode, thread_name_prefix="garbage-decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="garbage-onnx")
-        batch_metrics = (self._metrics.batch_size.labels(self.name),
-                         self._metrics.batch_seconds.labels(self.name))
+        batch_metrics = (
+            self._metrics.batch_size.labels(self.name),
+            self._metrics.batch_seconds.labels(self.name),
+        )
         self._batcher = MicroBatcher(
             classifier.predict_pixels,
             max_batch_size=self.settings.max_batch_size,
@@ -136,26 +140,39 @@ class GarbageClassifierModel(Model):
         )
         self.model_sha256 = hashlib.sha256(classifier.model_file.read_bytes()).hexdigest()
         self.classifier = classifier
-        logger.info("model %s loaded from %s: providers %s, threads %s", self.name,
-                    classifier.model_file, classifier.providers, self.threads)
+        logger.info(
+            "model %s loaded from %s: providers %s, threads %s",
+            self.name,
+            classifier.model_file,
+            classifier.providers,
+            self.threads,
+        )
         self.ready = True
         return self.ready
 
     def _warm_up(self, classifier: OnnxClassifier) -> None:
         """Run the whole preprocessing and the model once at batch 1 and at the largest batch."""
         buffer = io.BytesIO()
-        Image.new("RGB", (classifier.width, classifier.height), (128, 128, 128)).save(buffer, "JPEG")
-        pixels = classifier.preprocess(buffer.getvalue(), allowed_formats=self.settings.allowed_formats,
-                                       max_pixels=self.settings.max_image_pixels)
+        Image.new("RGB", (classifier.width, classifier.height), (128, 128, 128)).save(
+            buffer, "JPEG"
+        )
+        pixels = classifier.preprocess(
+            buffer.getvalue(),
+            allowed_formats=self.settings.allowed_formats,
+            max_pixels=self.settings.max_image_pixels,
+        )
         for n in sorted({1, self.settings.max_batch_size}):
             probabilities = classifier.predict_pixels(np.repeat(pixels[None], n, axis=0))
-            if (probabilities.shape != (n, len(classifier.classes))
-                    or not np.all(np.isfinite(probabilities))
-                    or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)):
+            if (
+                probabilities.shape != (n, len(classifier.classes))
+                or not np.all(np.isfinite(probabilities))
+                or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+            ):
                 raise ModelLoadError(
                     f"{classifier.model_file} failed the warm-up: batch {n} gave probabilities of "
                     f"shape {probabilities.shape} that are not a distribution over "
-                    f"{len(classifier.classes)} classes")
+                    f"{len(classifier.classes)} classes"
+                )
 
     def start(self) -> None:
         """KServe calls this after registering the model; readiness stays what ``load`` made it."""
@@ -171,8 +188,14 @@ class GarbageClassifierModel(Model):
         """With ``--workers > 1`` KServe sends the model to each worker process: reload it there."""
         from serving.server import restore_in_worker
 
-        return restore_in_worker, (self.name, str(self.model_dir), self.settings.model_dump(),
-                                   self.workers, self.on_prediction)
+        return restore_in_worker, (
+            self.name,
+            str(self.model_dir),
+            self.settings.model_dump(),
+            self.workers,
+            self.on_prediction,
+            self.enable_latency_logging,  # set by kserve.ModelServer before it spawns workers
+        )
 
     # -- description -------------------------------------------------------------------------
 
@@ -188,8 +211,11 @@ class GarbageClassifierModel(Model):
         classifier = self._loaded()
         return [
             {"name": BYTES_INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": PIXELS_INPUT, "datatype": "UINT8",
-             "shape": [-1, classifier.height, classifier.width, 3]},
+            {
+                "name": PIXELS_INPUT,
+                "datatype": "UINT8",
+                "shape": [-1, classifier.height, classifier.width, 3],
+            },
         ]
 
     def get_output_types(self) -> list[dict[str, Any]]:
@@ -220,8 +246,12 @@ class GarbageClassifierModel(Model):
 
     # -- inference ---------------------------------------------------------------------------
 
-    async def __call__(self, body: Any, headers: dict[str, str] | None = None,
-                       verb: InferenceVerb = InferenceVerb.PREDICT) -> Any:
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ) -> Any:
         """KServe's pipeline, counting rejected requests by reason."""
         try:
             return await super().__call__(body, headers, verb)
@@ -246,7 +276,9 @@ class GarbageClassifierModel(Model):
                 if size > self.settings.max_payload_bytes:
                     raise InputRejected(
                         f"the request carries {size} bytes of tensor data, over the limit of "
-                        f"{self.settings.max_payload_bytes}", "payload_too_large")
+                        f"{self.settings.max_payload_bytes}",
+                        "payload_too_large",
+                    )
             inputs = v2_images(payload, self.settings)
             request_id = headers.get("x-request-id") or payload.id or uuid.uuid4().hex
         else:
@@ -261,15 +293,23 @@ class GarbageClassifierModel(Model):
         self._metrics.request_images.labels(self.name, protocol).observe(len(pixels))
         return _Work(request_id, protocol, inputs, pixels, payload)
 
-    async def predict(self, payload: _Work, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> _Work:
+    async def predict(
+        self,
+        payload: _Work,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> _Work:
         """Run the model on the request's pixels, batched with concurrent requests."""
         assert self._batcher is not None
         payload.probabilities = await self._batcher.submit(payload.pixels)
         return payload
 
-    async def postprocess(self, result: _Work, headers: dict[str, str] | None = None,
-                          response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+    async def postprocess(
+        self,
+        result: _Work,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
         """Labels, scores and probabilities in the request's protocol; metrics; the hook."""
         classifier = self._loaded()
         assert result.probabilities is not None
@@ -279,25 +319,39 @@ class GarbageClassifierModel(Model):
             self._metrics.score.labels(self.name).observe(prediction.score)
         if self.on_prediction is not None:
             task = asyncio.get_running_loop().create_task(
-                self._notify(result.request_id, result.inputs, predictions))
+                self._notify(result.request_id, result.inputs, predictions)
+            )
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         if result.request is None:
             return {"predictions": [p.to_dict() for p in predictions]}
         return self._v2_response(classifier, result, predictions)
 
-    def _v2_response(self, classifier: OnnxClassifier, work: _Work,
-                     predictions: list[Prediction]) -> InferResponse:
+    def _v2_response(
+        self, classifier: OnnxClassifier, work: _Work, predictions: list[Prediction]
+    ) -> InferResponse:
         assert work.request is not None and work.probabilities is not None
         n = len(predictions)
         outputs = [
-            InferOutput(OUTPUT_LABEL, [n], "BYTES",
-                        data=np.array([p.label for p in predictions], dtype=np.object_)),
-            InferOutput(OUTPUT_SCORE, [n], "FP32",
-                        data=np.array([p.score for p in predictions], dtype=np.float32)),
-            InferOutput(OUTPUT_PROBABILITIES, [n, len(classifier.classes)], "FP32",
-                        data=np.ascontiguousarray(work.probabilities, dtype=np.float32),
-                        parameters={"classes": json.dumps(classifier.classes)}),
+            InferOutput(
+                OUTPUT_LABEL,
+                [n],
+                "BYTES",
+                data=np.array([p.label for p in predictions], dtype=np.object_),
+            ),
+            InferOutput(
+                OUTPUT_SCORE,
+                [n],
+                "FP32",
+                data=np.array([p.score for p in predictions], dtype=np.float32),
+            ),
+            InferOutput(
+                OUTPUT_PROBABILITIES,
+                [n, len(classifier.classes)],
+                "FP32",
+                data=np.ascontiguousarray(work.probabilities, dtype=np.float32),
+                parameters={"classes": json.dumps(classifier.classes)},
+            ),
         ]
         return InferResponse(
             response_id=work.request.id or work.request_id,
@@ -310,8 +364,9 @@ class GarbageClassifierModel(Model):
             requested_outputs=work.request.request_outputs,
         )
 
-    async def _notify(self, request_id: str, inputs: list[bytes] | np.ndarray,
-                      predictions: list[Prediction]) -> None:
+    async def _notify(
+        self, request_id: str, inputs: list[bytes] | np.ndarray, predictions: list[Prediction]
+    ) -> None:
         assert self.on_prediction is not None
         try:
             await self.on_prediction(request_id, inputs, predictions)
@@ -328,8 +383,9 @@ class GarbageClassifierModel(Model):
         def decode_range(start: int, stop: int) -> None:
             for i in range(start, stop):
                 try:
-                    out[i] = classifier.preprocess(images[i], allowed_formats=s.allowed_formats,
-                                                   max_pixels=s.max_image_pixels)
+                    out[i] = classifier.preprocess(
+                        images[i], allowed_formats=s.allowed_formats, max_pixels=s.max_image_pixels
+                    )
                 except InvalidImageError as e:
                     where = f"image {i}: " if len(images) > 1 else ""
                     raise InputRejected(f"{where}{e}", e.reason) from e
@@ -356,5 +412,9 @@ class GarbageClassifierModel(Model):
         loop = asyncio.get_running_loop()
         chunks = min(count, self.threads["decode"])
         bounds = [count * k // chunks for k in range(chunks + 1)]
-        await asyncio.gather(*(loop.run_in_executor(self._decode_pool, work, bounds[k], bounds[k + 1])
-                               for k in range(chunks)))
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self._decode_pool, work, bounds[k], bounds[k + 1])
+                for k in range(chunks)
+            )
+        )

@@ -36,8 +36,10 @@ OUTPUT_SCORE = "score"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_SCORE, OUTPUT_PROBABILITIES)
 
-_INPUT_HINT = (f"send exactly one input: '{BYTES_INPUT}' (BYTES, shape [N], encoded JPEG/PNG files) "
-               f"or '{PIXELS_INPUT}' (UINT8, shape [N, H, W, 3], RGB pixels)")
+_INPUT_HINT = (
+    f"send exactly one input: '{BYTES_INPUT}' (BYTES, shape [N], encoded JPEG/PNG files) "
+    f"or '{PIXELS_INPUT}' (UINT8, shape [N, H, W, 3], RGB pixels)"
+)
 
 
 def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
@@ -48,8 +50,11 @@ def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
     """
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
         raise InputRejected(
-            'the body must be a JSON object {"instances": [{"image_bytes": {"b64": "<base64 JPEG or '
-            'PNG>"}}, ...]}', "bad_request")
+            'the body must be a JSON object {"instances": [{"image_bytes": {"b64": '
+            '"<base64 JPEG or '
+            'PNG>"}}, ...]}',
+            "bad_request",
+        )
     instances = body["instances"]
     if not instances:
         raise InputRejected('"instances" is empty: send at least one image', "bad_request")
@@ -61,7 +66,8 @@ def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
         if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
             raise InputRejected(
                 f'instance {index} must be {{"image_bytes": {{"b64": "<base64 JPEG or PNG>"}}}}',
-                "bad_request")
+                "bad_request",
+            )
         images.append(_b64(instance["b64"], f"instance {index}"))
     return images
 
@@ -78,8 +84,10 @@ def v2_images(request: InferRequest, settings: ServingSettings) -> list[bytes] |
     for output in request.request_outputs or ():
         if output.name not in OUTPUT_NAMES:
             raise InputRejected(
-                f"unknown output '{output.name}'; this model's outputs are {', '.join(OUTPUT_NAMES)}",
-                "bad_tensor_name")
+                f"unknown output '{output.name}'; this model's outputs are "
+                f"{', '.join(OUTPUT_NAMES)}",
+                "bad_tensor_name",
+            )
     tensor = request.inputs[0]
     if tensor.name == BYTES_INPUT:
         _expect_datatype(tensor, "BYTES")
@@ -126,11 +134,13 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
         except ValueError:
             raise InputRejected(
                 f"Inference-Header-Content-Length must be an integer, got {json_length!r}",
-                "bad_request") from None
+                "bad_request",
+            ) from None
         if not 0 < end <= len(body):
             raise InputRejected(
                 f"Inference-Header-Content-Length {end} is outside the body's {len(body)} bytes",
-                "bad_request")
+                "bad_request",
+            )
     try:
         doc = orjson.loads(body[:end])
     except orjson.JSONDecodeError as e:
@@ -138,7 +148,9 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InputRejected(
             'the body must be a v2 inference request {"inputs": [{"name", "shape", "datatype", '
-            '"data"}]}', "bad_request")
+            '"data"}]}',
+            "bad_request",
+        )
     inputs: list[InferInput] = []
     raws: list[bytes | None] = []
     offset = end
@@ -148,8 +160,10 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
         raws.append(raw)
     if offset != len(body):
         raise InputRejected(
-            f"{len(body) - offset} bytes follow the JSON that no input's binary_data_size accounts for",
-            "bad_request")
+            f"{len(body) - offset} bytes follow the JSON that no input's binary_data_size "
+            "accounts for",
+            "bad_request",
+        )
     request_id = doc.get("id")
     parameters = doc.get("parameters")
     if request_id is not None and not isinstance(request_id, str):
@@ -166,8 +180,9 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
     )
 
 
-def _rest_input(spec: Any, index: int, body: bytes, offset: int
-                ) -> tuple[InferInput, bytes | None, int]:
+def _rest_input(
+    spec: Any, index: int, body: bytes, offset: int
+) -> tuple[InferInput, bytes | None, int]:
     if not isinstance(spec, dict):
         raise InputRejected(f"input {index} must be an object", "bad_request")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
@@ -175,8 +190,7 @@ def _rest_input(spec: Any, index: int, body: bytes, offset: int
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise InputRejected(f"input {index} needs a string 'name' and 'datatype'", "bad_request")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InputRejected(f"input '{name}' needs a 'shape' of non-negative integers",
-                            "bad_shape")
+        raise InputRejected(f"input '{name}' needs a 'shape' of non-negative integers", "bad_shape")
     if not isinstance(parameters, dict):
         raise InputRejected(f"input '{name}': 'parameters' must be an object", "bad_request")
     tensor = InferInput(name=name, shape=shape, datatype=datatype, parameters=parameters)
@@ -189,34 +203,44 @@ def _rest_input(spec: Any, index: int, body: bytes, offset: int
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise InputRejected(
             f"input '{name}' has neither 'data' nor an integer parameters.binary_data_size",
-            "bad_request")
+            "bad_request",
+        )
     if offset + size > len(body):
         raise InputRejected(
             f"input '{name}' declares binary_data_size {size} but only {len(body) - offset} bytes "
-            "remain in the body", "bad_request")
-    return tensor, body[offset:offset + size], offset + size
+            "remain in the body",
+            "bad_request",
+        )
+    return tensor, body[offset : offset + size], offset + size
 
 
 def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list) or not all(
-            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
         raise InputRejected('"outputs" must be a list of {"name": ...} objects', "bad_request")
-    return [RequestedOutput(name=o["name"], parameters=o.get("parameters") or {}) for o in outputs] or None
+    return [
+        RequestedOutput(name=o["name"], parameters=o.get("parameters") or {}) for o in outputs
+    ] or None
 
 
 def _check_count(count: int, settings: ServingSettings) -> None:
     if count > settings.max_instances:
         raise InputRejected(
             f"{count} images in one request, over the limit of {settings.max_instances}; split the "
-            "request", "too_many_instances")
+            "request",
+            "too_many_instances",
+        )
 
 
 def _expect_datatype(tensor: InferInput, datatype: str) -> None:
     if tensor.datatype != datatype:
         raise InputRejected(
-            f"input '{tensor.name}' must have datatype {datatype}, got {tensor.datatype}", "bad_dtype")
+            f"input '{tensor.name}' must have datatype {datatype}, got {tensor.datatype}",
+            "bad_dtype",
+        )
 
 
 def _b64(text: str, where: str) -> bytes:
@@ -230,7 +254,9 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
     shape = list(tensor.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
         raise InputRejected(
-            f"input '{BYTES_INPUT}' must have shape [N] or [N, 1] with N >= 1, got {shape}", "bad_shape")
+            f"input '{BYTES_INPUT}' must have shape [N] or [N, 1] with N >= 1, got {shape}",
+            "bad_shape",
+        )
     count = shape[0]
     _check_count(count, settings)
     raw = tensor._raw_data  # binary extension / gRPC raw_input_contents (no public accessor)
@@ -242,17 +268,22 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
             elements = [e for row in elements for e in (row if isinstance(row, list) else [row])]
     if len(elements) != count:
         raise InputRejected(
-            f"input '{BYTES_INPUT}' has shape {shape} but {len(elements)} elements", "bad_shape")
+            f"input '{BYTES_INPUT}' has shape {shape} but {len(elements)} elements", "bad_shape"
+        )
     images = []
     for index, element in enumerate(elements):
         if isinstance(element, str):
-            images.append(_b64(element, f"element {index} of '{BYTES_INPUT}' (JSON BYTES are base64)"))
+            images.append(
+                _b64(element, f"element {index} of '{BYTES_INPUT}' (JSON BYTES are base64)")
+            )
         elif isinstance(element, bytes):
             images.append(element)
         else:
             raise InputRejected(
                 f"element {index} of '{BYTES_INPUT}' must be a base64 string, got "
-                f"{type(element).__name__}", "bad_tensor_data")
+                f"{type(element).__name__}",
+                "bad_tensor_data",
+            )
     return images
 
 
@@ -261,14 +292,18 @@ def _split_bytes_tensor(raw: bytes) -> list[bytes]:
     elements, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
-            raise InputRejected("malformed BYTES tensor: a length prefix is cut off", "bad_tensor_data")
+            raise InputRejected(
+                "malformed BYTES tensor: a length prefix is cut off", "bad_tensor_data"
+            )
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
             raise InputRejected(
                 f"malformed BYTES tensor: element {len(elements)} claims {length} bytes but "
-                f"{len(raw) - offset} remain", "bad_tensor_data")
-        elements.append(raw[offset:offset + length])
+                f"{len(raw) - offset} remain",
+                "bad_tensor_data",
+            )
+        elements.append(raw[offset : offset + length])
         offset += length
     return elements
 
@@ -278,34 +313,43 @@ def _pixel_tensor(tensor: InferInput, settings: ServingSettings) -> np.ndarray:
     if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
         raise InputRejected(
             f"input '{PIXELS_INPUT}' must have shape [N, H, W, 3] (RGB, N, H, W >= 1), got {shape}",
-            "bad_shape")
+            "bad_shape",
+        )
     _check_count(shape[0], settings)
     if shape[1] * shape[2] > settings.max_image_pixels:
         raise InputRejected(
             f"images of {shape[2]}x{shape[1]} = {shape[1] * shape[2]} pixels are over the limit of "
-            f"{settings.max_image_pixels}", "too_large")
+            f"{settings.max_image_pixels}",
+            "too_large",
+        )
     expected = math.prod(shape)
     raw = tensor._raw_data
     if raw is not None:
         if len(raw) != expected:
             raise InputRejected(
-                f"input '{PIXELS_INPUT}' has {len(raw)} bytes of data but shape {shape} needs {expected}",
-                "bad_shape")
+                f"input '{PIXELS_INPUT}' has {len(raw)} bytes of data but shape {shape} needs "
+                f"{expected}",
+                "bad_shape",
+            )
         return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
     try:
         values = np.asarray(tensor.data)
     except ValueError as e:  # ragged nesting
-        raise InputRejected(f"input '{PIXELS_INPUT}': data is not a regular array: {e}",
-                            "bad_tensor_data") from e
+        raise InputRejected(
+            f"input '{PIXELS_INPUT}': data is not a regular array: {e}", "bad_tensor_data"
+        ) from e
     if values.size != expected:
         raise InputRejected(
             f"input '{PIXELS_INPUT}' has {values.size} values but shape {shape} needs {expected}",
-            "bad_shape")
+            "bad_shape",
+        )
     if values.dtype.kind not in "iu":
         raise InputRejected(
             f"input '{PIXELS_INPUT}' (UINT8) must hold integers 0..255, got {values.dtype} values",
-            "bad_dtype")
+            "bad_dtype",
+        )
     if values.min() < 0 or values.max() > 255:
-        raise InputRejected(f"input '{PIXELS_INPUT}' (UINT8) has values outside 0..255",
-                            "bad_tensor_data")
+        raise InputRejected(
+            f"input '{PIXELS_INPUT}' (UINT8) has values outside 0..255", "bad_tensor_data"
+        )
     return values.astype(np.uint8, copy=False).reshape(shape)

@@ -49,7 +49,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     too_large = InputRejected(
         f"the request body is over the limit of {limit} bytes; send fewer or smaller images",
-        "payload_too_large")
+        "payload_too_large",
+    )
     if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
         raise too_large
     chunks, size = [], 0
@@ -75,13 +76,17 @@ def install_routes(app: FastAPI, model: GarbageClassifierModel) -> None:
     existing = {getattr(route, "path", None) for route in app.router.routes}
     for path, (method, endpoint) in paths.items():
         if path not in existing:
-            app.add_api_route(path, endpoint, methods=[method], response_model=None,
-                              tags=["garbage-classifier"])
+            app.add_api_route(
+                path, endpoint, methods=[method], response_model=None, tags=["garbage-classifier"]
+            )
 
 
 def _json(content: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-                    media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def _count(model: GarbageClassifierModel, error: InputRejected) -> None:
@@ -134,13 +139,15 @@ def _v2_infer(model: GarbageClassifierModel) -> Any:
 
 def _v2_metadata(model: GarbageClassifierModel) -> Any:
     async def metadata() -> Response:
-        """Open inference protocol model metadata, plus ``parameters``: classes, input size, limits."""
-        return _json({
-            "name": model.name,
-            "platform": "",
-            "inputs": model.get_input_types(),
-            "outputs": model.get_output_types(),
-            "parameters": model.describe(),
-        })
+        """v2 model metadata, plus ``parameters``: classes, input size, limits."""
+        return _json(
+            {
+                "name": model.name,
+                "platform": "",
+                "inputs": model.get_input_types(),
+                "outputs": model.get_output_types(),
+                "parameters": model.describe(),
+            }
+        )
 
     return metadata

@@ -1,4 +1,4 @@
-"""Start the KServe model server with the garbage classifier (``python -m serving``, ``garbage serve``)."""
+"""Start the KServe model server with the garbage classifier (``python -m serving``, CLI)."""
 
 from __future__ import annotations
 
@@ -23,21 +23,33 @@ payload over the server's limit reaches the model and gets INVALID_ARGUMENT with
 (a message over gRPC's limit gets RESOURCE_EXHAUSTED from gRPC itself)."""
 
 
-def build_model(model_dir: Path, settings: ServingSettings, *, workers: int = 1,
-                on_prediction: PredictionHook | None = None) -> GarbageClassifierModel:
+def build_model(
+    model_dir: Path,
+    settings: ServingSettings,
+    *,
+    workers: int = 1,
+    on_prediction: PredictionHook | None = None,
+) -> GarbageClassifierModel:
     """Create and load the predictor (ready when this returns).
 
     Raises:
         ModelLoadError: No usable model in ``model_dir``, or it failed the warm-up.
     """
-    model = GarbageClassifierModel(settings.model_name, model_dir, settings, workers=workers,
-                                   on_prediction=on_prediction)
+    model = GarbageClassifierModel(
+        settings.model_name, model_dir, settings, workers=workers, on_prediction=on_prediction
+    )
     model.load()
     return model
 
 
-def serve_model(model: GarbageClassifierModel, *, http_port: int = 8080, grpc_port: int = 8081,
-                workers: int = 1, **server_options: Any) -> None:
+def serve_model(
+    model: GarbageClassifierModel,
+    *,
+    http_port: int = 8080,
+    grpc_port: int = 8081,
+    workers: int = 1,
+    **server_options: Any,
+) -> None:
     """Run KServe's ``ModelServer`` with ``model`` until the process is stopped.
 
     Args:
@@ -56,16 +68,37 @@ def serve_model(model: GarbageClassifierModel, *, http_port: int = 8080, grpc_po
     from serving.rest import install_routes
 
     install_routes(model_server.app, model)
+    if not server_options.get("enable_latency_logging", model_server.args.enable_latency_logging):
+        model_server.app.router.on_startup.append(quiet_timing_log)
     # KServe's gRPC server reads its options from KServe's parsed command line.
     model_server.args.grpc_max_receive_message_length = max(
         model_server.args.grpc_max_receive_message_length,
-        GRPC_LIMIT_HEADROOM * model.settings.max_payload_bytes)
-    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, workers=workers,
-                       **server_options).start([model])
+        GRPC_LIMIT_HEADROOM * model.settings.max_payload_bytes,
+    )
+    kserve.ModelServer(
+        http_port=http_port, grpc_port=grpc_port, workers=workers, **server_options
+    ).start([model])
 
 
-def restore_in_worker(name: str, model_dir: str, settings: dict[str, Any], workers: int,
-                      on_prediction: PredictionHook | None) -> GarbageClassifierModel:
+def quiet_timing_log() -> None:
+    """Silence KServe's per-request timing lines (two per request, from its timing middleware).
+
+    They are latency logging, so ``--enable_latency_logging false`` turns them off too; it runs
+    at application start-up because KServe (re)configures logging when a server process starts.
+    """
+    from kserve.logging import trace_logger
+
+    trace_logger.setLevel(logging.WARNING)
+
+
+def restore_in_worker(
+    name: str,
+    model_dir: str,
+    settings: dict[str, Any],
+    workers: int,
+    on_prediction: PredictionHook | None,
+    latency_logging: bool,
+) -> GarbageClassifierModel:
     """Rebuild the model in a KServe REST worker process (``--workers > 1``) and route to it.
 
     KServe unpickles the model in the new process before that process starts answering its
@@ -76,10 +109,18 @@ def restore_in_worker(name: str, model_dir: str, settings: dict[str, Any], worke
 
     from serving.rest import install_routes
 
-    model = GarbageClassifierModel(name, Path(model_dir), ServingSettings(**settings), workers=workers,
-                                   on_prediction=on_prediction)
+    model = GarbageClassifierModel(
+        name,
+        Path(model_dir),
+        ServingSettings(**settings),
+        workers=workers,
+        on_prediction=on_prediction,
+    )
+    model.enable_latency_logging = latency_logging
     install_routes(model_server.app, model)
     model_server.app.router.on_startup.append(model.load)
+    if not latency_logging:
+        model_server.app.router.on_startup.append(quiet_timing_log)
     return model
 
 
@@ -87,15 +128,26 @@ def _parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
     parser = argparse.ArgumentParser(
-        prog="python -m serving", parents=[model_server.parser],
+        prog="python -m serving",
+        parents=[model_server.parser],
         description="KServe model server for the garbage classifier (REST v1/v2, gRPC v2). "
-                    "Every setting also reads GARBAGE_SERVE_<NAME> from the environment.")
-    parser.set_defaults(model_name=os.environ.get("GARBAGE_SERVE_MODEL_NAME", DEFAULT_MODEL_NAME))
-    parser.add_argument("--model_dir", default=os.environ.get("GARBAGE_SERVE_MODEL_DIR", DEFAULT_MODEL_DIR),
-                        help="Model folder (KServe's /mnt/models layout too), .onnx file, or MLflow "
-                             "URI such as models:/garbage-classifier@champion.")
-    parser.add_argument("--config", default=None,
-                        help="Project config YAML (for MLflow URIs: tracking URI, work dir).")
+        "Every setting also reads GARBAGE_SERVE_<NAME> from the environment.",
+    )
+    parser.set_defaults(
+        model_name=os.environ.get("GARBAGE_SERVE_MODEL_NAME", DEFAULT_MODEL_NAME),
+        enable_latency_logging=False,  # KServe's default is on: 3 log lines per request
+    )
+    parser.add_argument(
+        "--model_dir",
+        default=os.environ.get("GARBAGE_SERVE_MODEL_DIR", DEFAULT_MODEL_DIR),
+        help="Model folder (KServe's /mnt/models layout too), .onnx file, or MLflow "
+        "URI such as models:/garbage-classifier@champion.",
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="Project config YAML (for MLflow URIs: tracking URI, work dir).",
+    )
     for name, field in ServingSettings.model_fields.items():
         if name == "model_name":
             continue
@@ -107,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m serving``; returns the exit code on a startup error."""
     args, _ = _parser().parse_known_args(argv)
-    overrides = {name: getattr(args, name) for name in ServingSettings.model_fields
-                 if name != "model_name"}
+    overrides = {
+        name: getattr(args, name) for name in ServingSettings.model_fields if name != "model_name"
+    }
     try:
         settings = ServingSettings.from_sources(model_name=args.model_name, **overrides)
         model_dir = resolve(args.model_dir, args.config)
@@ -116,16 +169,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, ModelLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, SettingsError) else 1
-    serve_model(model, http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
-                max_threads=args.max_threads, max_asyncio_workers=args.max_asyncio_workers,
-                enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
-                enable_latency_logging=args.enable_latency_logging,
-                access_log_format=args.access_log_format)
+    serve_model(
+        model,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=args.workers,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+    )
     return 0
 
 
-def resolve(uri: str | None, config_path: str | Path | None = None, profile: str = "default",
-            overrides: list[str] | None = None) -> Path:
+def resolve(
+    uri: str | None,
+    config_path: str | Path | None = None,
+    profile: str = "default",
+    overrides: list[str] | None = None,
+) -> Path:
     """The local model folder for ``uri`` (None: the registry's champion).
 
     Raises:

@@ -31,29 +31,51 @@ class ServingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_name: str = Field(DEFAULT_MODEL_NAME, min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
-                            description="The model's name on the wire (URL paths, gRPC).")
+    model_name: str = Field(
+        DEFAULT_MODEL_NAME,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The model's name on the wire (URL paths, gRPC).",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="ONNX Runtime device: cuda when its provider is installed, else cpu.")
-    max_batch_size: int = Field(32, ge=1, le=1024,
-                                description="Most images in one model call (micro-batching).")
+        "auto", description="ONNX Runtime device: cuda when its provider is installed, else cpu."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Most images in one model call (micro-batching)."
+    )
     max_batch_wait_ms: float = Field(
-        0.0, ge=0, le=1000,
+        0.0,
+        ge=0,
+        le=1000,
         description="How long an under-full batch waits for more requests while the model is idle. "
-                    "Requests that arrive while the model is busy are batched anyway, so 0 keeps "
-                    "single-request latency minimal; raise it on a GPU to trade latency for batch size.")
+        "Requests that arrive while the model is busy are batched anyway, so 0 keeps "
+        "single-request latency minimal; raise it on a GPU to trade latency for batch size.",
+    )
     intra_op_threads: int | None = Field(
-        None, ge=1, description="ONNX Runtime threads per model call; default: CPUs / workers on "
-                                "CPU, 1 on CUDA.")
+        None,
+        ge=1,
+        description="ONNX Runtime threads per model call; default: CPUs / workers on "
+        "CPU, 1 on CUDA.",
+    )
     decode_threads: int | None = Field(
-        None, ge=1, description="Threads decoding images (Pillow releases the GIL); default: CPUs / workers.")
+        None,
+        ge=1,
+        description="Threads decoding images (Pillow releases the GIL); default: CPUs / workers.",
+    )
     max_instances: int = Field(64, ge=1, description="Most images in one request.")
-    max_payload_bytes: int = Field(16 * 1024 * 1024, ge=1024,
-                                   description="Largest request body (REST) or tensor payload (gRPC).")
-    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1,
-                                  description="Largest width x height of one image (decompression-bomb guard).")
-    allowed_formats: tuple[str, ...] = Field(("JPEG", "PNG"), min_length=1,
-                                             description="Accepted encoded formats (Pillow names).")
+    max_payload_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (REST) or tensor payload (gRPC).",
+    )
+    max_image_pixels: int = Field(
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="Largest width x height of one image (decompression-bomb guard).",
+    )
+    allowed_formats: tuple[str, ...] = Field(
+        ("JPEG", "PNG"), min_length=1, description="Accepted encoded formats (Pillow names)."
+    )
 
     @field_validator("allowed_formats", mode="before")
     @classmethod
@@ -63,7 +85,9 @@ class ServingSettings(BaseModel):
         return tuple(str(v).strip().upper() for v in value)
 
     @classmethod
-    def from_sources(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingSettings:
+    def from_sources(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ServingSettings:
         """Defaults, then ``GARBAGE_SERVE_*`` variables, then ``overrides`` whose value is not None.
 
         Raises:
@@ -84,7 +108,9 @@ class ServingSettings(BaseModel):
         except ValidationError as e:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc'])} (flag or {ENV_PREFIX}"
-                f"{str(err['loc'][0]).upper()}): {err['msg']}" for err in e.errors())
+                f"{str(err['loc'][0]).upper()}): {err['msg']}"
+                for err in e.errors()
+            )
             raise SettingsError(f"invalid serving settings: {problems}") from e
 
 
@@ -118,8 +144,9 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
-def thread_budget(settings: ServingSettings, workers: int = 1, cuda: bool = False,
-                  cpus: int | None = None) -> tuple[int, int]:
+def thread_budget(
+    settings: ServingSettings, workers: int = 1, cuda: bool = False, cpus: int | None = None
+) -> tuple[int, int]:
     """``(intra_op_threads, decode_threads)`` for one server process.
 
     The CPUs are shared, not multiplied: each of ``workers`` processes gets ``cpus / workers``

@@ -190,13 +190,13 @@ class FakeKubernetesAPI:
                         return self._send(200, merged)
                     return self._status(405, "MethodNotAllowed", f"{method} {url.path}")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 self._handle("GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self._handle("POST")
 
-            def do_PATCH(self) -> None:  # noqa: N802
+            def do_PATCH(self) -> None:
                 self._handle("PATCH")
 
         return Handler

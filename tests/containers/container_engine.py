@@ -1,4 +1,4 @@
-"""Container-engine helpers (and the ``engine`` fixture) for the image tests: find a working engine, build, run, clean up.
+"""Container-engine helpers for the image tests: find a working engine, build, run, clean up.
 
 The development and CI machines have no Docker daemon and pull no image; podman with a base image
 built from Debian packages (``scripts/container-engine-setup.sh``) builds and runs the images
@@ -12,8 +12,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_BASE_IMAGE = "localhost/python-base:3.11-bookworm"
@@ -51,7 +49,8 @@ def _works(cli: str) -> bool:
     if shutil.which(cli) is None:
         return False
     try:
-        return subprocess.run([cli, "info"], capture_output=True, timeout=60).returncode == 0
+        return subprocess.run([cli, "info"], capture_output=True, timeout=60,
+                              check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -78,18 +77,9 @@ def find_engine() -> Engine | str:
             build_args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "--build-arg", f"PIP_CERT={CA_BUNDLE}"]
         if base is None:
             has_local = subprocess.run(["podman", "image", "exists", LOCAL_BASE_IMAGE],
-                                       capture_output=True).returncode == 0
+                                       capture_output=True, check=False).returncode == 0
             if not has_local:
                 return (f"podman works but the base image {LOCAL_BASE_IMAGE} is missing and no "
                         "registry may be reachable; run scripts/container-engine-setup.sh")
             base = LOCAL_BASE_IMAGE
     return Engine(cli=cli, base_image=base, build_args=build_args)
-
-
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    """A working container engine, or a skip that says why there is none."""
-    found = find_engine()
-    if isinstance(found, str):
-        pytest.skip(found)
-    return found

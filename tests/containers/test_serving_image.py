@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import jpeg_bytes
-from containers.container_engine import Engine, engine  # noqa: F401  (fixture)
+from containers.container_engine import Engine
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ def render(target: str) -> list[dict[str, Any]]:
     if kubectl is None:
         pytest.skip("kubectl is not installed; it renders the kustomize trees")
     result = subprocess.run([kubectl, "kustomize", str(MANIFESTS / target)], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize manifests/{target} failed:\n{result.stderr}")
     return [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -119,8 +119,8 @@ def strict_problems(doc: dict[str, Any]) -> list[str]:
     model = CUSTOM_MODELS.get(key)
     name = (doc.get("metadata") or {}).get("name")
     if model is None:
-        return [f"{key[1]} {name} ({key[0]}): no typed model to check this custom resource against; "
-                "add one to CUSTOM_MODELS in tests/manifests/conftest.py"]
+        return [(f"{key[1]} {name} ({key[0]}): no typed model to check this custom resource "
+                 "against; add one to CUSTOM_MODELS in tests/manifests/conftest.py")]
     problems: list[str] = []
     _check(doc, model, f"{key[1]}/{name}", problems)
     return problems

@@ -11,7 +11,6 @@ import copy
 
 import pytest
 
-
 KUBERNETES_VERSION = "1.33.0"  # the kind node image (kind-config.yaml)
 CORE_GROUPS = ("v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1",
                "policy/v1", "autoscaling/v2", "storage.k8s.io/v1")

@@ -76,3 +76,25 @@ def test_reference_errors(image_tree: Path, tmp_path: Path) -> None:
     pd.DataFrame({"brightness": [1.0]}).to_parquet(tmp_path / "partial.parquet")
     with pytest.raises(ReferenceProfileError, match="lacks feature columns"):
         load_reference(tmp_path / "partial.parquet")
+
+
+@pytest.mark.integration
+def test_reference_follows_an_mlflow_artifact_uri(image_tree: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from monitoring.reference import resolve_reference
+
+    files = sorted(image_tree.rglob("*.jpg"))[:8]
+    manifest = pd.DataFrame({"path": [p.relative_to(image_tree).as_posix() for p in files],
+                             "label": [p.parent.name for p in files], "sha256": "0" * 64, "split": "train"})
+    built = build_reference(image_tree, manifest, tmp_path / "built" / "reference.parquet")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(built), artifact_path="monitoring")
+    local = resolve_reference(f"runs:/{run.info.run_id}/monitoring", tmp_path / "download")
+    assert local.name == "reference.parquet" and len(load_reference(local)) == 8
+    assert resolve_reference(str(built), tmp_path) == built
+    with pytest.raises(ReferenceProfileError, match="cannot download"):
+        resolve_reference(f"runs:/{run.info.run_id}/nothing-here", tmp_path / "d2")

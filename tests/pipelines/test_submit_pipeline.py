@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import typer
@@ -33,7 +33,7 @@ pytest.importorskip("pipelines.training", reason="pipelines/training.py (the lea
 class FakeKFPClient:
     """A fake ``kfp.Client`` (see the module docstring)."""
 
-    instances: list[FakeKFPClient] = []
+    instances: ClassVar[list[FakeKFPClient]] = []
 
     def __init__(self, host: str | None = None, **kwargs: Any) -> None:
         self.host, self.kwargs = host, kwargs

@@ -1,4 +1,4 @@
-"""Fixtures of the serving tests: real JPEGs from the dev archive (synthetic without it), bad images."""
+"""Fixtures of the serving tests: JPEGs from the dev archive (else synthetic), bad images."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from support import COLORS, DEV_ARCHIVE, jpeg_bytes
 
 
@@ -30,7 +29,7 @@ def _archive_images(archive: Path, per_class: int) -> list[bytes]:
 
 @pytest.fixture(scope="session")
 def sample_images() -> list[bytes]:
-    """Encoded images of every class: real TrashNet JPEGs when the archive is there, plus one PNG."""
+    """Encoded images of every class: TrashNet JPEGs when the archive is there, plus one PNG."""
     if DEV_ARCHIVE.is_file():
         images = _archive_images(DEV_ARCHIVE, per_class=1)
     else:
@@ -41,12 +40,19 @@ def sample_images() -> list[bytes]:
 
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     """A tiny PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def encoded(size: tuple[int, int], fmt: str = "PNG") -> bytes:

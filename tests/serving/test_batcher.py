@@ -1,4 +1,4 @@
-"""The micro-batcher on its own, with a stand-in model (a function of the pixels) for exact control."""
+"""The micro-batcher on its own, with a stand-in model (a function of the pixels)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def test_batches_never_exceed_the_maximum_and_big_requests_are_split(executor) -
     batcher = MicroBatcher(model, max_batch_size=4, max_wait_s=0.05, executor=executor)
 
     async def scenario():
-        return await asyncio.gather(batcher.submit(images(*range(10))), batcher.submit(images(50, 51, 52)))
+        return await asyncio.gather(
+            batcher.submit(images(*range(10))), batcher.submit(images(50, 51, 52))
+        )
 
     big, small = asyncio.run(scenario())
     assert big.ravel().tolist() == list(range(10))
@@ -108,8 +110,9 @@ def test_a_model_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs
     batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0.05, executor=executor)
 
     async def scenario():
-        results = await asyncio.gather(batcher.submit(images(1)), batcher.submit(images(2)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            batcher.submit(images(1)), batcher.submit(images(2)), return_exceptions=True
+        )
         model.fail = False
         return results, await batcher.submit(images(3))
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from support import REPO_ROOT
 from typer.testing import CliRunner
 
 from serving.cli import serve
-from support import REPO_ROOT
 
 app = typer.Typer()
 app.command("serve")(serve)
@@ -25,9 +25,18 @@ app.command("noop")(lambda: None)  # a second command keeps "serve" a sub-comman
 def test_help_lists_ports_model_and_limits() -> None:
     result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--model", "--http-port", "--grpc-port", "--workers", "--max-batch-size",
-                   "--max-batch-wait-ms", "--max-instances", "--max-payload-bytes",
-                   "--max-image-pixels", "GARBAGE_SERVE_MAX_INSTANCES"):
+    for option in (
+        "--model",
+        "--http-port",
+        "--grpc-port",
+        "--workers",
+        "--max-batch-size",
+        "--max-batch-wait-ms",
+        "--max-instances",
+        "--max-payload-bytes",
+        "--max-image-pixels",
+        "GARBAGE_SERVE_MAX_INSTANCES",
+    ):
         assert option in result.output
 
 
@@ -46,8 +55,13 @@ def test_invalid_limit_is_a_usage_error() -> None:
 
 @pytest.mark.integration
 def test_module_entry_point_reports_a_missing_model(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "serving", "--model_dir", str(tmp_path / "none")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "serving", "--model_dir", str(tmp_path / "none")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "error:" in done.stderr and "does not exist" in done.stderr
 
@@ -63,17 +77,35 @@ def test_two_rest_workers_each_serve_the_model(tiny_model_dir: Path, sample_imag
     """With --workers 2 KServe spawns REST processes; each reloads the model and gets our routes."""
     http_port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "--model_dir", str(tiny_model_dir), "--http_port",
-         str(http_port), "--grpc_port", str(_free_port()), "--workers", "2",
-         "--enable_latency_logging", "false"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "--model_dir",
+            str(tiny_model_dir),
+            "--http_port",
+            str(http_port),
+            "--grpc_port",
+            str(_free_port()),
+            "--workers",
+            "2",
+            "--enable_latency_logging",
+            "false",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{http_port}"
     try:
         deadline = time.time() + 120
         while True:
             assert process.poll() is None, "the server exited"
             try:
-                if httpx.get(f"{base}/v2/models/garbage-classifier/ready", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{base}/v2/models/garbage-classifier/ready", timeout=1).status_code
+                    == 200
+                ):
                     break
             except httpx.TransportError:
                 pass
@@ -82,7 +114,10 @@ def test_two_rest_workers_each_serve_the_model(tiny_model_dir: Path, sample_imag
         body = {"instances": [{"b64": base64.b64encode(sample_images[0]).decode()}]}
         with httpx.Client(base_url=base) as client:  # new connections spread over the workers
             for _ in range(4):
-                assert client.post("/v1/models/garbage-classifier:predict", json=body).status_code == 200
+                assert (
+                    client.post("/v1/models/garbage-classifier:predict", json=body).status_code
+                    == 200
+                )
                 metadata = httpx.get(f"{base}/v2/models/garbage-classifier").json()
                 assert "classes" in metadata["parameters"]  # our route, not KServe's generic one
     finally:

@@ -1,4 +1,4 @@
-"""The kserve.Model without a server (like KServe's own sklearnserver tests), on the tiny real model."""
+"""The kserve.Model without a server (like KServe's sklearnserver tests), on the tiny real model."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ NAME = "garbage-classifier"
 
 @pytest.fixture(scope="module")
 def settings() -> ServingSettings:
-    return ServingSettings(max_instances=8, max_payload_bytes=64 * 1024, max_image_pixels=1_000_000,
-                           max_batch_size=4)
+    return ServingSettings(
+        max_instances=8, max_payload_bytes=64 * 1024, max_image_pixels=1_000_000, max_batch_size=4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def sample(name: str) -> float:
 def _labels(name: str) -> dict[str, str]:
     if "{" not in name:
         return {}
-    inner = name[name.index("{") + 1:-1]
+    inner = name[name.index("{") + 1 : -1]
     return dict(part.split("=") for part in inner.split(","))
 
 
@@ -106,15 +107,27 @@ def test_v1_matches_predict_bytes(model, reference, sample_images) -> None:
     assert [p["label"] for p in got] == [p.label for p in expected]
     assert set(got[0]["probabilities"]) == set(reference.classes)
     np.testing.assert_allclose([p["score"] for p in got], [p.score for p in expected], atol=1e-5)
-    np.testing.assert_allclose([[p["probabilities"][c] for c in reference.classes] for p in got],
-                               probabilities(expected, reference.classes), atol=1e-5)
+    np.testing.assert_allclose(
+        [[p["probabilities"][c] for c in reference.classes] for p in got],
+        probabilities(expected, reference.classes),
+        atol=1e-5,
+    )
 
 
 def test_v2_bytes_as_json_base64_and_as_binary(model, reference, sample_images) -> None:
     expected_predictions = reference.predict_bytes(sample_images)
     expected = probabilities(expected_predictions, reference.classes)
-    as_json = InferRequest(NAME, [InferInput("image_bytes", [len(sample_images)], "BYTES",
-                                             data=[base64.b64encode(b).decode() for b in sample_images])])
+    as_json = InferRequest(
+        NAME,
+        [
+            InferInput(
+                "image_bytes",
+                [len(sample_images)],
+                "BYTES",
+                data=[base64.b64encode(b).decode() for b in sample_images],
+            )
+        ],
+    )
     binary = InferInput("image_bytes", [len(sample_images)], "BYTES")
     as_binary = InferRequest(NAME, [binary], raw_inputs=[bytes_tensor(sample_images)])
     for request in (as_json, as_binary):
@@ -129,97 +142,192 @@ def test_v2_bytes_as_json_base64_and_as_binary(model, reference, sample_images) 
 
 def test_v2_pixels_at_model_size_and_resized(model, reference, sample_images) -> None:
     pixels = np.stack([reference.preprocess(b) for b in sample_images])
-    request = InferRequest(NAME, [InferInput("image", list(pixels.shape), "UINT8")],
-                           raw_inputs=[pixels.tobytes()])
+    request = InferRequest(
+        NAME, [InferInput("image", list(pixels.shape), "UINT8")], raw_inputs=[pixels.tobytes()]
+    )
     got = {o.name: o.data for o in call(model, request).outputs}
     np.testing.assert_allclose(got["probabilities"], reference.predict_pixels(pixels), atol=1e-5)
     # Full-size decoded pixels are resized exactly like the shared preprocessing does.
     full = np.asarray(Image.open(io.BytesIO(sample_images[0])).convert("RGB"))
-    request = InferRequest(NAME, [InferInput("image", [1, *full.shape], "UINT8",
-                                             data=full.reshape(-1).tolist())])
+    request = InferRequest(
+        NAME, [InferInput("image", [1, *full.shape], "UINT8", data=full.reshape(-1).tolist())]
+    )
     got = {o.name: o.data for o in call(model, request).outputs}
-    np.testing.assert_allclose(got["probabilities"], reference.predict_pixels(pixels[:1]), atol=1e-5)
+    np.testing.assert_allclose(
+        got["probabilities"], reference.predict_pixels(pixels[:1]), atol=1e-5
+    )
 
 
 def test_grpc_request_with_raw_contents(model, reference, sample_images) -> None:
-    tensor = pb.ModelInferRequest.InferInputTensor(name="image_bytes", datatype="BYTES",
-                                                   shape=[len(sample_images)])
-    message = pb.ModelInferRequest(model_name=NAME, id="abc", inputs=[tensor],
-                                   raw_input_contents=[bytes_tensor(sample_images)])
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="image_bytes", datatype="BYTES", shape=[len(sample_images)]
+    )
+    message = pb.ModelInferRequest(
+        model_name=NAME, id="abc", inputs=[tensor], raw_input_contents=[bytes_tensor(sample_images)]
+    )
     response = call(model, InferRequest.from_grpc(message))
     grpc_message = response.to_grpc()
     assert grpc_message.id == "abc"
     assert [o.name for o in grpc_message.outputs] == ["label", "score", "probabilities"]
-    probs = np.frombuffer(grpc_message.raw_output_contents[2], dtype=np.float32).reshape(len(sample_images), -1)
-    np.testing.assert_allclose(probs, reference.predict_pixels(
-        np.stack([reference.preprocess(b) for b in sample_images])), atol=1e-5)
+    probs = np.frombuffer(grpc_message.raw_output_contents[2], dtype=np.float32).reshape(
+        len(sample_images), -1
+    )
+    np.testing.assert_allclose(
+        probs,
+        reference.predict_pixels(np.stack([reference.preprocess(b) for b in sample_images])),
+        atol=1e-5,
+    )
 
 
 def test_requested_outputs_and_request_id(model, sample_images) -> None:
-    request = InferRequest(NAME, [InferInput("image_bytes", [1], "BYTES",
-                                             data=[base64.b64encode(sample_images[0]).decode()])],
-                           request_id="req-1",
-                           request_outputs=[RequestedOutput("label", {"binary_data": False})])
+    request = InferRequest(
+        NAME,
+        [
+            InferInput(
+                "image_bytes", [1], "BYTES", data=[base64.b64encode(sample_images[0]).decode()]
+            )
+        ],
+        request_id="req-1",
+        request_outputs=[RequestedOutput("label", {"binary_data": False})],
+    )
     body, json_length = call(model, request).to_rest()
     assert json_length is None
     assert body["id"] == "req-1"
     assert [o["name"] for o in body["outputs"]] == ["label"]
 
 
-@pytest.mark.parametrize(("build", "kind", "message"), [
-    (lambda b: {"instances": [{"image_bytes": {"b64": "not base64!"}}]}, "invalid_base64", "not valid base64"),
-    (lambda b: v1_body([b["not_an_image"]]), "not_an_image", "not an image"),
-    (lambda b: v1_body([b["empty"]]), "empty", "empty"),
-    (lambda b: v1_body([b["gif"]]), "format", "GIF is not allowed"),
-    (lambda b: v1_body([b["over_pixel_limit"]]), "too_large", "over the limit of 1000000"),
-    (lambda b: v1_body([b["bomb"]]), "too_large", "too large"),
-    (lambda b: v1_body([b["truncated"]]), "corrupt", "truncated or corrupt"),
-    (lambda b: v1_body([b["not_an_image"]] * 9), "too_many_instances", "over the limit of 8"),
-    (lambda b: {"inputs": []}, "bad_request", "instances"),
-    (lambda b: {"instances": [{"image": "x"}]}, "bad_request", "instance 0 must be"),
-    (lambda b: InferRequest(NAME, [InferInput("pixels", [1], "BYTES", data=["aGk="])]),
-     "bad_tensor_name", "unknown input 'pixels'"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2, 3], "FP32", data=[0.0] * 12)]),
-     "bad_dtype", "must have datatype UINT8"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2], "UINT8", data=[0] * 12)]),
-     "bad_shape", "shape [N, H, W, 3]"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[0] * 11)]),
-     "bad_shape", "has 11 values"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[300] * 12)]),
-     "bad_tensor_data", "outside 0..255"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[0.5] * 12)]),
-     "bad_dtype", "integers"),
-    (lambda b: InferRequest(NAME, [InferInput("image", [1, 2000, 2000, 3], "UINT8")],
-                          raw_inputs=[b"\x00" * 16]), "too_large", "over the limit"),
-    (lambda b: InferRequest(NAME, [InferInput("image_bytes", [2], "BYTES", data=["aGk="])]),
-     "bad_shape", "but 1 elements"),
-    (lambda b: InferRequest(NAME, [InferInput("image_bytes", [1], "BYTES")], raw_inputs=[b"\x05\x00"]),
-     "bad_tensor_data", "malformed BYTES tensor"),
-    (lambda b: InferRequest(NAME, [InferInput("image_bytes", [1], "BYTES", data=["aGk="]),
-                                 InferInput("image", [1], "UINT8", data=[1])]), "bad_request", "2 inputs"),
-    (lambda b: InferRequest(NAME, [InferInput("image_bytes", [1], "BYTES", data=["aGk="])],
-                          request_outputs=[RequestedOutput("logits")]), "bad_tensor_name", "unknown output"),
-    (lambda b: InferRequest.from_grpc(pb.ModelInferRequest(
-        model_name=NAME, inputs=[pb.ModelInferRequest.InferInputTensor(
-            name="image_bytes", datatype="BYTES", shape=[1])],
-        raw_input_contents=[b"\x00" * (70 * 1024)])), "payload_too_large", "over the limit of 65536"),
-])
-def test_bad_input_is_rejected_with_reason(model, sample_images, bad_images, build, kind,
-                                           message) -> None:
-    before = sample(f'garbage_rejected_requests_total{{model_name={NAME},reason={kind}}}')
+@pytest.mark.parametrize(
+    ("build", "kind", "message"),
+    [
+        (
+            lambda b: {"instances": [{"image_bytes": {"b64": "not base64!"}}]},
+            "invalid_base64",
+            "not valid base64",
+        ),
+        (lambda b: v1_body([b["not_an_image"]]), "not_an_image", "not an image"),
+        (lambda b: v1_body([b["empty"]]), "empty", "empty"),
+        (lambda b: v1_body([b["gif"]]), "format", "GIF is not allowed"),
+        (lambda b: v1_body([b["over_pixel_limit"]]), "too_large", "over the limit of 1000000"),
+        (lambda b: v1_body([b["bomb"]]), "too_large", "too large"),
+        (lambda b: v1_body([b["truncated"]]), "corrupt", "truncated or corrupt"),
+        (lambda b: v1_body([b["not_an_image"]] * 9), "too_many_instances", "over the limit of 8"),
+        (lambda b: {"inputs": []}, "bad_request", "instances"),
+        (lambda b: {"instances": [{"image": "x"}]}, "bad_request", "instance 0 must be"),
+        (
+            lambda b: InferRequest(NAME, [InferInput("pixels", [1], "BYTES", data=["aGk="])]),
+            "bad_tensor_name",
+            "unknown input 'pixels'",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image", [1, 2, 2, 3], "FP32", data=[0.0] * 12)]
+            ),
+            "bad_dtype",
+            "must have datatype UINT8",
+        ),
+        (
+            lambda b: InferRequest(NAME, [InferInput("image", [1, 2, 2], "UINT8", data=[0] * 12)]),
+            "bad_shape",
+            "shape [N, H, W, 3]",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[0] * 11)]
+            ),
+            "bad_shape",
+            "has 11 values",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[300] * 12)]
+            ),
+            "bad_tensor_data",
+            "outside 0..255",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image", [1, 2, 2, 3], "UINT8", data=[0.5] * 12)]
+            ),
+            "bad_dtype",
+            "integers",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image", [1, 2000, 2000, 3], "UINT8")], raw_inputs=[b"\x00" * 16]
+            ),
+            "too_large",
+            "over the limit",
+        ),
+        (
+            lambda b: InferRequest(NAME, [InferInput("image_bytes", [2], "BYTES", data=["aGk="])]),
+            "bad_shape",
+            "but 1 elements",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME, [InferInput("image_bytes", [1], "BYTES")], raw_inputs=[b"\x05\x00"]
+            ),
+            "bad_tensor_data",
+            "malformed BYTES tensor",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME,
+                [
+                    InferInput("image_bytes", [1], "BYTES", data=["aGk="]),
+                    InferInput("image", [1], "UINT8", data=[1]),
+                ],
+            ),
+            "bad_request",
+            "2 inputs",
+        ),
+        (
+            lambda b: InferRequest(
+                NAME,
+                [InferInput("image_bytes", [1], "BYTES", data=["aGk="])],
+                request_outputs=[RequestedOutput("logits")],
+            ),
+            "bad_tensor_name",
+            "unknown output",
+        ),
+        (
+            lambda b: InferRequest.from_grpc(
+                pb.ModelInferRequest(
+                    model_name=NAME,
+                    inputs=[
+                        pb.ModelInferRequest.InferInputTensor(
+                            name="image_bytes", datatype="BYTES", shape=[1]
+                        )
+                    ],
+                    raw_input_contents=[b"\x00" * (70 * 1024)],
+                )
+            ),
+            "payload_too_large",
+            "over the limit of 65536",
+        ),
+    ],
+)
+def test_bad_input_is_rejected_with_reason(
+    model, sample_images, bad_images, build, kind, message
+) -> None:
+    before = sample(f"garbage_rejected_requests_total{{model_name={NAME},reason={kind}}}")
     with pytest.raises(InputRejected, match=re.escape(message)) as caught:
         call(model, build(bad_images))
     assert caught.value.kind == kind
-    assert sample(f'garbage_rejected_requests_total{{model_name={NAME},reason={kind}}}') == before + 1
+    assert (
+        sample(f"garbage_rejected_requests_total{{model_name={NAME},reason={kind}}}") == before + 1
+    )
     # ... and the next good request is served normally.
     assert call(model, v1_body(sample_images[:1]))["predictions"][0]["label"]
 
 
 def test_metrics_count_predictions_scores_and_batches(model, reference, sample_images) -> None:
     label = reference.predict_bytes(sample_images[:1])[0].label
-    before = (sample(f"garbage_predictions_total{{label={label},model_name={NAME}}}"),
-              sample(f"garbage_prediction_score_count{{model_name={NAME}}}"),
-              sample(f"garbage_batch_size_sum{{model_name={NAME}}}"))
+    before = (
+        sample(f"garbage_predictions_total{{label={label},model_name={NAME}}}"),
+        sample(f"garbage_prediction_score_count{{model_name={NAME}}}"),
+        sample(f"garbage_batch_size_sum{{model_name={NAME}}}"),
+    )
     call(model, v1_body(sample_images[:1] * 3))
     assert sample(f"garbage_predictions_total{{label={label},model_name={NAME}}}") == before[0] + 3
     assert sample(f"garbage_prediction_score_count{{model_name={NAME}}}") == before[1] + 3
@@ -229,9 +337,11 @@ def test_metrics_count_predictions_scores_and_batches(model, reference, sample_i
 
 
 def test_concurrent_requests_share_model_calls_and_get_their_own_rows(
-        tiny_model_dir, reference, sample_images) -> None:
-    batching = GarbageClassifierModel(NAME, tiny_model_dir, ServingSettings(
-        max_batch_size=32, max_batch_wait_ms=50))
+    tiny_model_dir, reference, sample_images
+) -> None:
+    batching = GarbageClassifierModel(
+        NAME, tiny_model_dir, ServingSettings(max_batch_size=32, max_batch_wait_ms=50)
+    )
     batching.load()
     calls = []
     original = batching._batcher._run_batch
@@ -251,7 +361,8 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_rows(
 
 
 def test_on_prediction_hook_gets_inputs_and_outputs_and_cannot_break_serving(
-        tiny_model_dir, sample_images) -> None:
+    tiny_model_dir, sample_images
+) -> None:
     seen = []
 
     async def hook(request_id, inputs, predictions):
@@ -278,8 +389,11 @@ def test_on_prediction_hook_gets_inputs_and_outputs_and_cannot_break_serving(
 def test_metadata_describes_inputs_outputs_and_classes(model, reference) -> None:
     inputs = {t["name"]: t for t in model.get_input_types()}
     assert inputs["image_bytes"]["datatype"] == "BYTES"
-    assert inputs["image"] == {"name": "image", "datatype": "UINT8",
-                               "shape": [-1, reference.height, reference.width, 3]}
+    assert inputs["image"] == {
+        "name": "image",
+        "datatype": "UINT8",
+        "shape": [-1, reference.height, reference.width, 3],
+    }
     outputs = {t["name"]: t for t in model.get_output_types()}
     assert outputs["probabilities"]["shape"] == [-1, len(reference.classes)]
     described = model.describe()

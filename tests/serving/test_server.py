@@ -28,9 +28,9 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from kserve.protocol.infer_type import InferInput, InferRequest
+from support import REPO_ROOT
 
 from components.inference import OnnxClassifier
-from support import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,9 @@ def _free_port() -> int:
 class Server:
     """Addresses of the running server."""
 
-    def __init__(self, process: subprocess.Popen, http_port: int, grpc_port: int, log: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen, http_port: int, grpc_port: int, log: Path
+    ) -> None:
         self.process, self.http_port, self.grpc_port, self.log = process, http_port, grpc_port, log
         self.base = f"http://127.0.0.1:{http_port}"
         self.grpc_url = f"127.0.0.1:{grpc_port}"
@@ -59,11 +61,27 @@ class Server:
 def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     http_port, grpc_port = _free_port(), _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    command = [sys.executable, "-m", "serving", "--model_dir", str(tiny_model_dir),
-               "--http_port", str(http_port), "--grpc_port", str(grpc_port),
-               "--max_instances", str(MAX_INSTANCES), "--max_payload_bytes", str(MAX_PAYLOAD),
-               "--max_image_pixels", str(MAX_PIXELS), "--max_batch_wait_ms", "20",
-               "--enable_latency_logging", "false"]
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_dir",
+        str(tiny_model_dir),
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+        "--max_instances",
+        str(MAX_INSTANCES),
+        "--max_payload_bytes",
+        str(MAX_PAYLOAD),
+        "--max_image_pixels",
+        str(MAX_PIXELS),
+        "--max_batch_wait_ms",
+        "20",
+        "--enable_latency_logging",
+        "false",
+    ]
     with open(log, "w") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     running = Server(process, http_port, grpc_port, log)
@@ -72,11 +90,16 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         while True:
             assert process.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
             try:
-                if httpx.get(f"{running.base}/v2/models/{NAME}/ready", timeout=1).status_code == 200:
+                if (
+                    httpx.get(f"{running.base}/v2/models/{NAME}/ready", timeout=1).status_code
+                    == 200
+                ):
                     break
             except httpx.TransportError:
                 pass
-            assert time.time() < deadline, f"the server was not ready in 120 s:\n{log.read_text()[-3000:]}"
+            assert time.time() < deadline, (
+                f"the server was not ready in 120 s:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(0.2)
         yield running
     finally:
@@ -103,8 +126,10 @@ def images(sample_images: list[bytes]) -> list[bytes]:
 def expected(reference: OnnxClassifier, images: list[bytes]) -> tuple[list[str], np.ndarray]:
     """What ``garbage predict`` gives: labels and probabilities (model's class order)."""
     predictions = reference.predict_bytes(images)
-    return ([p.label for p in predictions],
-            np.array([[p.probabilities[c] for c in reference.classes] for p in predictions]))
+    return (
+        [p.label for p in predictions],
+        np.array([[p.probabilities[c] for c in reference.classes] for p in predictions]),
+    )
 
 
 def _b64(image: bytes) -> str:
@@ -113,22 +138,34 @@ def _b64(image: bytes) -> str:
 
 def _check(labels, probabilities, expected) -> None:
     assert [v.decode() if isinstance(v, bytes) else v for v in labels] == expected[0]
-    np.testing.assert_allclose(np.asarray(probabilities, dtype=np.float64).reshape(expected[1].shape),
-                               expected[1], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(probabilities, dtype=np.float64).reshape(expected[1].shape),
+        expected[1],
+        atol=1e-5,
+    )
 
 
 # -- predictions through every protocol and client ---------------------------------------------
 
+
 def test_v1_with_kserve_rest_client(server, images, expected, reference) -> None:
     async def call():
         client = InferenceRESTClient(RESTConfig(protocol="v1"))
-        return await client.infer(server.base, {"instances": [{"image_bytes": {"b64": _b64(b)}}
-                                                              for b in images]}, model_name=NAME)
+        return await client.infer(
+            server.base,
+            {"instances": [{"image_bytes": {"b64": _b64(b)}} for b in images]},
+            model_name=NAME,
+        )
 
     predictions = asyncio.run(call())["predictions"]
-    _check([p["label"] for p in predictions],
-           [[p["probabilities"][c] for c in reference.classes] for p in predictions], expected)
-    assert [p["score"] for p in predictions] == [max(p["probabilities"].values()) for p in predictions]
+    _check(
+        [p["label"] for p in predictions],
+        [[p["probabilities"][c] for c in reference.classes] for p in predictions],
+        expected,
+    )
+    assert [p["score"] for p in predictions] == [
+        max(p["probabilities"].values()) for p in predictions
+    ]
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json-base64", "binary-extension"])
@@ -191,7 +228,9 @@ def test_tritonclient_http(server, images, expected, reference, binary) -> None:
     pixels = np.stack([reference.preprocess(b) for b in images])
     raw = triton_http.InferInput("image", list(pixels.shape), "UINT8")
     raw.set_data_from_numpy(pixels, binary_data=binary)
-    outputs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")]
+    outputs = [
+        triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probabilities")
+    ]
     for tensor in (encoded, raw):
         result = client.infer(NAME, [tensor], outputs=outputs)
         _check(result.as_numpy("label"), result.as_numpy("probabilities"), expected)
@@ -204,9 +243,19 @@ def test_tritonclient_grpc(server, images, expected, reference, tmp_path) -> Non
         files[-1].write_bytes(image)
     np.save(tmp_path / "pixels.npy", np.stack([reference.preprocess(b) for b in images]))
     probe = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("triton_grpc_probe.py")), server.grpc_url, NAME,
-         *map(str, files), "--pixels", str(tmp_path / "pixels.npy")],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            str(Path(__file__).with_name("triton_grpc_probe.py")),
+            server.grpc_url,
+            NAME,
+            *map(str, files),
+            "--pixels",
+            str(tmp_path / "pixels.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout)
     assert report["live"] and report["ready"] and report["model_ready"]
@@ -224,9 +273,11 @@ def test_concurrent_callers_each_get_their_own_result(server, sample_images, ref
 
     async def call_all():
         async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+
             async def one(image: bytes):
-                response = await client.post(f"/v1/models/{NAME}:predict",
-                                             json={"instances": [{"b64": _b64(image)}]})
+                response = await client.post(
+                    f"/v1/models/{NAME}:predict", json={"instances": [{"b64": _b64(image)}]}
+                )
                 response.raise_for_status()
                 return response.json()["predictions"][0]["label"]
 
@@ -240,18 +291,29 @@ def test_concurrent_callers_each_get_their_own_result(server, sample_images, ref
 
 # -- metadata, readiness, metrics --------------------------------------------------------------
 
+
 def test_metadata_and_readiness_of_every_protocol(server, reference) -> None:
     assert httpx.get(f"{server.base}/v1/models/{NAME}").json() == {"name": NAME, "ready": True}
     assert httpx.get(f"{server.base}/v2/models/{NAME}/ready").json()["ready"] is True
     assert httpx.get(f"{server.base}/v2/health/live").json() == {"live": True}
-    meta = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}").get_model_metadata(NAME)
-    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {"image_bytes": "BYTES", "image": "UINT8"}
+    meta = triton_http.InferenceServerClient(f"127.0.0.1:{server.http_port}").get_model_metadata(
+        NAME
+    )
+    assert {i["name"]: i["datatype"] for i in meta["inputs"]} == {
+        "image_bytes": "BYTES",
+        "image": "UINT8",
+    }
     assert {o["name"]: o["shape"] for o in meta["outputs"]} == {
-        "label": [-1], "score": [-1], "probabilities": [-1, len(reference.classes)]}
+        "label": [-1],
+        "score": [-1],
+        "probabilities": [-1, len(reference.classes)],
+    }
     assert meta["parameters"]["classes"] == reference.classes
     assert meta["parameters"]["max_instances"] == MAX_INSTANCES
     with grpc.insecure_channel(server.grpc_url) as channel:
-        grpc_meta = GRPCInferenceServiceStub(channel).ModelMetadata(pb.ModelMetadataRequest(name=NAME))
+        grpc_meta = GRPCInferenceServiceStub(channel).ModelMetadata(
+            pb.ModelMetadataRequest(name=NAME)
+        )
     assert [i.name for i in grpc_meta.inputs] == ["image_bytes", "image"]
     assert [o.name for o in grpc_meta.outputs] == ["label", "score", "probabilities"]
 
@@ -277,16 +339,24 @@ def _metric(server: Server, name: str, **labels: str) -> float:
 
 
 def test_metrics_expose_kserve_and_garbage_series(server, images) -> None:
-    httpx.post(f"{server.base}/v1/models/{NAME}:predict",
-               json={"instances": [{"b64": _b64(images[0])}]}).raise_for_status()
+    httpx.post(
+        f"{server.base}/v1/models/{NAME}:predict", json={"instances": [{"b64": _b64(images[0])}]}
+    ).raise_for_status()
     text = httpx.get(f"{server.base}/metrics").text
-    for series in ("request_predict_seconds", "request_preprocess_seconds", "garbage_predictions_total",
-                   "garbage_prediction_score", "garbage_batch_size", "garbage_rejected_requests_total",
-                   "garbage_request_images"):
+    for series in (
+        "request_predict_seconds",
+        "request_preprocess_seconds",
+        "garbage_predictions_total",
+        "garbage_prediction_score",
+        "garbage_batch_size",
+        "garbage_rejected_requests_total",
+        "garbage_request_images",
+    ):
         assert f"# TYPE {series}" in text, series
 
 
 # -- bad input: each answered 400 / INVALID_ARGUMENT, then a good request is served ------------
+
 
 def _v1(instances) -> dict:
     return {"instances": instances}
@@ -301,8 +371,12 @@ def _v2(inputs, **extra) -> dict:
 
 
 def _bytes_input(images: list[bytes], name: str = "image_bytes", shape=None) -> dict:
-    return {"name": name, "datatype": "BYTES", "shape": shape or [len(images)],
-            "data": [_b64(b) for b in images]}
+    return {
+        "name": name,
+        "datatype": "BYTES",
+        "shape": shape or [len(images)],
+        "data": [_b64(b) for b in images],
+    }
 
 
 V1 = f"/v1/models/{NAME}:predict"
@@ -310,51 +384,136 @@ V2 = f"/v2/models/{NAME}/infer"
 
 # (id, path, body builder(bad_images, small_png) -> JSON object or raw bytes, reason, message part)
 REST_CASES: list[tuple[str, str, Callable, str, str]] = [
-    ("invalid-base64", V1, lambda b, p: _v1([{"image_bytes": {"b64": "@@not base64@@"}}]),
-     "invalid_base64", "not valid base64"),
-    ("truncated-jpeg", V1, lambda b, p: _v1_image(b["truncated"]), "corrupt", "truncated or corrupt"),
+    (
+        "invalid-base64",
+        V1,
+        lambda b, p: _v1([{"image_bytes": {"b64": "@@not base64@@"}}]),
+        "invalid_base64",
+        "not valid base64",
+    ),
+    (
+        "truncated-jpeg",
+        V1,
+        lambda b, p: _v1_image(b["truncated"]),
+        "corrupt",
+        "truncated or corrupt",
+    ),
     ("not-an-image", V1, lambda b, p: _v1_image(b["not_an_image"]), "not_an_image", "not an image"),
     ("empty-image", V1, lambda b, p: _v1_image(b["empty"]), "empty", "empty"),
     ("format-not-allowed", V1, lambda b, p: _v1_image(b["gif"]), "format", "GIF is not allowed"),
-    ("over-pixel-limit", V1, lambda b, p: _v1_image(b["over_pixel_limit"]), "too_large",
-     f"over the limit of {MAX_PIXELS}"),
+    (
+        "over-pixel-limit",
+        V1,
+        lambda b, p: _v1_image(b["over_pixel_limit"]),
+        "too_large",
+        f"over the limit of {MAX_PIXELS}",
+    ),
     ("decompression-bomb", V1, lambda b, p: _v1_image(b["bomb"]), "too_large", "too large"),
-    ("too-many-instances", V1, lambda b, p: _v1([{"b64": _b64(p)}] * (MAX_INSTANCES + 1)),
-     "too_many_instances", f"over the limit of {MAX_INSTANCES}"),
-    ("payload-over-limit", V1, lambda b, p: _v1([{"b64": "A" * MAX_PAYLOAD}]), "payload_too_large",
-     f"over the limit of {MAX_PAYLOAD} bytes"),
-    ("payload-far-over-limit", V1, lambda b, p: _v1([{"b64": "A" * (6 * MAX_PAYLOAD)}]),
-     "payload_too_large", f"over the limit of {MAX_PAYLOAD} bytes"),
+    (
+        "too-many-instances",
+        V1,
+        lambda b, p: _v1([{"b64": _b64(p)}] * (MAX_INSTANCES + 1)),
+        "too_many_instances",
+        f"over the limit of {MAX_INSTANCES}",
+    ),
+    (
+        "payload-over-limit",
+        V1,
+        lambda b, p: _v1([{"b64": "A" * MAX_PAYLOAD}]),
+        "payload_too_large",
+        f"over the limit of {MAX_PAYLOAD} bytes",
+    ),
+    (
+        "payload-far-over-limit",
+        V1,
+        lambda b, p: _v1([{"b64": "A" * (6 * MAX_PAYLOAD)}]),
+        "payload_too_large",
+        f"over the limit of {MAX_PAYLOAD} bytes",
+    ),
     ("malformed-json-v1", V1, lambda b, p: b'{"instances": [', "malformed_json", "not valid JSON"),
     ("wrong-structure-v1", V1, lambda b, p: {"inputs": [1]}, "bad_request", '"instances"'),
-    ("malformed-json-v2", V2, lambda b, p: b'{"inputs": [{"name"', "malformed_json", "not valid JSON"),
-    ("wrong-tensor-name", V2, lambda b, p: _v2([_bytes_input([p], name="img")]), "bad_tensor_name",
-     "unknown input 'img'"),
-    ("wrong-dtype", V2, lambda b, p: _v2([{"name": "image", "datatype": "FP32", "shape": [1, 2, 2, 3],
-                                          "data": [0.5] * 12}]), "bad_dtype", "must have datatype UINT8"),
-    ("wrong-shape", V2, lambda b, p: _v2([{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2],
-                                          "data": [0] * 12}]), "bad_shape", "[N, H, W, 3]"),
-    ("shape-disagrees-with-data", V2, lambda b, p: _v2([_bytes_input([p], shape=[3])]), "bad_shape",
-     "but 1 elements"),
-    ("uint8-out-of-range", V2, lambda b, p: _v2([{"name": "image", "datatype": "UINT8",
-                                                  "shape": [1, 1, 1, 3], "data": [0, 256, 9]}]),
-     "bad_tensor_data", "outside 0..255"),
-    ("unknown-output", V2, lambda b, p: _v2([_bytes_input([p])], outputs=[{"name": "logits"}]),
-     "bad_tensor_name", "unknown output 'logits'"),
-    ("bytes-not-an-image-v2", V2, lambda b, p: _v2([_bytes_input([b["not_an_image"]])]),
-     "not_an_image", "not an image"),
+    (
+        "malformed-json-v2",
+        V2,
+        lambda b, p: b'{"inputs": [{"name"',
+        "malformed_json",
+        "not valid JSON",
+    ),
+    (
+        "wrong-tensor-name",
+        V2,
+        lambda b, p: _v2([_bytes_input([p], name="img")]),
+        "bad_tensor_name",
+        "unknown input 'img'",
+    ),
+    (
+        "wrong-dtype",
+        V2,
+        lambda b, p: _v2(
+            [{"name": "image", "datatype": "FP32", "shape": [1, 2, 2, 3], "data": [0.5] * 12}]
+        ),
+        "bad_dtype",
+        "must have datatype UINT8",
+    ),
+    (
+        "wrong-shape",
+        V2,
+        lambda b, p: _v2(
+            [{"name": "image", "datatype": "UINT8", "shape": [1, 2, 2], "data": [0] * 12}]
+        ),
+        "bad_shape",
+        "[N, H, W, 3]",
+    ),
+    (
+        "shape-disagrees-with-data",
+        V2,
+        lambda b, p: _v2([_bytes_input([p], shape=[3])]),
+        "bad_shape",
+        "but 1 elements",
+    ),
+    (
+        "uint8-out-of-range",
+        V2,
+        lambda b, p: _v2(
+            [{"name": "image", "datatype": "UINT8", "shape": [1, 1, 1, 3], "data": [0, 256, 9]}]
+        ),
+        "bad_tensor_data",
+        "outside 0..255",
+    ),
+    (
+        "unknown-output",
+        V2,
+        lambda b, p: _v2([_bytes_input([p])], outputs=[{"name": "logits"}]),
+        "bad_tensor_name",
+        "unknown output 'logits'",
+    ),
+    (
+        "bytes-not-an-image-v2",
+        V2,
+        lambda b, p: _v2([_bytes_input([b["not_an_image"]])]),
+        "not_an_image",
+        "not an image",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "build", "reason", "message"), [c[1:] for c in REST_CASES],
-                         ids=[c[0] for c in REST_CASES])
+@pytest.mark.parametrize(
+    ("path", "build", "reason", "message"),
+    [c[1:] for c in REST_CASES],
+    ids=[c[0] for c in REST_CASES],
+)
 def test_bad_rest_input_gets_400_and_the_next_request_is_served(
-        server, bad_images, small_png, images, path, build, reason, message) -> None:
+    server, bad_images, small_png, images, path, build, reason, message
+) -> None:
     before = _metric(server, "garbage_rejected_requests_total", reason=reason)
     body = build(bad_images, small_png)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    response = httpx.post(server.base + path, content=content,
-                          headers={"content-type": "application/json"}, timeout=30)
+    response = httpx.post(
+        server.base + path,
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
     assert _metric(server, "garbage_rejected_requests_total", reason=reason) == before + 1
@@ -363,10 +522,15 @@ def test_bad_rest_input_gets_400_and_the_next_request_is_served(
     assert server.process.poll() is None
 
 
-def _grpc_bytes(elements: list[bytes], name: str = "image_bytes", datatype: str = "BYTES",
-                shape: list[int] | None = None) -> pb.ModelInferRequest:
-    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype,
-                                                   shape=shape or [len(elements)])
+def _grpc_bytes(
+    elements: list[bytes],
+    name: str = "image_bytes",
+    datatype: str = "BYTES",
+    shape: list[int] | None = None,
+) -> pb.ModelInferRequest:
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype=datatype, shape=shape or [len(elements)]
+    )
     raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
     return pb.ModelInferRequest(model_name=NAME, inputs=[tensor], raw_input_contents=[raw])
 
@@ -376,26 +540,65 @@ GRPC_CASES: list[tuple[str, Callable, str]] = [
     ("not-an-image", lambda b, p: _grpc_bytes([b["not_an_image"]]), "not an image"),
     ("format-not-allowed", lambda b, p: _grpc_bytes([b["gif"]]), "GIF is not allowed"),
     ("decompression-bomb", lambda b, p: _grpc_bytes([b["bomb"]]), "too large"),
-    ("too-many-instances", lambda b, p: _grpc_bytes([p] * (MAX_INSTANCES + 1)),
-     f"over the limit of {MAX_INSTANCES}"),
-    ("payload-over-limit", lambda b, p: _grpc_bytes([b"\0" * (MAX_PAYLOAD + 1)]),
-     f"over the limit of {MAX_PAYLOAD}"),
+    (
+        "too-many-instances",
+        lambda b, p: _grpc_bytes([p] * (MAX_INSTANCES + 1)),
+        f"over the limit of {MAX_INSTANCES}",
+    ),
+    (
+        "payload-over-limit",
+        lambda b, p: _grpc_bytes([b"\0" * (MAX_PAYLOAD + 1)]),
+        f"over the limit of {MAX_PAYLOAD}",
+    ),
     ("wrong-tensor-name", lambda b, p: _grpc_bytes([p], name="img"), "unknown input 'img'"),
-    ("wrong-dtype", lambda b, p: pb.ModelInferRequest(model_name=NAME, inputs=[
-        pb.ModelInferRequest.InferInputTensor(name="image", datatype="FP32", shape=[1, 1, 1, 3])],
-        raw_input_contents=[b"\0" * 12]), "must have datatype UINT8"),
-    ("wrong-shape", lambda b, p: pb.ModelInferRequest(model_name=NAME, inputs=[
-        pb.ModelInferRequest.InferInputTensor(name="image", datatype="UINT8", shape=[1, 2, 2, 3])],
-        raw_input_contents=[b"\0" * 5]), "has 5 bytes of data"),
-    ("malformed-bytes-tensor", lambda b, p: pb.ModelInferRequest(model_name=NAME, inputs=[
-        pb.ModelInferRequest.InferInputTensor(name="image_bytes", datatype="BYTES", shape=[1])],
-        raw_input_contents=[b"\xff\xff\x00\x00abc"]), "malformed BYTES tensor"),
+    (
+        "wrong-dtype",
+        lambda b, p: pb.ModelInferRequest(
+            model_name=NAME,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="image", datatype="FP32", shape=[1, 1, 1, 3]
+                )
+            ],
+            raw_input_contents=[b"\0" * 12],
+        ),
+        "must have datatype UINT8",
+    ),
+    (
+        "wrong-shape",
+        lambda b, p: pb.ModelInferRequest(
+            model_name=NAME,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="image", datatype="UINT8", shape=[1, 2, 2, 3]
+                )
+            ],
+            raw_input_contents=[b"\0" * 5],
+        ),
+        "has 5 bytes of data",
+    ),
+    (
+        "malformed-bytes-tensor",
+        lambda b, p: pb.ModelInferRequest(
+            model_name=NAME,
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="image_bytes", datatype="BYTES", shape=[1]
+                )
+            ],
+            raw_input_contents=[b"\xff\xff\x00\x00abc"],
+        ),
+        "malformed BYTES tensor",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("build", "message"), [c[1:] for c in GRPC_CASES], ids=[c[0] for c in GRPC_CASES])
+@pytest.mark.parametrize(
+    ("build", "message"), [c[1:] for c in GRPC_CASES], ids=[c[0] for c in GRPC_CASES]
+)
 def test_bad_grpc_input_gets_invalid_argument_and_the_next_request_is_served(
-        server, bad_images, small_png, images, build, message) -> None:
+    server, bad_images, small_png, images, build, message
+) -> None:
     with grpc.insecure_channel(server.grpc_url) as channel:
         stub = GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.RpcError) as caught:

@@ -17,8 +17,11 @@ NAME = "garbage-classifier"
 
 
 def test_flags_beat_environment_which_beats_defaults() -> None:
-    env = {"GARBAGE_SERVE_MAX_BATCH_SIZE": "16", "GARBAGE_SERVE_MAX_INSTANCES": "5",
-           "GARBAGE_SERVE_ALLOWED_FORMATS": "jpeg, png,webp"}
+    env = {
+        "GARBAGE_SERVE_MAX_BATCH_SIZE": "16",
+        "GARBAGE_SERVE_MAX_INSTANCES": "5",
+        "GARBAGE_SERVE_ALLOWED_FORMATS": "jpeg, png,webp",
+    }
     settings = ServingSettings.from_sources(env, max_instances=7, max_image_pixels=None)
     assert settings.max_batch_size == 16
     assert settings.max_instances == 7
@@ -26,13 +29,16 @@ def test_flags_beat_environment_which_beats_defaults() -> None:
     assert settings.max_image_pixels == ServingSettings().max_image_pixels
 
 
-@pytest.mark.parametrize(("env", "overrides", "message"), [
-    ({"GARBAGE_SERVE_MAX_BATCH_SIZE": "zero"}, {}, "GARBAGE_SERVE_MAX_BATCH_SIZE"),
-    ({}, {"max_batch_size": 0}, "max_batch_size"),
-    ({}, {"device": "tpu"}, "device"),
-    ({}, {"model_name": "bad name/"}, "model_name"),
-    ({}, {"batch": 3}, "unknown serving settings: batch"),
-])
+@pytest.mark.parametrize(
+    ("env", "overrides", "message"),
+    [
+        ({"GARBAGE_SERVE_MAX_BATCH_SIZE": "zero"}, {}, "GARBAGE_SERVE_MAX_BATCH_SIZE"),
+        ({}, {"max_batch_size": 0}, "max_batch_size"),
+        ({}, {"device": "tpu"}, "device"),
+        ({}, {"model_name": "bad name/"}, "model_name"),
+        ({}, {"batch": 3}, "unknown serving settings: batch"),
+    ],
+)
 def test_invalid_settings_say_which_and_where(env, overrides, message) -> None:
     with pytest.raises(SettingsError, match=message):
         ServingSettings.from_sources(env, **overrides)
@@ -62,10 +68,20 @@ def test_cgroup_quota_is_read_from_v2_and_v1_files(tmp_path: Path) -> None:
 
 def _binary_body(images: list[bytes]) -> tuple[bytes, str]:
     raw = b"".join(struct.pack("<I", len(b)) + b for b in images)
-    head = json.dumps({"id": "x", "inputs": [{"name": "image_bytes", "shape": [len(images)],
-                                              "datatype": "BYTES",
-                                              "parameters": {"binary_data_size": len(raw)}}],
-                       "outputs": [{"name": "label"}]}).encode()
+    head = json.dumps(
+        {
+            "id": "x",
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [len(images)],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "label"}],
+        }
+    ).encode()
     return head + raw, str(len(head))
 
 
@@ -80,8 +96,18 @@ def test_binary_extension_keeps_raw_image_bytes() -> None:
 
 def test_binary_uint8_tensor_is_read_without_copying_into_lists() -> None:
     pixels = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
-    head = json.dumps({"inputs": [{"name": "image", "shape": [2, 4, 5, 3], "datatype": "UINT8",
-                                   "parameters": {"binary_data_size": pixels.nbytes}}]}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 4, 5, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ]
+        }
+    ).encode()
     request = parse_v2_rest(head + pixels.tobytes(), str(len(head)), NAME)
     np.testing.assert_array_equal(v2_images(request, ServingSettings()), pixels)
 
@@ -91,28 +117,66 @@ def _with_tail(head: bytes, tail: bytes, kind: str, message: str) -> list[tuple]
     return [(head + tail, str(len(head)), kind, message)]
 
 
-@pytest.mark.parametrize(("body", "length", "kind", "message"), [
-    (b'{"inputs": [', None, "malformed_json", "not valid JSON"),
-    (b"[1, 2]", None, "bad_request", "v2 inference request"),
-    (b'{"inputs": []}', None, "bad_request", "v2 inference request"),
-    (b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1]}]}', None,
-     "bad_request", "neither 'data' nor"),
-    (b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": "1", "data": []}]}', None,
-     "bad_shape", "non-negative integers"),
-    (b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": "x"}]}', None,
-     "bad_request", "'data' must be a list"),
-    *(_with_tail(b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
-                 b'"parameters": {"binary_data_size": 99}}]}', b"abc", "bad_request",
-                 "only 3 bytes remain")),
-    *(_with_tail(b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
-                 b'"data": ["aGk="]}]}', b"xx", "bad_request", "2 bytes follow the JSON")),
-    (b'{"inputs": []}', "ten", "bad_request", "must be an integer"),
-    (b'{"inputs": []}', "500", "bad_request", "outside the body"),
-    (b'{"id": 5, "inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": []}]}', None,
-     "bad_request", '"id" must be a string'),
-    (b'{"inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": []}], "outputs": [1]}',
-     None, "bad_request", '"outputs" must be a list'),
-])
+@pytest.mark.parametrize(
+    ("body", "length", "kind", "message"),
+    [
+        (b'{"inputs": [', None, "malformed_json", "not valid JSON"),
+        (b"[1, 2]", None, "bad_request", "v2 inference request"),
+        (b'{"inputs": []}', None, "bad_request", "v2 inference request"),
+        (
+            b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1]}]}',
+            None,
+            "bad_request",
+            "neither 'data' nor",
+        ),
+        (
+            b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": "1", "data": []}]}',
+            None,
+            "bad_shape",
+            "non-negative integers",
+        ),
+        (
+            b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
+            b'"data": "x"}]}',
+            None,
+            "bad_request",
+            "'data' must be a list",
+        ),
+        *(
+            _with_tail(
+                b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
+                b'"parameters": {"binary_data_size": 99}}]}',
+                b"abc",
+                "bad_request",
+                "only 3 bytes remain",
+            )
+        ),
+        *(
+            _with_tail(
+                b'{"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], '
+                b'"data": ["aGk="]}]}',
+                b"xx",
+                "bad_request",
+                "2 bytes follow the JSON",
+            )
+        ),
+        (b'{"inputs": []}', "ten", "bad_request", "must be an integer"),
+        (b'{"inputs": []}', "500", "bad_request", "outside the body"),
+        (
+            b'{"id": 5, "inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": []}]}',
+            None,
+            "bad_request",
+            '"id" must be a string',
+        ),
+        (
+            b'{"inputs": [{"name": "a", "datatype": "BYTES", "shape": [1], "data": []}], '
+            b'"outputs": [1]}',
+            None,
+            "bad_request",
+            '"outputs" must be a list',
+        ),
+    ],
+)
 def test_v2_rest_decoder_rejects_malformed_bodies(body, length, kind, message) -> None:
     with pytest.raises(InputRejected, match=message) as caught:
         parse_v2_rest(body, length, NAME)

@@ -27,7 +27,8 @@ def main() -> None:
     args = parser.parse_args()
     client = triton_grpc.InferenceServerClient(args.url)
     report: dict = {
-        "live": client.is_server_live(), "ready": client.is_server_ready(),
+        "live": client.is_server_live(),
+        "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready(args.model),
         "metadata": client.get_model_metadata(args.model, as_json=True),
     }

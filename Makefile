@@ -1,0 +1,64 @@
+# Garbage classifier: `make run` trains and registers a champion end to end; `make test` tests.
+# Both create the virtual environment on first use.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# The development copy of TrashNet beside the checkout, used when no source is set explicitly.
+# Elsewhere the default is the public archive (see components/config.py).
+DEV_ARCHIVE := $(abspath ../shared/data/trashnet-112-dev.tar.gz)
+DEV_ARCHIVE_SHA256 := cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08
+ifeq ($(origin GARBAGE_DATA_SOURCE),undefined)
+ifneq ($(wildcard $(DEV_ARCHIVE)),)
+export GARBAGE_DATA_SOURCE := $(DEV_ARCHIVE)
+export GARBAGE_DATA_SHA256 := $(DEV_ARCHIVE_SHA256)
+endif
+endif
+
+PYTEST_ARGS ?=
+
+.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift clean
+
+help:
+	@echo "make run          train, evaluate, export, register and promote (kfp.local)"
+	@echo "make test         all tests except 'slow' (unit + integration)"
+	@echo "make test-unit    fast unit tests only"
+	@echo "make bench-train  full-data training benchmark -> bench/results/train.{json,md}"
+	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
+	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@echo "data source: $${GARBAGE_DATA_SOURCE:-default public TrashNet archive}"
+	$(BIN)/garbage pipeline run $(RUN_ARGS)
+
+test: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+bench-train: $(STAMP)
+	$(BIN)/python bench/bench_train.py $(BENCH_ARGS)
+
+bench-serve: $(STAMP)
+	$(BIN)/python bench/bench_serve.py $(BENCH_ARGS)
+
+bench-drift: $(STAMP)
+	$(BIN)/python bench/bench_drift.py $(BENCH_ARGS)
+
+clean:
+	rm -rf work local_outputs .pytest_cache

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make kind-up`: a local kind cluster with the whole stack:
+#   cert-manager -> KServe (Standard mode, no Knative) -> Kubeflow Pipelines (standalone)
+#   -> the project's manifests (overlays/kind: MLflow + PostgreSQL + MinIO, serving runtime,
+#   InferenceService, RBAC, NetworkPolicies) -> Secrets with random values.
+# Needs Docker (or podman with KIND_EXPERIMENTAL_PROVIDER=podman), kind, kubectl, helm and the
+# internet. Idempotent: re-running upgrades in place. Load the project's images with
+# `make kind-load` (scripts/kind/load.sh) before the pods that use them can start.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=scripts/kind/lib.sh
+source scripts/kind/lib.sh
+need kind kubectl helm openssl
+
+if cluster_exists; then
+  log "kind cluster $CLUSTER_NAME exists"
+else
+  log "creating kind cluster $CLUSTER_NAME"
+  kind create cluster --name "$CLUSTER_NAME" --config "$KIND_CONFIG" --wait 180s
+fi
+
+log "cert-manager $CERT_MANAGER_VERSION"
+kc apply --server-side -f \
+  "https://github.com/cert-manager/cert-manager/releases/download/${CERT_MANAGER_VERSION}/cert-manager.yaml"
+for deployment in cert-manager cert-manager-webhook cert-manager-cainjector; do
+  wait_for_rollout cert-manager "deployment/$deployment" 300s
+done
+
+log "KServe $KSERVE_VERSION (Standard deployment mode)"
+helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd \
+  --version "$KSERVE_VERSION" --namespace kserve --create-namespace --kube-context "$KUBE_CONTEXT" --wait
+helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve \
+  --version "$KSERVE_VERSION" --namespace kserve --kube-context "$KUBE_CONTEXT" \
+  --set kserve.controller.deploymentMode=Standard \
+  --set kserve.controller.gateway.disableIngressCreation=true \
+  --wait --timeout 10m
+
+log "Kubeflow Pipelines $KFP_VERSION (standalone)"
+kc apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=${KFP_VERSION}"
+kc wait --for condition=established --timeout=120s crd/applications.app.k8s.io
+kc apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}"
+for deployment in ml-pipeline ml-pipeline-ui workflow-controller; do
+  wait_for_rollout kubeflow "deployment/$deployment" 900s
+done
+
+log "project manifests (overlays/kind)"
+# Namespaces first, so the Secrets can be created before the pods that mount them start.
+kc apply -f manifests/base/namespaces.yaml
+scripts/kind/secrets.sh
+kc apply -k manifests/overlays/kind
+log "waiting for the MLflow stack"
+wait_for_rollout garbage-mlflow statefulset/mlflow-postgres 600s
+wait_for_rollout garbage-mlflow deployment/minio 600s
+kc -n garbage-mlflow wait --for=condition=complete job/minio-buckets --timeout=600s
+wait_for_rollout garbage-mlflow deployment/mlflow 600s
+log "ready: KFP UI  kubectl --context $KUBE_CONTEXT port-forward -n kubeflow svc/ml-pipeline-ui 8080:80"
+log "       MLflow  kubectl --context $KUBE_CONTEXT port-forward -n garbage-mlflow svc/mlflow 5000:5000"
