@@ -62,3 +62,27 @@ bench-drift: $(STAMP)
 
 clean:
 	rm -rf work local_outputs .pytest_cache
+
+# --- containers and Kubernetes (manifests/README.md) ---------------------------------------------
+.PHONY: images container-setup tools kind-up kind-load kind-e2e kind-down
+
+images:  ## build the components and serving images (docker, else podman); IMAGES="... mlflow serving-gpu"
+	scripts/build-images.sh
+
+container-setup:  ## podman + runc + debootstrap and a local Python base image (no Docker, no registry)
+	scripts/container-engine-setup.sh
+
+tools:  ## checkov in its own virtual environment (.tools/checkov): its pins clash with the project's
+	scripts/tools-venv.sh
+
+kind-up:  ## local kind cluster with KServe, Kubeflow Pipelines, MLflow stack, monitoring
+	scripts/kind/up.sh
+
+kind-load:  ## build the images and load them into the kind cluster (SKIP_BUILD=1: load only)
+	scripts/kind/load.sh
+
+kind-e2e: $(STAMP)  ## run the pipeline on kind (CPU) and call the InferenceService it deploys
+	scripts/kind/e2e.sh
+
+kind-down:
+	scripts/kind/down.sh

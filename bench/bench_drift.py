@@ -28,7 +28,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -68,7 +67,9 @@ def corrupt(image: Image.Image, kind: str, level: object, rng: np.random.Generat
     if kind == "blur":
         return image.filter(ImageFilter.GaussianBlur(float(level)))
     if kind == "noise":
-        pixels = np.asarray(image).astype(np.float32) + rng.normal(0, float(level), (image.height, image.width, 3))
+        pixels = np.asarray(image).astype(np.float32) + rng.normal(
+            0, float(level), (image.height, image.width, 3)
+        )
         return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     if kind == "jpeg":
         buffer = io.BytesIO()
@@ -81,17 +82,14 @@ def corrupt(image: Image.Image, kind: str, level: object, rng: np.random.Generat
 
 
 def machine() -> dict[str, object]:
-    """What the figures were measured on (the machine is shared: load averages included)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    """What the figures were measured on (bench/machine.py), with the load average now."""
+    from bench.machine import describe_machine
+
+    described = describe_machine(
+        ("evidently", "pandas", "numpy", "scipy", "scikit-learn", "SQLAlchemy")
+    )
+    described["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return described
 
 
 def load_data() -> tuple[Path, pd.DataFrame]:
@@ -123,14 +121,18 @@ class StandIn:
 
         self.columns = [c for c in FEATURE_COLUMNS if c not in ("width", "height")]
         self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-        self.reference_predictions = cross_val_predict(self.model, reference[self.columns], reference["label"], cv=5)
+        self.reference_predictions = cross_val_predict(
+            self.model, reference[self.columns], reference["label"], cv=5
+        )
         self.model.fit(reference[self.columns], reference["label"])
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         return self.model.predict(features[self.columns])
 
 
-def pool_features(root: Path, pool: pd.DataFrame, model_dir: Path | None, seed: int) -> pd.DataFrame:
+def pool_features(
+    root: Path, pool: pd.DataFrame, model_dir: Path | None, seed: int
+) -> pd.DataFrame:
     """Features (and, with a model, predictions) of every pool image, clean and corrupted."""
     from components.preprocessing import decode_image
     from monitoring.features import pixel_features
@@ -143,7 +145,10 @@ def pool_features(root: Path, pool: pd.DataFrame, model_dir: Path | None, seed: 
         model = OnnxClassifier.load(model_dir, device="cpu")
     rows, pixels = [], []
     conditions = [("clean", "none", None)] + [
-        (kind, SEVERITIES[i], level) for kind, levels in CORRUPTIONS.items() for i, level in enumerate(levels)]
+        (kind, SEVERITIES[i], level)
+        for kind, levels in CORRUPTIONS.items()
+        for i, level in enumerate(levels)
+    ]
     for item in pool.itertuples():
         image = decode_image((root / item.path).read_bytes())
         for kind, severity, level in conditions:
@@ -158,7 +163,9 @@ def pool_features(root: Path, pool: pd.DataFrame, model_dir: Path | None, seed: 
     if model is not None:
         predictions = []
         for start in range(0, len(pixels), 64):
-            predictions.extend(model.to_predictions(model.predict_pixels(np.stack(pixels[start:start + 64]))))
+            predictions.extend(
+                model.to_predictions(model.predict_pixels(np.stack(pixels[start : start + 64])))
+            )
         frame["prediction"] = [p.label for p in predictions]
     return frame
 
@@ -171,13 +178,22 @@ def reference_predictions(root: Path, reference: pd.DataFrame, model_dir: Path) 
     labels: list[str] = []
     paths = list(reference["path"])
     for start in range(0, len(paths), 64):
-        batch = np.stack([model.preprocess((root / p).read_bytes()) for p in paths[start:start + 64]])
+        batch = np.stack(
+            [model.preprocess((root / p).read_bytes()) for p in paths[start : start + 64]]
+        )
         labels.extend(p.label for p in model.to_predictions(model.predict_pixels(batch)))
     return labels
 
 
-def run_windows(reference: pd.DataFrame, pool: pd.DataFrame, *, window: int, clean_windows: int,
-                shifted_windows: int, seed: int) -> tuple[list[dict[str, object]], dict[str, object]]:
+def run_windows(
+    reference: pd.DataFrame,
+    pool: pd.DataFrame,
+    *,
+    window: int,
+    clean_windows: int,
+    shifted_windows: int,
+    seed: int,
+) -> tuple[list[dict[str, object]], dict[str, object]]:
     """Draw windows per condition, decide each with compute_drift, count detections."""
     from monitoring.drift import compute_drift
 
@@ -189,17 +205,30 @@ def run_windows(reference: pd.DataFrame, pool: pd.DataFrame, *, window: int, cle
 
     def decide(rows: pd.DataFrame) -> tuple[bool, list[str], dict[str, float]]:
         outcome = compute_drift(reference, rows)
-        return outcome.drift_detected, outcome.drifted_columns, {n: c.score for n, c in outcome.columns.items()}
+        return (
+            outcome.drift_detected,
+            outcome.drifted_columns,
+            {n: c.score for n, c in outcome.columns.items()},
+        )
 
-    def record(condition: str, severity: str, flags: list[bool], fired: list[list[str]], elapsed: float) -> None:
+    def record(
+        condition: str, severity: str, flags: list[bool], fired: list[list[str]], elapsed: float
+    ) -> None:
         counts: dict[str, int] = {}
         for names in fired:
             for name in names:
                 counts[name] = counts.get(name, 0) + 1
-        results.append({"condition": condition, "severity": severity, "windows": len(flags),
-                        "flagged": int(sum(flags)), "rate": sum(flags) / len(flags),
-                        "columns_fired": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
-                        "seconds_per_window": elapsed / len(flags)})
+        results.append(
+            {
+                "condition": condition,
+                "severity": severity,
+                "windows": len(flags),
+                "flagged": int(sum(flags)),
+                "rate": sum(flags) / len(flags),
+                "columns_fired": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
+                "seconds_per_window": elapsed / len(flags),
+            }
+        )
 
     started = time.perf_counter()
     flags, fired = [], []
@@ -212,7 +241,9 @@ def run_windows(reference: pd.DataFrame, pool: pd.DataFrame, *, window: int, cle
 
     for kind in CORRUPTIONS:
         for severity in SEVERITIES:
-            rows = pool[(pool["condition"] == kind) & (pool["severity"] == severity)].reset_index(drop=True)
+            rows = pool[(pool["condition"] == kind) & (pool["severity"] == severity)].reset_index(
+                drop=True
+            )
             started = time.perf_counter()
             flags, fired = [], []
             for _ in range(shifted_windows):
@@ -227,10 +258,15 @@ def run_windows(reference: pd.DataFrame, pool: pd.DataFrame, *, window: int, cle
         flags, fired = [], []
         for i in range(shifted_windows):
             dominant = classes[i % len(classes)]
-            k = int(round(share * window))
+            k = round(share * window)
             mine, rest = by_class[dominant], clean_pool[clean_pool["label"] != dominant]
-            rows = pd.concat([mine.iloc[rng.integers(0, len(mine), k)],
-                              rest.iloc[rng.integers(0, len(rest), window - k)]], ignore_index=True)
+            rows = pd.concat(
+                [
+                    mine.iloc[rng.integers(0, len(mine), k)],
+                    rest.iloc[rng.integers(0, len(rest), window - k)],
+                ],
+                ignore_index=True,
+            )
             detected, names, _ = decide(rows)
             flags.append(detected)
             fired.append(names)
@@ -250,7 +286,9 @@ def run_windows(reference: pd.DataFrame, pool: pd.DataFrame, *, window: int, cle
     return results, noise
 
 
-def time_job(reference_path: Path, pool: pd.DataFrame, rows: int, workdir: Path, seed: int) -> dict[str, object]:
+def time_job(
+    reference_path: Path, pool: pd.DataFrame, rows: int, workdir: Path, seed: int
+) -> dict[str, object]:
     """Log ``rows`` rows into SQLite (bootstrapped clean traffic of the last hour) and run the job."""
     from monitoring.features import FEATURE_COLUMNS
     from monitoring.job import run_drift_job
@@ -274,11 +312,22 @@ def time_job(reference_path: Path, pool: pd.DataFrame, rows: int, workdir: Path,
     store.insert_rows(frame)
     insert_seconds = time.perf_counter() - started
     store.close()
-    summary = run_drift_job(reference_path, workdir / f"out-{rows}", db_url=str(db), window="1h", html=True,
-                            now=now + timedelta(seconds=1))
-    return {"rows": rows, "window_size": summary["window_size"], "drift_detected": summary["drift_detected"],
-            "insert_seconds": round(insert_seconds, 2), "timings": summary["timings"],
-            "report_rows": summary.get("report_rows")}
+    summary = run_drift_job(
+        reference_path,
+        workdir / f"out-{rows}",
+        db_url=str(db),
+        window="1h",
+        html=True,
+        now=now + timedelta(seconds=1),
+    )
+    return {
+        "rows": rows,
+        "window_size": summary["window_size"],
+        "drift_detected": summary["drift_detected"],
+        "insert_seconds": round(insert_seconds, 2),
+        "timings": summary["timings"],
+        "report_rows": summary.get("report_rows"),
+    }
 
 
 def markdown(result: dict[str, object]) -> str:
@@ -287,13 +336,19 @@ def markdown(result: dict[str, object]) -> str:
     lines = [
         "# Drift benchmark",
         "",
-        f"Measured {result['measured_at']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}; "
-        f"load average {m['load_average']} at the start and {result['machine_end']['load_average']} at the "
-        "end (the machine is shared with other work, so timings are upper bounds).",
+        (
+            f"Measured {result['measured_at']} on {m['cpu']} ({m['cpus_available']} CPUs available, "
+            f"{m['memory_gib']} GiB), Python {m['python']}, Evidently {m['packages']['evidently']}; "
+            f"load average {m['load_average']} at the start and "
+            f"{result['machine_end']['load_average']} at the end (the machine is shared with other "
+            "work, so timings are upper bounds)."
+        ),
         "",
-        f"Reference: {result['reference_rows']} training images. Windows of {result['window']} images drawn "
-        f"with replacement from the {result['pool_images']} validation and test images. Class mix judged from "
-        f"predictions of: {result['predictor']}.",
+        (
+            f"Reference: {result['reference_rows']} training images. Windows of {result['window']} "
+            f"images drawn with replacement from the {result['pool_images']} validation and test "
+            f"images. Class mix judged from predictions of: {result['predictor']}."
+        ),
         "",
         "| condition | severity | windows | flagged | rate | target | columns that fired (count) |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",
@@ -306,23 +361,41 @@ def markdown(result: dict[str, object]) -> str:
         else:
             target = "-"
         fired = ", ".join(f"{k} ({v})" for k, v in list(row["columns_fired"].items())[:4]) or "-"
-        lines.append(f"| {row['condition']} | {row['severity']} | {row['windows']} | {row['flagged']} | "
-                     f"{row['rate']:.1%} | {target} | {fired} |")
+        lines.append(
+            f"| {row['condition']} | {row['severity']} | {row['windows']} | {row['flagged']} | "
+            f"{row['rate']:.1%} | {target} | {fired} |"
+        )
     noise = result["clean_noise"]
-    lines += ["", "Clean-window noise (what the thresholds must stay above): " + ", ".join(
-        f"{k} = {v:.3f}" for k, v in noise.items()), ""]
-    lines += ["## Drift job on logged rows (SQLite, HTML + JSON reports)", "",
-              "| rows | window | insert s | load s | decide s | report s | total s | target |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "Clean-window noise (what the thresholds must stay above): "
+        + ", ".join(f"{k} = {v:.3f}" for k, v in noise.items()),
+        "",
+    ]
+    lines += [
+        "## Drift job on logged rows (SQLite, HTML + JSON reports)",
+        "",
+        "| rows | window | insert s | load s | decide s | report s | total s | target |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for job in result["jobs"]:
         t = job["timings"]
         target = f"<= {TARGET_100K_SECONDS:.0f} s" if job["rows"] == 100_000 else "-"
-        lines.append(f"| {job['rows']} | {job['window_size']} | {job['insert_seconds']} | {t['load_window']} | "
-                     f"{t['decide']} | {t['report']} | {t['total']} | {target} |")
-    lines += ["", f"Importing Evidently took {result['evidently_import_seconds']:.1f} s (once per process, "
-              "not in the job times). Reports on windows over 10k rows render a uniform 10k-row sample; the "
-              "decision always uses every row.", "",
-              "Verdict: " + "; ".join(result["verdict"]), ""]
+        lines.append(
+            f"| {job['rows']} | {job['window_size']} | {job['insert_seconds']} | {t['load_window']} | "
+            f"{t['decide']} | {t['report']} | {t['total']} | {target} |"
+        )
+    lines += [
+        "",
+        (
+            f"Importing Evidently took {result['evidently_import_seconds']:.1f} s (once per process, "
+            "not in the job times). Reports on windows over 10k rows render a uniform 10k-row "
+            "sample; the decision always uses every row."
+        ),
+        "",
+        "Verdict: " + "; ".join(result["verdict"]),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -332,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clean-windows", type=int, default=200)
     parser.add_argument("--shifted-windows", type=int, default=40)
     parser.add_argument("--job-rows", type=int, nargs="*", default=[10_000, 100_000])
-    parser.add_argument("--model", type=Path, default=None, help="exported model instead of the stand-in")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="exported model instead of the stand-in"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -361,18 +436,28 @@ def main(argv: list[str] | None = None) -> int:
         pool["prediction"] = stand_in.predict(pool)
         clean = pool[pool["condition"] == "clean"]
         accuracy = float((clean["prediction"] == clean["label"]).mean())
-        predictor = (f"stand-in logistic regression on the monitoring features (accuracy {accuracy:.1%} on the "
-                     "clean validation+test images; reference column = its 5-fold out-of-fold predictions)")
+        predictor = (
+            f"stand-in logistic regression on the monitoring features (accuracy {accuracy:.1%} on the "
+            "clean validation+test images; reference column = its 5-fold out-of-fold predictions)"
+        )
     else:
         reference["prediction"] = reference_predictions(root, reference, args.model)
         clean = pool[pool["condition"] == "clean"]
         accuracy = float((clean["prediction"] == clean["label"]).mean())
         predictor = f"exported model {args.model} (accuracy {accuracy:.1%} on the clean validation+test images)"
-    reference.to_parquet(reference_path, index=False)  # the job reads the reference with predictions
+    reference.to_parquet(
+        reference_path, index=False
+    )  # the job reads the reference with predictions
 
     started = time.perf_counter()
-    windows, noise = run_windows(reference, pool, window=args.window, clean_windows=args.clean_windows,
-                                 shifted_windows=args.shifted_windows, seed=args.seed)
+    windows, noise = run_windows(
+        reference,
+        pool,
+        window=args.window,
+        clean_windows=args.clean_windows,
+        shifted_windows=args.shifted_windows,
+        seed=args.seed,
+    )
     print(f"windows decided in {time.perf_counter() - started:.1f} s", flush=True)
     jobs = []
     for rows in args.job_rows:
@@ -381,16 +466,22 @@ def main(argv: list[str] | None = None) -> int:
 
     clean_rate = next(w["rate"] for w in windows if w["condition"] == "clean")
     moderate = {w["condition"]: w["rate"] for w in windows if w["severity"] == "moderate"}
-    verdict = [f"false alarms {clean_rate:.1%} ({'meets' if clean_rate <= TARGET_FALSE_ALARMS else 'misses'} "
-               f"<= {TARGET_FALSE_ALARMS:.0%})"]
+    meets = "meets" if clean_rate <= TARGET_FALSE_ALARMS else "misses"
+    verdict = [f"false alarms {clean_rate:.1%} ({meets} <= {TARGET_FALSE_ALARMS:.0%})"]
     misses = {k: v for k, v in moderate.items() if v < TARGET_DETECTION}
-    verdict.append("moderate detection >= 95 % for every condition" if not misses else
-                   "moderate detection below 95 % for " + ", ".join(f"{k} ({v:.0%})" for k, v in misses.items()))
+    verdict.append(
+        "moderate detection >= 95 % for every condition"
+        if not misses
+        else "moderate detection below 95 % for "
+        + ", ".join(f"{k} ({v:.0%})" for k, v in misses.items())
+    )
     big = next((j for j in jobs if j["rows"] == 100_000), None)
     if big:
         total = big["timings"]["total"]
-        verdict.append(f"100k rows in {total:.1f} s ({'meets' if total <= TARGET_100K_SECONDS else 'misses'} "
-                       f"<= {TARGET_100K_SECONDS:.0f} s)")
+        verdict.append(
+            f"100k rows in {total:.1f} s ({'meets' if total <= TARGET_100K_SECONDS else 'misses'} "
+            f"<= {TARGET_100K_SECONDS:.0f} s)"
+        )
     result = {
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": start_machine,

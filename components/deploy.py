@@ -305,7 +305,13 @@ class InferenceServiceDeployer:
             final = self.wait_ready(name, namespace, timeout_s,
                                     after_generation=_generation(patched))
         except DeployError as e:
-            self.rollback(name, namespace, previous_uri, previous_canary)
+            try:
+                self.rollback(name, namespace, previous_uri, previous_canary)
+            except DeployError as rollback_error:
+                raise DeployError(
+                    f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: "
+                    f"{e}; rolling back to {previous_uri} failed too: {rollback_error}. Restore it "
+                    f"with: garbage deploy --model-uri {previous_uri}") from e
             raise DeployError(
                 f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: {e}. "
                 f"Rolled back to {previous_uri}; traffic stays on the previous revision") from e
@@ -373,6 +379,8 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Any:
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
 
+    # KUBECONFIG is read here, not when the kubernetes package was imported.
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
     try:
         if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             config.load_incluster_config()

@@ -83,17 +83,23 @@ def decide_promotion(
                         champion_version)
 
 
-def log_onnx_model(export_dir: Path, metadata: dict[str, Any]) -> str:
-    """Log the exported model (ONNX flavour) to the active run; return its model URI."""
+def log_onnx_model(export_dir: Path, metadata: dict[str, Any], reference: Path | None = None) -> str:
+    """Log the exported model (ONNX flavour) to the active run; return its model URI.
+
+    ``metadata.json`` and, when given, the monitoring reference profile (``reference/``) are
+    stored inside the logged model, so that ``models:/garbage-classifier@champion`` carries them.
+    """
     import onnx
 
-    model_file = export_dir / "model.onnx"
     info = mlflow.onnx.log_model(
-        onnx.load(str(model_file)),
+        onnx.load(str(export_dir / "model.onnx")),
         name="model",
         metadata={k: v for k, v in metadata.items() if isinstance(v, str | int | float | list)},
     )
-    mlflow.log_artifact(str(export_dir / "metadata.json"), artifact_path="export")
+    client = MlflowClient()
+    client.log_model_artifact(info.model_id, str(export_dir / "metadata.json"))
+    if reference is not None:
+        client.log_model_artifact(info.model_id, str(reference), "reference")
     return info.model_uri
 
 

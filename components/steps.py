@@ -166,11 +166,12 @@ def score_on_split(classifier: Any, images_dir: Path, manifest: pd.DataFrame, sp
 
 
 def register_step(config: Config, export_dir: Path, images_dir: Path, manifest_csv: Path,
-                  out_dir: Path, run_id: str) -> dict[str, Any]:
+                  out_dir: Path, run_id: str, reference: Path | None = None) -> dict[str, Any]:
     """Register the exported model and move the champion alias if it passes the gate.
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
     test set, so the comparison is fair even when the champion was trained on other data.
+    ``reference`` (the monitoring reference profile) is stored with the model version.
     Writes ``decision.json`` and ``decision.md`` into ``out_dir``.
     """
     import mlflow
@@ -207,7 +208,7 @@ def register_step(config: Config, export_dir: Path, images_dir: Path, manifest_c
                                 previous)
     metadata = json.loads((export_dir / "metadata.json").read_text())
     with mlflow.start_run(run_id=run_id):
-        model_uri = log_onnx_model(export_dir, metadata)
+        model_uri = log_onnx_model(export_dir, metadata, reference)
         version = register_model(config, model_uri, {
             "run_id": run_id,
             "data_sha256": config.data.sha256,

@@ -78,9 +78,14 @@ def _meta(event: InferenceEvent, model_id: str = "") -> EventMeta:
     )
 
 
-def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES, *,
-               windows: Sequence[str] = DEFAULT_WINDOWS, max_body_bytes: int = MAX_BODY_BYTES,
-               metrics: CollectorMetrics | None = None) -> FastAPI:
+def create_app(
+    store: InferenceStore,
+    classes: Sequence[str] = TRASHNET_CLASSES,
+    *,
+    windows: Sequence[str] = DEFAULT_WINDOWS,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    metrics: CollectorMetrics | None = None,
+) -> FastAPI:
     """Build the collector application around a store.
 
     Args:
@@ -111,25 +116,39 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
             metrics.images.labels(status="ok").inc(len(rows) - unreadable)
             if unreadable:
                 metrics.images.labels(status="unreadable").inc(unreadable)
-            return {"id": event.inference_id, "type": "request", "protocol": payload.protocol,
-                    "images": len(rows), "unreadable": unreadable}
+            return {
+                "id": event.inference_id,
+                "type": "request",
+                "protocol": payload.protocol,
+                "images": len(rows),
+                "unreadable": unreadable,
+            }
         response = parse_response(event.data, classes)
         model_id = ":".join(p for p in (response.model_name, response.model_version) if p)
-        store.record_response(_meta(event, model_id),
-                              [(p.label, p.score, p.probabilities) for p in response.items])
-        return {"id": event.inference_id, "type": "response", "protocol": response.protocol,
-                "predictions": len(response.items)}
+        store.record_response(
+            _meta(event, model_id), [(p.label, p.score, p.probabilities) for p in response.items]
+        )
+        return {
+            "id": event.inference_id,
+            "type": "response",
+            "protocol": response.protocol,
+            "predictions": len(response.items),
+        }
 
     @app.post(EVENTS_PATH, status_code=202)
     async def events(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             metrics.errors.labels(reason="too_large").inc()
-            raise HTTPException(413, f"event body of {declared} bytes is over the {max_body_bytes}-byte limit")
+            raise HTTPException(
+                413, f"event body of {declared} bytes is over the {max_body_bytes}-byte limit"
+            )
         body = await request.body()
         if len(body) > max_body_bytes:
             metrics.errors.labels(reason="too_large").inc()
-            raise HTTPException(413, f"event body of {len(body)} bytes is over the {max_body_bytes}-byte limit")
+            raise HTTPException(
+                413, f"event body of {len(body)} bytes is over the {max_body_bytes}-byte limit"
+            )
         try:
             parsed = parse_cloudevents(request.headers, body)
         except CloudEventError as e:
@@ -141,8 +160,7 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
                 results.append(await run_in_threadpool(handle, event))
             except PayloadError as e:
                 metrics.errors.labels(reason="bad_payload").inc()
-                raise HTTPException(
-                    400, f"event {event.inference_id} ({event.kind}): {e}") from e
+                raise HTTPException(400, f"event {event.inference_id} ({event.kind}): {e}") from e
             except StoreError as e:
                 metrics.errors.labels(reason="store").inc()
                 log.error("store failure: %s", e)
@@ -156,8 +174,11 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
             raw = await request.json()
         except ValueError as e:
             metrics.feedback.labels(result="invalid").inc()
-            raise HTTPException(400, "the feedback body must be JSON: "
-                                     '{"inference_id": "...", "label": "glass", "item": 0} or a list') from e
+            raise HTTPException(
+                400,
+                "the feedback body must be JSON: "
+                '{"inference_id": "...", "label": "glass", "item": 0} or a list',
+            ) from e
         entries = raw if isinstance(raw, list) else [raw]
         if not entries:
             raise HTTPException(400, "empty feedback list")
@@ -169,12 +190,16 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
         unknown_labels = sorted({f.label for f in parsed} - set(classes))
         if unknown_labels:
             metrics.feedback.labels(result="invalid").inc()
-            raise HTTPException(422, f"unknown labels {unknown_labels}; the model's classes are {classes}")
+            raise HTTPException(
+                422, f"unknown labels {unknown_labels}; the model's classes are {classes}"
+            )
         now = datetime.now(UTC).replace(tzinfo=None)
         results = []
         for f in parsed:
             try:
-                matched = await run_in_threadpool(store.record_feedback, f.inference_id, f.item, f.label, now)
+                matched = await run_in_threadpool(
+                    store.record_feedback, f.inference_id, f.item, f.label, now
+                )
             except StoreError as e:
                 raise HTTPException(503, f"the inference store is unavailable: {e}") from e
             metrics.feedback.labels(result="matched" if matched else "unknown").inc()
@@ -182,9 +207,11 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
         if not any(r["matched"] for r in results):
             missing = ", ".join(f"{r['inference_id']}[{r['item']}]" for r in results)
             raise HTTPException(
-                404, f"no logged prediction for {missing}; feedback must name the ce-id (request id) of a "
-                     "logged inference and the image's position in its batch. If the inference is recent, "
-                     "its events may still be on the way: retry in a few seconds")
+                404,
+                f"no logged prediction for {missing}; feedback must name the ce-id (request id) of a "
+                "logged inference and the image's position in its batch. If the inference is recent, "
+                "its events may still be on the way: retry in a few seconds",
+            )
         return JSONResponse({"matched": sum(r["matched"] for r in results), "results": results})
 
     @app.get("/accuracy")
@@ -194,8 +221,9 @@ def create_app(store: InferenceStore, classes: Sequence[str] = TRASHNET_CLASSES,
         except ValueError as e:
             raise HTTPException(422, str(e)) from e
         since = datetime.now(UTC).replace(tzinfo=None) - span
-        frame = await run_in_threadpool(store.load_window, since, None, columns=["prediction", "true_label"],
-                                        labelled_only=True)
+        frame = await run_in_threadpool(
+            store.load_window, since, None, columns=["prediction", "true_label"], labelled_only=True
+        )
         return JSONResponse({"window": window, **live_accuracy(frame, classes)})
 
     @app.get("/metrics")

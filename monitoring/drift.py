@@ -38,7 +38,14 @@ from monitoring.features import EMBEDDING_COLUMNS, FEATURE_COLUMNS
 log = logging.getLogger(__name__)
 
 MONITORED_FEATURES: tuple[str, ...] = (
-    "brightness", "contrast", "saturation", "sharpness", "noise", "blockiness", "red_green", "yellow_blue",
+    "brightness",
+    "contrast",
+    "saturation",
+    "sharpness",
+    "noise",
+    "blockiness",
+    "red_green",
+    "yellow_blue",
 )
 INFO_FEATURES: tuple[str, ...] = ("width", "height")
 CLASS_COLUMN = "predicted_class"
@@ -108,13 +115,19 @@ class DriftResult:
     def verdict(self) -> str:
         """One sentence for people."""
         if self.status == "insufficient_data":
-            return (f"not enough traffic: {self.window_size} usable rows in the window, "
-                    f"{self.settings.min_window} needed for a verdict")
+            return (
+                f"not enough traffic: {self.window_size} usable rows in the window, "
+                f"{self.settings.min_window} needed for a verdict"
+            )
         if not self.drift_detected:
-            return (f"no drift: {len(self.drifted_columns)} of {len(self.columns)} monitored columns "
-                    f"drifted over {self.window_size} rows")
-        return (f"DRIFT: {', '.join(self.drifted_columns)} drifted "
-                f"({self.drift_share:.0%} of monitored columns, {self.window_size} rows)")
+            return (
+                f"no drift: {len(self.drifted_columns)} of {len(self.columns)} monitored columns "
+                f"drifted over {self.window_size} rows"
+            )
+        return (
+            f"DRIFT: {', '.join(self.drifted_columns)} drifted "
+            f"({self.drift_share:.0%} of monitored columns, {self.window_size} rows)"
+        )
 
     def summary(self) -> dict[str, object]:
         """JSON-ready summary (the CLI prints it; metrics are derived from it)."""
@@ -128,20 +141,32 @@ class DriftResult:
             "reference_size": self.reference_size,
             "dropped_rows": self.dropped_rows,
             "class_reference": self.class_reference,
-            "embedding_drift_share": None if self.embedding_drift_share is None
+            "embedding_drift_share": None
+            if self.embedding_drift_share is None
             else round(self.embedding_drift_share, 4),
-            "columns": {n: {"score": round(c.score, 5), "drifted": c.drifted, "method": c.method,
-                            "threshold": c.threshold, "role": c.role} for n, c in self.columns.items()},
-            "info_columns": {n: {"score": round(c.score, 5), "drifted": c.drifted, "method": c.method}
-                             for n, c in self.info.items()},
+            "columns": {
+                n: {
+                    "score": round(c.score, 5),
+                    "drifted": c.drifted,
+                    "method": c.method,
+                    "threshold": c.threshold,
+                    "role": c.role,
+                }
+                for n, c in self.columns.items()
+            },
+            "info_columns": {
+                n: {"score": round(c.score, 5), "drifted": c.drifted, "method": c.method}
+                for n, c in self.info.items()
+            },
             "live_accuracy": self.live_accuracy,
             "settings": asdict(self.settings),
             **self.extra,
         }
 
 
-def _stat_test(reference: pd.Series, current: pd.Series, method: str, threshold: float,
-               categorical: bool) -> tuple[float, bool]:
+def _stat_test(
+    reference: pd.Series, current: pd.Series, method: str, threshold: float, categorical: bool
+) -> tuple[float, bool]:
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
@@ -151,8 +176,9 @@ def _stat_test(reference: pd.Series, current: pd.Series, method: str, threshold:
     return float(result.drift_score), bool(result.drifted)
 
 
-def prepare(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings
-            ) -> tuple[pd.DataFrame, pd.DataFrame, str | None, int]:
+def prepare(
+    reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSettings
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None, int]:
     """Align the two tables for testing.
 
     Returns:
@@ -163,8 +189,15 @@ def prepare(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSetti
     Raises:
         DriftInputError: A feature column is missing from either table.
     """
-    needed = list(dict.fromkeys([*settings.features, *settings.info_features,
-                                 *(EMBEDDING_COLUMNS if settings.use_embedding else ())]))
+    needed = list(
+        dict.fromkeys(
+            [
+                *settings.features,
+                *settings.info_features,
+                *(EMBEDDING_COLUMNS if settings.use_embedding else ()),
+            ]
+        )
+    )
     for name, table in (("reference", reference), ("current window", current)):
         lacking = [c for c in needed if c not in table.columns]
         if lacking:
@@ -191,9 +224,12 @@ def prepare(reference: pd.DataFrame, current: pd.DataFrame, settings: DriftSetti
     return ref_out, cur_out, class_source, dropped
 
 
-def compute_drift(reference: pd.DataFrame, current: pd.DataFrame,
-                  settings: DriftSettings | None = None,
-                  classes: list[str] | None = None) -> DriftResult:
+def compute_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    settings: DriftSettings | None = None,
+    classes: list[str] | None = None,
+) -> DriftResult:
     """Test the window against the reference and decide.
 
     Args:
@@ -216,42 +252,84 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame,
     embedding_share = None
     if window:
         for name in settings.features:
-            score, drifted = _stat_test(ref[name], cur[name], settings.feature_method,
-                                        settings.feature_threshold, categorical=False)
-            columns[name] = ColumnDrift(name, "feature", settings.feature_method,
-                                        settings.feature_threshold, score, drifted)
+            score, drifted = _stat_test(
+                ref[name],
+                cur[name],
+                settings.feature_method,
+                settings.feature_threshold,
+                categorical=False,
+            )
+            columns[name] = ColumnDrift(
+                name, "feature", settings.feature_method, settings.feature_threshold, score, drifted
+            )
         if class_source is not None:
             predicted = cur[CLASS_COLUMN].dropna().astype(str)
             if len(predicted):
-                score, drifted = _stat_test(ref[CLASS_COLUMN], predicted, settings.class_method,
-                                            settings.class_threshold, categorical=True)
-                columns[CLASS_COLUMN] = ColumnDrift(CLASS_COLUMN, "class", settings.class_method,
-                                                    settings.class_threshold, score, drifted)
+                score, drifted = _stat_test(
+                    ref[CLASS_COLUMN],
+                    predicted,
+                    settings.class_method,
+                    settings.class_threshold,
+                    categorical=True,
+                )
+                columns[CLASS_COLUMN] = ColumnDrift(
+                    CLASS_COLUMN,
+                    "class",
+                    settings.class_method,
+                    settings.class_threshold,
+                    score,
+                    drifted,
+                )
         if settings.use_embedding:
             for name in EMBEDDING_COLUMNS:
-                score, drifted = _stat_test(ref[name], cur[name], settings.embedding_method,
-                                            settings.embedding_component_threshold, categorical=False)
-                components[name] = ColumnDrift(name, "embedding", settings.embedding_method,
-                                               settings.embedding_component_threshold, score, drifted)
+                score, drifted = _stat_test(
+                    ref[name],
+                    cur[name],
+                    settings.embedding_method,
+                    settings.embedding_component_threshold,
+                    categorical=False,
+                )
+                components[name] = ColumnDrift(
+                    name,
+                    "embedding",
+                    settings.embedding_method,
+                    settings.embedding_component_threshold,
+                    score,
+                    drifted,
+                )
             embedding_share = sum(c.drifted for c in components.values()) / len(components)
-            columns[EMBEDDING] = ColumnDrift(EMBEDDING, "embedding", "share of drifted components",
-                                             settings.embedding_share, embedding_share,
-                                             embedding_share >= settings.embedding_share)
+            columns[EMBEDDING] = ColumnDrift(
+                EMBEDDING,
+                "embedding",
+                "share of drifted components",
+                settings.embedding_share,
+                embedding_share,
+                embedding_share >= settings.embedding_share,
+            )
         for name in settings.info_features:
-            score, drifted = _stat_test(ref[name], cur[name], settings.feature_method,
-                                        settings.feature_threshold, categorical=False)
-            info[name] = ColumnDrift(name, "info", settings.feature_method, settings.feature_threshold,
-                                     score, drifted)
+            score, drifted = _stat_test(
+                ref[name],
+                cur[name],
+                settings.feature_method,
+                settings.feature_threshold,
+                categorical=False,
+            )
+            info[name] = ColumnDrift(
+                name, "info", settings.feature_method, settings.feature_threshold, score, drifted
+            )
     share = sum(c.drifted for c in columns.values()) / len(columns) if columns else 0.0
     enough = window >= settings.min_window
     detected = enough and share >= settings.drift_share
     status = "insufficient_data" if not enough else ("drift" if detected else "no_drift")
     accuracy = None
     if {"_true_label", "_prediction"} <= set(cur.columns) and cur["_true_label"].notna().any():
-        names = classes or sorted(set(ref.get(CLASS_COLUMN, pd.Series(dtype=str)).dropna().astype(str))
-                                  | set(cur["_true_label"].dropna().astype(str)))
-        accuracy = live_accuracy(cur.rename(columns={"_prediction": "prediction", "_true_label": "true_label"}),
-                                 names)
+        names = classes or sorted(
+            set(ref.get(CLASS_COLUMN, pd.Series(dtype=str)).dropna().astype(str))
+            | set(cur["_true_label"].dropna().astype(str))
+        )
+        accuracy = live_accuracy(
+            cur.rename(columns={"_prediction": "prediction", "_true_label": "true_label"}), names
+        )
     return DriftResult(
         status=status,
         drift_detected=detected,
@@ -281,16 +359,29 @@ def _evidently_report(settings: DriftSettings, monitored: list[str], has_class: 
         columns.append(CLASS_COLUMN)
         methods[CLASS_COLUMN] = settings.class_method
         thresholds[CLASS_COLUMN] = settings.class_threshold
-    items = [DataDriftPreset(columns=columns, per_column_method=methods, per_column_threshold=thresholds,
-                             drift_share=settings.drift_share)]
+    items = [
+        DataDriftPreset(
+            columns=columns,
+            per_column_method=methods,
+            per_column_threshold=thresholds,
+            drift_share=settings.drift_share,
+        )
+    ]
     if settings.use_embedding:
         # One count over the components (Evidently's "ratio" view of the embedding), not a
         # per-component table: 16 more distribution plots would double the rendering time.
-        items.append(DriftedColumnsCount(columns=list(EMBEDDING_COLUMNS), num_method=settings.embedding_method,
-                                         num_threshold=settings.embedding_component_threshold,
-                                         drift_share=settings.embedding_share))
-    items += [ValueDrift(column=c, method=settings.feature_method, threshold=settings.feature_threshold)
-              for c in settings.info_features]
+        items.append(
+            DriftedColumnsCount(
+                columns=list(EMBEDDING_COLUMNS),
+                num_method=settings.embedding_method,
+                num_threshold=settings.embedding_component_threshold,
+                drift_share=settings.embedding_share,
+            )
+        )
+    items += [
+        ValueDrift(column=c, method=settings.feature_method, threshold=settings.feature_threshold)
+        for c in settings.info_features
+    ]
     return Report(items, include_tests=True)
 
 
@@ -301,18 +392,26 @@ def _evidently_flags(snapshot_dict: dict) -> dict[str, object]:
     for test in snapshot_dict.get("tests", []):
         name = str(test.get("name", ""))
         if name.startswith(prefix):
-            flags[name[len(prefix):]] = test.get("status") == "FAIL"
+            flags[name[len(prefix) :]] = test.get("status") == "FAIL"
     for metric in snapshot_dict.get("metrics", []):
         config = metric.get("config") or {}
-        if config.get("type", "").endswith("DriftedColumnsCount") and list(config.get("columns") or []) == list(
-                EMBEDDING_COLUMNS):
+        if config.get("type", "").endswith("DriftedColumnsCount") and list(
+            config.get("columns") or []
+        ) == list(EMBEDDING_COLUMNS):
             flags[EMBEDDING] = int((metric.get("value") or {}).get("count", -1))
     return flags
 
 
-def write_reports(reference: pd.DataFrame, current: pd.DataFrame, result: DriftResult, out_dir: Path,
-                  *, html: bool = True, max_report_rows: int = REPORT_ROWS, seed: int = 0
-                  ) -> dict[str, Path]:
+def write_reports(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    result: DriftResult,
+    out_dir: Path,
+    *,
+    html: bool = True,
+    max_report_rows: int = REPORT_ROWS,
+    seed: int = 0,
+) -> dict[str, Path]:
     """Render the Evidently reports for ``result`` and write the summary.
 
     Files in ``out_dir``: ``drift_report.html`` and ``drift_report.json`` (Evidently),
@@ -342,7 +441,7 @@ def write_reports(reference: pd.DataFrame, current: pd.DataFrame, result: DriftR
     settings = result.settings
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ref, cur, class_source, _ = prepare(reference, current, settings)
+    ref, cur, _, _ = prepare(reference, current, settings)
     sampled = len(cur) > max_report_rows
     if sampled:
         cur = cur.sample(max_report_rows, random_state=seed).reset_index(drop=True)
@@ -352,17 +451,22 @@ def write_reports(reference: pd.DataFrame, current: pd.DataFrame, result: DriftR
         has_class = CLASS_COLUMN in result.columns
         numeric = [c for c in FEATURE_COLUMNS if c in ref.columns]
         keep = numeric + ([CLASS_COLUMN] if has_class else [])
-        definition = DataDefinition(numerical_columns=numeric,
-                                    categorical_columns=[CLASS_COLUMN] if has_class else [])
+        definition = DataDefinition(
+            numerical_columns=numeric, categorical_columns=[CLASS_COLUMN] if has_class else []
+        )
         cur_rows = cur[keep].dropna(subset=[CLASS_COLUMN]) if has_class else cur[keep]
         report = _evidently_report(settings, list(settings.features), has_class)
-        snapshot = report.run(Dataset.from_pandas(cur_rows, data_definition=definition),
-                              Dataset.from_pandas(ref[keep], data_definition=definition),
-                              metadata={"verdict": result.verdict(), "window_size": result.window_size})
+        snapshot = report.run(
+            Dataset.from_pandas(cur_rows, data_definition=definition),
+            Dataset.from_pandas(ref[keep], data_definition=definition),
+            metadata={"verdict": result.verdict(), "window_size": result.window_size},
+        )
         snapshot_dict = snapshot.dict()
         flags = _evidently_flags(snapshot_dict)
-        expected: dict[str, object] = {**{n: c.drifted for n, c in result.columns.items() if n != EMBEDDING},
-                                       **{n: c.drifted for n, c in result.info.items()}}
+        expected: dict[str, object] = {
+            **{n: c.drifted for n, c in result.columns.items() if n != EMBEDDING},
+            **{n: c.drifted for n, c in result.info.items()},
+        }
         if settings.use_embedding:
             expected[EMBEDDING] = sum(c.drifted for c in result.embedding_components.values())
         disagreements = sorted(n for n, d in expected.items() if n in flags and flags[n] != d)
@@ -376,8 +480,11 @@ def write_reports(reference: pd.DataFrame, current: pd.DataFrame, result: DriftR
         if html:
             snapshot.save_html(str(out_dir / "drift_report.html"))
             written["report_html"] = out_dir / "drift_report.html"
-        labelled = (cur[cur["_true_label"].notna() & cur["_prediction"].notna()]
-                    if {"_true_label", "_prediction"} <= set(cur.columns) else cur.iloc[0:0])
+        labelled = (
+            cur[cur["_true_label"].notna() & cur["_prediction"].notna()]
+            if {"_true_label", "_prediction"} <= set(cur.columns)
+            else cur.iloc[0:0]
+        )
         if len(labelled):
             written.update(_write_classification(labelled, out_dir, html))
     summary_path = out_dir / "drift_summary.json"
@@ -390,12 +497,19 @@ def _write_classification(labelled: pd.DataFrame, out_dir: Path, html: bool) -> 
     from evidently import DataDefinition, Dataset, MulticlassClassification, Report
     from evidently.metrics import Accuracy, RecallByLabel
 
-    frame = pd.DataFrame({"target": labelled["_true_label"].astype(str).to_numpy(),
-                          "prediction": labelled["_prediction"].astype(str).to_numpy()})
-    definition = DataDefinition(categorical_columns=["target", "prediction"],
-                                classification=[MulticlassClassification(target="target",
-                                                                         prediction_labels="prediction")])
-    snapshot = Report([Accuracy(), RecallByLabel()]).run(Dataset.from_pandas(frame, data_definition=definition))
+    frame = pd.DataFrame(
+        {
+            "target": labelled["_true_label"].astype(str).to_numpy(),
+            "prediction": labelled["_prediction"].astype(str).to_numpy(),
+        }
+    )
+    definition = DataDefinition(
+        categorical_columns=["target", "prediction"],
+        classification=[MulticlassClassification(target="target", prediction_labels="prediction")],
+    )
+    snapshot = Report([Accuracy(), RecallByLabel()]).run(
+        Dataset.from_pandas(frame, data_definition=definition)
+    )
     path = out_dir / "live_accuracy.json"
     path.write_text(json.dumps(snapshot.dict(), default=str))
     written = {"accuracy_json": path}

@@ -42,8 +42,18 @@ EVENT_TYPES = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 REQUIRED_ATTRIBUTES = ("id", "type", "source", "specversion")
-_CORE_ATTRIBUTES = {"id", "type", "source", "specversion", "time", "datacontenttype", "dataschema",
-                    "subject", "data", "data_base64"}
+_CORE_ATTRIBUTES = {
+    "id",
+    "type",
+    "source",
+    "specversion",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "data",
+    "data_base64",
+}
 MAX_ID_LENGTH = 200
 
 
@@ -82,7 +92,7 @@ def parse_time(value: str | None) -> datetime:
     if "." in text:  # Go writes nanoseconds; Python takes at most microseconds
         head, _, rest = text.partition(".")
         digits = "".join(ch for ch in rest if ch.isdigit())
-        tail = rest[len(digits):]
+        tail = rest[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{tail}"
     try:
         parsed = datetime.fromisoformat(text)
@@ -103,17 +113,24 @@ def _json_object(value: str | None) -> dict[str, object]:
     return loaded if isinstance(loaded, dict) else {"raw": loaded}
 
 
-def _build(attributes: Mapping[str, object], data: bytes, content_type: str, mode: str) -> InferenceEvent:
+def _build(
+    attributes: Mapping[str, object], data: bytes, content_type: str, mode: str
+) -> InferenceEvent:
     missing = [name for name in REQUIRED_ATTRIBUTES if not attributes.get(name)]
     if missing:
-        where = "headers " + ", ".join(f"ce-{m}" for m in missing) if mode == "binary" else (
-            "attributes " + ", ".join(missing))
+        where = (
+            "headers " + ", ".join(f"ce-{m}" for m in missing)
+            if mode == "binary"
+            else ("attributes " + ", ".join(missing))
+        )
         raise CloudEventError(
             f"not a CloudEvent: missing {where}. Send KServe payload-logger events "
             f"(binary mode with ce-* headers, or {STRUCTURED_CONTENT_TYPE})"
         )
     if str(attributes["specversion"]) != "1.0":
-        raise CloudEventError(f"unsupported CloudEvents specversion {attributes['specversion']!r}; use 1.0")
+        raise CloudEventError(
+            f"unsupported CloudEvents specversion {attributes['specversion']!r}; use 1.0"
+        )
     event_type = str(attributes["type"])
     if event_type not in EVENT_TYPES:
         raise CloudEventError(
@@ -121,12 +138,16 @@ def _build(attributes: Mapping[str, object], data: bytes, content_type: str, mod
         )
     inference_id = str(attributes["id"]).strip()
     if len(inference_id) > MAX_ID_LENGTH:
-        raise CloudEventError(f"ce-id is {len(inference_id)} characters long; at most {MAX_ID_LENGTH}")
+        raise CloudEventError(
+            f"ce-id is {len(inference_id)} characters long; at most {MAX_ID_LENGTH}"
+        )
     metadata = {
-        "metadata": _json_object(attributes.get("metadata")) if isinstance(attributes.get("metadata"), str)
+        "metadata": _json_object(attributes.get("metadata"))
+        if isinstance(attributes.get("metadata"), str)
         else attributes.get("metadata") or {},
         "annotations": _json_object(attributes.get("annotations"))
-        if isinstance(attributes.get("annotations"), str) else attributes.get("annotations") or {},
+        if isinstance(attributes.get("annotations"), str)
+        else attributes.get("annotations") or {},
     }
     return InferenceEvent(
         inference_id=inference_id,
@@ -190,17 +211,28 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes) -> list[Inference
             raise CloudEventError(f"the {media} body is not valid JSON: {e}") from e
         if media == BATCH_CONTENT_TYPE:
             if not isinstance(parsed, list) or not parsed:
-                raise CloudEventError("a CloudEvents batch must be a non-empty JSON array of events")
+                raise CloudEventError(
+                    "a CloudEvents batch must be a non-empty JSON array of events"
+                )
             return [_from_structured(item) for item in parsed]
         return [_from_structured(parsed)]
     attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
     return [_build(attributes, body, content_type, "binary")]
 
 
-def binary_headers(event_id: str, kind: str, *, source: str, inference_service: str = "",
-                   namespace: str = "", component: str = "predictor", endpoint: str = "",
-                   content_type: str = "application/json", time: datetime | None = None,
-                   model_id: str = "") -> dict[str, str]:
+def binary_headers(
+    event_id: str,
+    kind: str,
+    *,
+    source: str,
+    inference_service: str = "",
+    namespace: str = "",
+    component: str = "predictor",
+    endpoint: str = "",
+    content_type: str = "application/json",
+    time: datetime | None = None,
+    model_id: str = "",
+) -> dict[str, str]:
     """Headers of a binary-mode event in KServe's format (used by the local payload logger).
 
     Args:

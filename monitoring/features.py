@@ -61,7 +61,9 @@ def projection_matrix() -> np.ndarray:
     """The fixed ``[64 + 64, EMBEDDING_DIM]`` random projection (same on every machine)."""
     rng = np.random.default_rng(EMBEDDING_SEED)
     inputs = HIST_LEVELS**3 + THUMB_SIDE * THUMB_SIDE
-    return (rng.standard_normal((inputs, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)).astype(np.float32)
+    return (rng.standard_normal((inputs, EMBEDDING_DIM)) / np.sqrt(EMBEDDING_DIM)).astype(
+        np.float32
+    )
 
 
 def _luma(pixels: np.ndarray) -> np.ndarray:
@@ -79,9 +81,15 @@ def _sharpness(luma: np.ndarray) -> float:
 def _noise_sigma(luma: np.ndarray) -> float:
     """Immerkaer's fast estimate of the standard deviation of additive noise, in grey levels."""
     conv = (
-        luma[:-2, :-2] - 2 * luma[:-2, 1:-1] + luma[:-2, 2:]
-        - 2 * luma[1:-1, :-2] + 4 * luma[1:-1, 1:-1] - 2 * luma[1:-1, 2:]
-        + luma[2:, :-2] - 2 * luma[2:, 1:-1] + luma[2:, 2:]
+        luma[:-2, :-2]
+        - 2 * luma[:-2, 1:-1]
+        + luma[:-2, 2:]
+        - 2 * luma[1:-1, :-2]
+        + 4 * luma[1:-1, 1:-1]
+        - 2 * luma[1:-1, 2:]
+        + luma[2:, :-2]
+        - 2 * luma[2:, 1:-1]
+        + luma[2:, 2:]
     )
     return float(_NOISE_KERNEL_NORM * np.abs(conv).mean())
 
@@ -120,12 +128,18 @@ def _embedding_input(small: np.ndarray, luma: np.ndarray) -> np.ndarray:
     hist = np.sqrt(hist / hist.sum())
     h, w = luma.shape
     th, tw = h // THUMB_SIDE, w // THUMB_SIDE
-    thumb = luma[: th * THUMB_SIDE, : tw * THUMB_SIDE].reshape(THUMB_SIDE, th, THUMB_SIDE, tw).mean((1, 3))
+    thumb = (
+        luma[: th * THUMB_SIDE, : tw * THUMB_SIDE]
+        .reshape(THUMB_SIDE, th, THUMB_SIDE, tw)
+        .mean((1, 3))
+    )
     thumb = (thumb - thumb.mean()) / 255.0
     return np.concatenate([hist, thumb.ravel().astype(np.float32)])
 
 
-def pixel_features(pixels: np.ndarray, original_size: tuple[int, int] | None = None) -> dict[str, float]:
+def pixel_features(
+    pixels: np.ndarray, original_size: tuple[int, int] | None = None
+) -> dict[str, float]:
     """Compute every feature of one RGB image given as ``uint8 [H, W, 3]``.
 
     Args:

@@ -35,8 +35,9 @@ class DriftJobError(ValueError):
     """The job's inputs are inconsistent or missing; the message says which option to fix."""
 
 
-def features_from_folder(folder: Path, model_dir: Path | None = None,
-                         classes: Sequence[str] = TRASHNET_CLASSES) -> pd.DataFrame:
+def features_from_folder(
+    folder: Path, model_dir: Path | None = None, classes: Sequence[str] = TRASHNET_CLASSES
+) -> pd.DataFrame:
     """Features of every JPEG/PNG under ``folder`` (recursively), as a drift window.
 
     A file inside a folder named after a class gets that class as ``true_label``. With
@@ -48,7 +49,9 @@ def features_from_folder(folder: Path, model_dir: Path | None = None,
     folder = Path(folder)
     if not folder.is_dir():
         raise DriftJobError(f"--images {folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     rows, pixels, unreadable = [], [], 0
     for path in files:
         try:
@@ -64,7 +67,9 @@ def features_from_folder(folder: Path, model_dir: Path | None = None,
         if model_dir is not None:
             pixels.append(array)
     if not rows:
-        raise DriftJobError(f"no readable JPEG or PNG under {folder} ({unreadable} unreadable files)")
+        raise DriftJobError(
+            f"no readable JPEG or PNG under {folder} ({unreadable} unreadable files)"
+        )
     frame = pd.DataFrame(rows)
     if model_dir is not None:
         from components.inference import OnnxClassifier
@@ -80,8 +85,9 @@ def features_from_folder(folder: Path, model_dir: Path | None = None,
     return frame
 
 
-def load_db_window(db_url: str, window: str, now: datetime | None = None,
-                   limit: int | None = None) -> pd.DataFrame:
+def load_db_window(
+    db_url: str, window: str, now: datetime | None = None, limit: int | None = None
+) -> pd.DataFrame:
     """Logged rows of the last ``window`` (e.g. ``1h``) from the store at ``db_url``."""
     span = parse_window(window)
     end = now or datetime.now(UTC).replace(tzinfo=None)
@@ -92,11 +98,21 @@ def load_db_window(db_url: str, window: str, now: datetime | None = None,
         store.close()
 
 
-def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | None = None,
-                  window: str = "1h", images: str | Path | None = None, model_dir: str | Path | None = None,
-                  pushgateway: str | None = None, html: bool = True, limit: int | None = None,
-                  settings: DriftSettings | None = None, classes: Sequence[str] = TRASHNET_CLASSES,
-                  now: datetime | None = None) -> dict[str, object]:
+def run_drift_job(
+    reference: str | Path,
+    out_dir: str | Path,
+    *,
+    db_url: str | None = None,
+    window: str = "1h",
+    images: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    pushgateway: str | None = None,
+    html: bool = True,
+    limit: int | None = None,
+    settings: DriftSettings | None = None,
+    classes: Sequence[str] = TRASHNET_CLASSES,
+    now: datetime | None = None,
+) -> dict[str, object]:
     """Compare the current window with the reference; write reports and metrics; return the summary.
 
     Exactly one of ``db_url`` and ``images`` names the window.
@@ -125,7 +141,9 @@ def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | N
         monitoring.metrics.PushError: The Pushgateway refused the metrics.
     """
     if (db_url is None) == (images is None):
-        raise DriftJobError("give exactly one window source: --db URL (with --window) or --images FOLDER")
+        raise DriftJobError(
+            "give exactly one window source: --db URL (with --window) or --images FOLDER"
+        )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     out = Path(out_dir)
@@ -133,7 +151,9 @@ def run_drift_job(reference: str | Path, out_dir: str | Path, *, db_url: str | N
     timings["load_reference"] = time.perf_counter() - started
     mark = time.perf_counter()
     if images is not None:
-        current = features_from_folder(Path(images), Path(model_dir) if model_dir else None, classes)
+        current = features_from_folder(
+            Path(images), Path(model_dir) if model_dir else None, classes
+        )
         source = f"images:{images}"
     else:
         try:

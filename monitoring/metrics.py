@@ -44,18 +44,36 @@ class CollectorMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.events = Counter("garbage_monitoring_events", "CloudEvents accepted.",
-                              ["type", "mode"], registry=self.registry)
-        self.errors = Counter("garbage_monitoring_event_errors",
-                              "CloudEvents rejected or only partly readable, by reason.",
-                              ["reason"], registry=self.registry)
-        self.images = Counter("garbage_monitoring_logged_images", "Images logged, by status.",
-                              ["status"], registry=self.registry)
-        self.feedback = Counter("garbage_monitoring_feedback", "Label feedback, by result.",
-                                ["result"], registry=self.registry)
+        self.events = Counter(
+            "garbage_monitoring_events",
+            "CloudEvents accepted.",
+            ["type", "mode"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "garbage_monitoring_event_errors",
+            "CloudEvents rejected or only partly readable, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "garbage_monitoring_logged_images",
+            "Images logged, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "garbage_monitoring_feedback",
+            "Label feedback, by result.",
+            ["result"],
+            registry=self.registry,
+        )
         self.feature_seconds = Histogram(
-            "garbage_monitoring_feature_seconds", "Time to decode one image and extract its features.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=self.registry)
+            "garbage_monitoring_feature_seconds",
+            "Time to decode one image and extract its features.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
@@ -65,24 +83,35 @@ class CollectorMetrics:
 class LiveAccuracyCollector(Collector):
     """Computes live accuracy and recall from the store whenever Prometheus scrapes."""
 
-    def __init__(self, store: InferenceStore, classes: Sequence[str], windows: Sequence[str]) -> None:
+    def __init__(
+        self, store: InferenceStore, classes: Sequence[str], windows: Sequence[str]
+    ) -> None:
         self.store = store
         self.classes = list(classes)
         self.windows = {w: parse_window(w) for w in windows}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the live-accuracy gauges for every configured window."""
-        accuracy = GaugeMetricFamily("garbage_live_accuracy",
-                                     "Share of labelled predictions that were right, per window.",
-                                     labels=["window"])
-        recall = GaugeMetricFamily("garbage_live_recall", "Per-class recall of labelled predictions.",
-                                   labels=["window", "label"])
-        labelled = GaugeMetricFamily("garbage_live_labelled",
-                                     "Predictions that received a true label, per window.", labels=["window"])
+        accuracy = GaugeMetricFamily(
+            "garbage_live_accuracy",
+            "Share of labelled predictions that were right, per window.",
+            labels=["window"],
+        )
+        recall = GaugeMetricFamily(
+            "garbage_live_recall",
+            "Per-class recall of labelled predictions.",
+            labels=["window", "label"],
+        )
+        labelled = GaugeMetricFamily(
+            "garbage_live_labelled",
+            "Predictions that received a true label, per window.",
+            labels=["window"],
+        )
         now = datetime.now(UTC).replace(tzinfo=None)
         for name, span in self.windows.items():
-            frame = self.store.load_window(since=now - span, columns=["prediction", "true_label"],
-                                           labelled_only=True)
+            frame = self.store.load_window(
+                since=now - span, columns=["prediction", "true_label"], labelled_only=True
+            )
             stats = live_accuracy(frame, self.classes)
             labelled.add_metric([name], float(stats["labelled"]))
             if stats["accuracy"] is not None:
@@ -95,11 +124,15 @@ class LiveAccuracyCollector(Collector):
         yield labelled
 
 
-def drift_registry(summary: Mapping[str, object], timestamp: datetime | None = None) -> CollectorRegistry:
+def drift_registry(
+    summary: Mapping[str, object], timestamp: datetime | None = None
+) -> CollectorRegistry:
     """A registry holding the drift job's results (see :func:`monitoring.drift.DriftResult.summary`)."""
     registry = CollectorRegistry()
 
-    def gauge(name: str, doc: str, value: float | None, labels: Mapping[str, str] | None = None) -> None:
+    def gauge(
+        name: str, doc: str, value: float | None, labels: Mapping[str, str] | None = None
+    ) -> None:
         if value is None:
             return
         metric = gauges.get(name)
@@ -109,25 +142,57 @@ def drift_registry(summary: Mapping[str, object], timestamp: datetime | None = N
         (metric.labels(**labels) if labels else metric).set(float(value))
 
     gauges: dict[str, Gauge] = {}
-    gauge("garbage_drift_detected", "1 when the last drift run flagged drift.",
-          1.0 if summary.get("drift_detected") else 0.0)
-    gauge("garbage_drift_share", "Share of monitored columns that drifted in the last run.",
-          summary.get("drift_share"))
-    gauge("garbage_drift_window_size", "Rows in the window the last drift run examined.",
-          summary.get("window_size"))
-    gauge("garbage_drift_embedding_share", "Share of embedding components that drifted.",
-          summary.get("embedding_drift_share"))
+    gauge(
+        "garbage_drift_detected",
+        "1 when the last drift run flagged drift.",
+        1.0 if summary.get("drift_detected") else 0.0,
+    )
+    gauge(
+        "garbage_drift_share",
+        "Share of monitored columns that drifted in the last run.",
+        summary.get("drift_share"),
+    )
+    gauge(
+        "garbage_drift_window_size",
+        "Rows in the window the last drift run examined.",
+        summary.get("window_size"),
+    )
+    gauge(
+        "garbage_drift_embedding_share",
+        "Share of embedding components that drifted.",
+        summary.get("embedding_drift_share"),
+    )
     for column, info in (summary.get("columns") or {}).items():
-        gauge("garbage_drift_feature_score", "Drift score per monitored column (method in the report).",
-              info.get("score"), {"feature": column})
-        gauge("garbage_drift_feature_detected", "1 when the column drifted.",
-              1.0 if info.get("drifted") else 0.0, {"feature": column})
+        gauge(
+            "garbage_drift_feature_score",
+            "Drift score per monitored column (method in the report).",
+            info.get("score"),
+            {"feature": column},
+        )
+        gauge(
+            "garbage_drift_feature_detected",
+            "1 when the column drifted.",
+            1.0 if info.get("drifted") else 0.0,
+            {"feature": column},
+        )
     live = summary.get("live_accuracy") or {}
-    gauge("garbage_drift_window_labelled", "Labelled predictions in the drift window.", live.get("labelled"))
-    gauge("garbage_drift_window_accuracy", "Accuracy of labelled predictions in the drift window.",
-          live.get("accuracy"))
+    gauge(
+        "garbage_drift_window_labelled",
+        "Labelled predictions in the drift window.",
+        live.get("labelled"),
+    )
+    gauge(
+        "garbage_drift_window_accuracy",
+        "Accuracy of labelled predictions in the drift window.",
+        live.get("accuracy"),
+    )
     for label, value in (live.get("recall") or {}).items():
-        gauge("garbage_drift_window_recall", "Per-class recall in the drift window.", value, {"label": label})
+        gauge(
+            "garbage_drift_window_recall",
+            "Per-class recall in the drift window.",
+            value,
+            {"label": label},
+        )
     stamp = (timestamp or datetime.now(UTC)).timestamp()
     gauge("garbage_drift_last_run_timestamp_seconds", "Unix time of the last drift run.", stamp)
     return registry
@@ -144,15 +209,25 @@ class PushError(RuntimeError):
     """The Pushgateway did not accept the metrics."""
 
 
-def push(registry: CollectorRegistry, gateway: str, job: str = DRIFT_JOB,
-         grouping_key: Mapping[str, str] | None = None, timeout: float = 10.0) -> None:
+def push(
+    registry: CollectorRegistry,
+    gateway: str,
+    job: str = DRIFT_JOB,
+    grouping_key: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> None:
     """Replace this job's metrics on a Pushgateway (``http://host:9091``).
 
     Raises:
         PushError: The gateway is unreachable or refused the push.
     """
     try:
-        push_to_gateway(gateway, job=job, registry=registry, grouping_key=dict(grouping_key or {}),
-                        timeout=timeout)
+        push_to_gateway(
+            gateway,
+            job=job,
+            registry=registry,
+            grouping_key=dict(grouping_key or {}),
+            timeout=timeout,
+        )
     except OSError as e:  # urllib errors derive from OSError
         raise PushError(f"cannot push drift metrics to {gateway}: {e}") from e

@@ -49,9 +49,19 @@ class _Event:
 class PayloadLogger:
     """Bounded, fire-and-forget CloudEvents emitter."""
 
-    def __init__(self, url: str, *, inference_service: str = "garbage-classifier", namespace: str = "",
-                 component: str = "predictor", endpoint: str = "", source: str = "http://localhost:8080/",
-                 queue_size: int = 1000, workers: int = 2, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        inference_service: str = "garbage-classifier",
+        namespace: str = "",
+        component: str = "predictor",
+        endpoint: str = "",
+        source: str = "http://localhost:8080/",
+        queue_size: int = 1000,
+        workers: int = 2,
+        timeout: float = 5.0,
+    ) -> None:
         """Configure the emitter; nothing runs until :meth:`start` (or the first :meth:`log` in a loop).
 
         Args:
@@ -68,8 +78,13 @@ class PayloadLogger:
         if queue_size < 2:
             raise ValueError("queue_size must hold at least one request and one response event")
         self.url = url
-        self.meta = {"inference_service": inference_service, "namespace": namespace,
-                     "component": component, "endpoint": endpoint, "source": source}
+        self.meta = {
+            "inference_service": inference_service,
+            "namespace": namespace,
+            "component": component,
+            "endpoint": endpoint,
+            "source": source,
+        }
         self.queue_size = queue_size
         self.workers = max(1, workers)
         self.timeout = timeout
@@ -89,7 +104,10 @@ class PayloadLogger:
         if self._tasks:
             return
         self._client = httpx.AsyncClient(timeout=self.timeout)
-        self._tasks = [asyncio.create_task(self._run(), name=f"payload-logger-{i}") for i in range(self.workers)]
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"payload-logger-{i}")
+            for i in range(self.workers)
+        ]
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
         """Give queued events up to ``drain_seconds`` to go out, then stop the senders."""
@@ -105,8 +123,14 @@ class PayloadLogger:
             await self._client.aclose()
             self._client = None
 
-    def log(self, request_body: bytes, response_body: bytes | None, *, inference_id: str | None = None,
-            content_type: str = "application/json") -> str:
+    def log(
+        self,
+        request_body: bytes,
+        response_body: bytes | None,
+        *,
+        inference_id: str | None = None,
+        content_type: str = "application/json",
+    ) -> str:
         """Queue the request and response events of one inference; never blocks, never raises.
 
         Args:
@@ -132,7 +156,7 @@ class PayloadLogger:
             for event in events:
                 self._queue.put_nowait(event)
                 self.stats.queued += 1
-        except Exception:  # logging must never break inference  # noqa: BLE001
+        except Exception:  # logging must never break inference
             self.stats.dropped += 1
             log.debug("payload logger could not queue an event", exc_info=True)
         return event_id
@@ -146,19 +170,32 @@ class PayloadLogger:
                 self._queue.task_done()
 
     async def _send(self, event: _Event) -> None:
-        headers = binary_headers(event.event_id, event.kind, content_type=event.content_type, **self.meta)
+        headers = binary_headers(
+            event.event_id, event.kind, content_type=event.content_type, **self.meta
+        )
         try:
             assert self._client is not None
             response = await self._client.post(self.url, content=event.body, headers=headers)
         except (httpx.HTTPError, OSError) as e:
             self.stats.failed += 1
-            log.warning("payload logger: cannot post %s event %s to %s: %s", event.kind, event.event_id,
-                        self.url, e)
+            log.warning(
+                "payload logger: cannot post %s event %s to %s: %s",
+                event.kind,
+                event.event_id,
+                self.url,
+                e,
+            )
             return
         if response.status_code >= 300:
             self.stats.failed += 1
-            log.warning("payload logger: %s answered %s for %s event %s: %s", self.url, response.status_code,
-                        event.kind, event.event_id, response.text[:200])
+            log.warning(
+                "payload logger: %s answered %s for %s event %s: %s",
+                self.url,
+                response.status_code,
+                event.kind,
+                event.event_id,
+                response.text[:200],
+            )
         else:
             self.stats.sent += 1
 
@@ -172,10 +209,20 @@ def encode_request(inputs: list[bytes] | np.ndarray) -> tuple[bytes, str]:
     """
     if isinstance(inputs, np.ndarray):
         pixels = np.ascontiguousarray(inputs, dtype=np.uint8)
-        header = {"inputs": [{"name": "image", "shape": list(pixels.shape), "datatype": "UINT8",
-                              "parameters": {"binary_data_size": pixels.nbytes}}]}
+        header = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ]
+        }
         return json.dumps(header).encode() + pixels.tobytes(), "application/octet-stream"
-    instances = [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}} for data in inputs]
+    instances = [
+        {"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}} for data in inputs
+    ]
     return json.dumps({"instances": instances}).encode(), "application/json"
 
 
@@ -208,7 +255,9 @@ class CloudEventsHook:
             self._logger = PayloadLogger(self.url, **self.options)  # type: ignore[arg-type]
         return self._logger
 
-    async def __call__(self, request_id: str, inputs: list[bytes] | np.ndarray, predictions: list) -> None:
+    async def __call__(
+        self, request_id: str, inputs: list[bytes] | np.ndarray, predictions: list
+    ) -> None:
         """Queue the request and response events of one answered request (runs after the answer)."""
         emitter = self.logger
         if not emitter.running:

@@ -93,7 +93,9 @@ def _b64(value: str) -> bytes:
 
 def _image_from_b64(value: object) -> ImageItem:
     if not isinstance(value, str):
-        return ImageItem(error="bad_instance", message=f"expected a base64 string, got {type(value).__name__}")
+        return ImageItem(
+            error="bad_instance", message=f"expected a base64 string, got {type(value).__name__}"
+        )
     try:
         return ImageItem(data=_b64(value))
     except (binascii.Error, ValueError):
@@ -108,7 +110,9 @@ def _pixels(value: object, shape: Sequence[int] | None = None) -> ImageItem:
     except (ValueError, TypeError) as e:
         return ImageItem(error="bad_pixels", message=f"pixel data do not form an array: {e}")
     if array.ndim != 3 or array.shape[2] != 3 or not np.issubdtype(array.dtype, np.number):
-        return ImageItem(error="bad_pixels", message=f"expected [H, W, 3] pixels, got shape {array.shape}")
+        return ImageItem(
+            error="bad_pixels", message=f"expected [H, W, 3] pixels, got shape {array.shape}"
+        )
     if array.min(initial=0) < 0 or array.max(initial=0) > 255:
         return ImageItem(error="bad_pixels", message="pixel values must lie in 0..255")
     return ImageItem(pixels=array.astype(np.uint8))
@@ -126,13 +130,17 @@ def _v1_instance(instance: object) -> ImageItem:
                 return _pixels(inner)
         if "b64" in instance:
             return _image_from_b64(instance["b64"])
-        return ImageItem(error="bad_instance",
-                         message=f"instance keys {sorted(instance)[:5]} hold no image (use image_bytes.b64)")
+        return ImageItem(
+            error="bad_instance",
+            message=f"instance keys {sorted(instance)[:5]} hold no image (use image_bytes.b64)",
+        )
     if isinstance(instance, str):
         return _image_from_b64(instance)
     if isinstance(instance, list):
         return _pixels(instance)
-    return ImageItem(error="bad_instance", message=f"unsupported instance of type {type(instance).__name__}")
+    return ImageItem(
+        error="bad_instance", message=f"unsupported instance of type {type(instance).__name__}"
+    )
 
 
 def _flatten(values: object) -> list[object]:
@@ -161,12 +169,16 @@ def _v2_inputs(inputs: list[object], binary: bytes) -> list[ImageItem]:
     chunks: list[tuple[dict, bytes | None]] = []
     for tensor in inputs:
         if not isinstance(tensor, dict):
-            raise PayloadError("each v2 input must be an object with name, shape, datatype and data")
+            raise PayloadError(
+                "each v2 input must be an object with name, shape, datatype and data"
+            )
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             chunk = binary[offset : offset + int(size)]
             if len(chunk) != int(size):
-                raise PayloadError(f"input {tensor.get('name')!r} announces {size} binary bytes; fewer follow")
+                raise PayloadError(
+                    f"input {tensor.get('name')!r} announces {size} binary bytes; fewer follow"
+                )
             offset += int(size)
             chunks.append((tensor, chunk))
         else:
@@ -191,7 +203,9 @@ def _v2_inputs(inputs: list[object], binary: bytes) -> list[ImageItem]:
                 raise PayloadError(f"UINT8 input has {flat.size} values for shape {shape}")
             batch = flat.reshape(shape)
             return [_pixels(image) for image in batch]
-    raise PayloadError("no BYTES or UINT8 input among the v2 inputs; expected encoded images or pixels")
+    raise PayloadError(
+        "no BYTES or UINT8 input among the v2 inputs; expected encoded images or pixels"
+    )
 
 
 def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
@@ -213,7 +227,9 @@ def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
         raise PayloadError("the request payload is empty")
     obj, binary = _split_binary(body)
     if not isinstance(obj, dict):
-        raise PayloadError("the request payload must be a JSON object with 'instances' (v1) or 'inputs' (v2)")
+        raise PayloadError(
+            "the request payload must be a JSON object with 'instances' (v1) or 'inputs' (v2)"
+        )
     if "instances" in obj:
         instances = obj["instances"]
         if not isinstance(instances, list):
@@ -232,7 +248,10 @@ def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
 
 def _prediction(value: object, classes: Sequence[str]) -> PredictionItem:
     if isinstance(value, dict):
-        label = next((value[k] for k in ("label", "class", "predicted_label", "prediction") if k in value), None)
+        label = next(
+            (value[k] for k in ("label", "class", "predicted_label", "prediction") if k in value),
+            None,
+        )
         score = next((value[k] for k in ("score", "confidence", "probability") if k in value), None)
         probs = next((value[k] for k in ("probabilities", "probs", "scores") if k in value), None)
         probabilities = None
@@ -246,23 +265,28 @@ def _prediction(value: object, classes: Sequence[str]) -> PredictionItem:
             label = classes[label]
         if score is None and probabilities and label in probabilities:
             score = probabilities[str(label)]
-        return PredictionItem(None if label is None else str(label),
-                              None if score is None else float(score), probabilities)
+        return PredictionItem(
+            None if label is None else str(label),
+            None if score is None else float(score),
+            probabilities,
+        )
     if isinstance(value, str):
         return PredictionItem(value)
     if isinstance(value, bool):
         return PredictionItem(None)
     if isinstance(value, int):
         return PredictionItem(classes[value] if 0 <= value < len(classes) else str(value))
-    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
-        if len(value) == len(classes):
-            probabilities = {c: float(p) for c, p in zip(classes, value, strict=True)}
-            label = max(probabilities, key=probabilities.__getitem__)
-            return PredictionItem(label, probabilities[label], probabilities)
+    numbers = isinstance(value, list) and value and all(isinstance(v, int | float) for v in value)
+    if numbers and len(value) == len(classes):
+        probabilities = {c: float(p) for c, p in zip(classes, value, strict=True)}
+        label = max(probabilities, key=probabilities.__getitem__)
+        return PredictionItem(label, probabilities[label], probabilities)
     return PredictionItem(None)
 
 
-def _v2_outputs(outputs: list[object], binary: bytes, classes: Sequence[str]) -> list[PredictionItem]:
+def _v2_outputs(
+    outputs: list[object], binary: bytes, classes: Sequence[str]
+) -> list[PredictionItem]:
     labels: list[str] | None = None
     scores: np.ndarray | None = None
     probs: np.ndarray | None = None
@@ -279,8 +303,11 @@ def _v2_outputs(outputs: list[object], binary: bytes, classes: Sequence[str]) ->
             chunk = binary[offset : offset + int(size)]
             offset += int(size)
         if datatype == "BYTES":
-            values = ([b.decode("utf-8", "replace") for b in _binary_bytes_elements(chunk)]
-                      if chunk is not None else [str(v) for v in _flatten(tensor.get("data", []))])
+            values = (
+                [b.decode("utf-8", "replace") for b in _binary_bytes_elements(chunk)]
+                if chunk is not None
+                else [str(v) for v in _flatten(tensor.get("data", []))]
+            )
             labels = values
             continue
         if chunk is not None:
@@ -297,16 +324,28 @@ def _v2_outputs(outputs: list[object], binary: bytes, classes: Sequence[str]) ->
             scores = data.reshape(-1)
         elif data.size and ("label" in name or "class" in name) and datatype.startswith("INT"):
             labels = [classes[int(i)] if 0 <= int(i) < len(classes) else str(int(i)) for i in data]
-    n = len(labels) if labels is not None else (len(probs) if probs is not None else
-                                                 (len(scores) if scores is not None else 0))
+    n = (
+        len(labels)
+        if labels is not None
+        else (len(probs) if probs is not None else (len(scores) if scores is not None else 0))
+    )
     items = []
     for i in range(n):
-        probabilities = ({c: float(p) for c, p in zip(classes, probs[i], strict=True)}
-                         if probs is not None and i < len(probs) else None)
-        label = labels[i] if labels is not None and i < len(labels) else (
-            max(probabilities, key=probabilities.__getitem__) if probabilities else None)
-        score = float(scores[i]) if scores is not None and i < len(scores) else (
-            probabilities.get(label) if probabilities and label in probabilities else None)
+        probabilities = (
+            {c: float(p) for c, p in zip(classes, probs[i], strict=True)}
+            if probs is not None and i < len(probs)
+            else None
+        )
+        label = (
+            labels[i]
+            if labels is not None and i < len(labels)
+            else (max(probabilities, key=probabilities.__getitem__) if probabilities else None)
+        )
+        score = (
+            float(scores[i])
+            if scores is not None and i < len(scores)
+            else (probabilities.get(label) if probabilities and label in probabilities else None)
+        )
         items.append(PredictionItem(label, score, probabilities))
     return items
 
@@ -337,7 +376,10 @@ def parse_response(body: bytes, classes: Sequence[str]) -> ResponsePayload:
     if "outputs" in obj:
         if not isinstance(obj["outputs"], list):
             raise PayloadError("'outputs' must be a list of tensors")
-        return ResponsePayload("v2", _v2_outputs(obj["outputs"], binary, classes)[:MAX_ITEMS],
-                               model_name=str(obj.get("model_name") or ""),
-                               model_version=str(obj.get("model_version") or ""))
+        return ResponsePayload(
+            "v2",
+            _v2_outputs(obj["outputs"], binary, classes)[:MAX_ITEMS],
+            model_name=str(obj.get("model_name") or ""),
+            model_version=str(obj.get("model_version") or ""),
+        )
     raise PayloadError("the response payload has neither 'predictions' (v1) nor 'outputs' (v2)")

@@ -40,8 +40,14 @@ def _predict(model_dir: Path, images: list[np.ndarray]) -> tuple[list[str], list
     return labels, scores
 
 
-def build_reference(images_root: Path, manifest: pd.DataFrame, out_path: Path,
-                    splits: Sequence[str] = ("train", "val"), *, model_dir: Path | None = None) -> Path:
+def build_reference(
+    images_root: Path,
+    manifest: pd.DataFrame,
+    out_path: Path,
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    model_dir: Path | None = None,
+) -> Path:
     """Compute the monitoring features of the manifest's images in ``splits`` and save them.
 
     Args:
@@ -61,11 +67,15 @@ def build_reference(images_root: Path, manifest: pd.DataFrame, out_path: Path,
     """
     missing = {"path", "label", "sha256", "split"} - set(manifest.columns)
     if missing:
-        raise ReferenceProfileError(f"the manifest lacks columns {sorted(missing)}; expected path, label, sha256, split")
+        raise ReferenceProfileError(
+            f"the manifest lacks columns {sorted(missing)}; expected path, label, sha256, split"
+        )
     chosen = manifest[manifest["split"].isin(list(splits))].reset_index(drop=True)
     if chosen.empty:
-        raise ReferenceProfileError(f"the manifest has no image in splits {list(splits)} "
-                             f"(it has {sorted(manifest['split'].unique())})")
+        raise ReferenceProfileError(
+            f"the manifest has no image in splits {list(splits)} "
+            f"(it has {sorted(manifest['split'].unique())})"
+        )
     root = Path(images_root)
     rows: list[dict[str, float]] = []
     pixels: list[np.ndarray] = []
@@ -80,7 +90,10 @@ def build_reference(images_root: Path, manifest: pd.DataFrame, out_path: Path,
         if model_dir is not None:
             pixels.append(array)
     table = pd.concat(
-        [chosen[list(META_COLUMNS)].reset_index(drop=True), pd.DataFrame(rows, columns=list(FEATURE_COLUMNS))],
+        [
+            chosen[list(META_COLUMNS)].reset_index(drop=True),
+            pd.DataFrame(rows, columns=list(FEATURE_COLUMNS)),
+        ],
         axis=1,
     )
     if model_dir is not None:
@@ -95,7 +108,9 @@ def build_reference(images_root: Path, manifest: pd.DataFrame, out_path: Path,
         "feature_version": FEATURE_VERSION,
         "rows": len(table),
         "splits": list(splits),
-        "class_counts": {str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()},
+        "class_counts": {
+            str(k): int(v) for k, v in table["label"].value_counts().sort_index().items()
+        },
         "has_predictions": model_dir is not None,
     }
     out_path.with_suffix(out_path.suffix + ".json").write_text(json.dumps(provenance, indent=2))
@@ -110,16 +125,20 @@ def load_reference(path: Path) -> pd.DataFrame:
     """
     path = Path(path)
     if not path.is_file():
-        raise ReferenceProfileError(f"reference profile {path} does not exist; build it with "
-                             "monitoring.reference.build_reference (the training pipeline logs it)")
+        raise ReferenceProfileError(
+            f"reference profile {path} does not exist; build it with "
+            "monitoring.reference.build_reference (the training pipeline logs it)"
+        )
     try:
         table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except (OSError, ValueError) as e:
         raise ReferenceProfileError(f"cannot read reference profile {path}: {e}") from e
     lacking = [c for c in FEATURE_COLUMNS if c not in table.columns]
     if lacking:
-        raise ReferenceProfileError(f"reference profile {path} lacks feature columns {lacking[:5]}; "
-                             "rebuild it with this version of monitoring.reference")
+        raise ReferenceProfileError(
+            f"reference profile {path} lacks feature columns {lacking[:5]}; "
+            "rebuild it with this version of monitoring.reference"
+        )
     return table
 
 
@@ -140,13 +159,19 @@ def resolve_reference(location: str | Path, download_dir: Path) -> Path:
     try:
         import mlflow
 
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir)))
-    except Exception as e:  # mlflow raises many unrelated types for a missing artifact  # noqa: BLE001
-        raise ReferenceProfileError(f"cannot download the reference profile from {text}: {e}") from e
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir))
+        )
+    except Exception as e:  # mlflow raises many unrelated types for a missing artifact
+        raise ReferenceProfileError(
+            f"cannot download the reference profile from {text}: {e}"
+        ) from e
     if local.is_file():
         return local
     found = sorted(p for suffix in ("parquet", "csv") for p in local.rglob(f"*reference*.{suffix}"))
     if not found:
-        raise ReferenceProfileError(f"{text} holds no *reference*.parquet or .csv file; log the profile "
-                                    "built by monitoring.reference.build_reference with the model version")
+        raise ReferenceProfileError(
+            f"{text} holds no *reference*.parquet or .csv file; log the profile "
+            "built by monitoring.reference.build_reference with the model version"
+        )
     return found[0]

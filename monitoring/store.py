@@ -37,10 +37,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
+from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
 
 TABLE_NAME = "inference_log"
-DEFAULT_DB_URL = "sqlite:///work/monitoring/inferences.db"
 _RETRIES = 5
 
 
@@ -111,9 +111,9 @@ def normalise_url(url: str) -> str:
     if "://" not in url:
         return f"sqlite:///{Path(url).expanduser()}"
     if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+        url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
 
 
@@ -142,7 +142,7 @@ class InferenceStore:
         self.table = _table(self.metadata)
         try:
             if self.url.startswith("sqlite:///"):
-                path = self.url[len("sqlite:///"):]
+                path = self.url[len("sqlite:///") :]
                 if path and path != ":memory:":
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.engine: Engine = create_engine(
@@ -176,13 +176,19 @@ class InferenceStore:
                 raise StoreError(f"cannot write to {redact(self.url)}: {e}") from e
         return 0  # pragma: no cover - the loop always returns or raises
 
-    def _upsert(self, conn: Connection, meta: EventMeta, item: int, values: Mapping[str, object]) -> None:
+    def _upsert(
+        self, conn: Connection, meta: EventMeta, item: int, values: Mapping[str, object]
+    ) -> None:
         t = self.table
         done = conn.execute(
-            update(t).where(t.c.inference_id == meta.inference_id, t.c.item == item).values(**values)
+            update(t)
+            .where(t.c.inference_id == meta.inference_id, t.c.item == item)
+            .values(**values)
         )
         if done.rowcount == 0:
-            conn.execute(insert(t).values(inference_id=meta.inference_id, item=item, ts=meta.time, **values))
+            conn.execute(
+                insert(t).values(inference_id=meta.inference_id, item=item, ts=meta.time, **values)
+            )
 
     def record_request(self, meta: EventMeta, items: Sequence[Mapping[str, object]]) -> int:
         """Store the features of each image of a request (``feature_error`` where unreadable).
@@ -194,6 +200,7 @@ class InferenceStore:
         Returns:
             The number of rows written.
         """
+
         def work(conn: Connection) -> int:
             for index, values in enumerate(items):
                 row = {**meta.columns(), "request_time": meta.time, **values}
@@ -202,9 +209,13 @@ class InferenceStore:
 
         return self._transaction(work)
 
-    def record_response(self, meta: EventMeta, items: Sequence[tuple[str | None, float | None,
-                                                                     Mapping[str, float] | None]]) -> int:
+    def record_response(
+        self,
+        meta: EventMeta,
+        items: Sequence[tuple[str | None, float | None, Mapping[str, float] | None]],
+    ) -> int:
         """Store the prediction ``(label, score, probabilities)`` of each image of a response."""
+
         def work(conn: Connection) -> int:
             for index, (label, score, probabilities) in enumerate(items):
                 row = {
@@ -229,7 +240,8 @@ class InferenceStore:
 
         def work(conn: Connection) -> int:
             done = conn.execute(
-                update(t).where(t.c.inference_id == inference_id, t.c.item == item)
+                update(t)
+                .where(t.c.inference_id == inference_id, t.c.item == item)
                 .values(true_label=label, label_time=when)
             )
             return done.rowcount
@@ -240,18 +252,26 @@ class InferenceStore:
         """How many rows are logged under ``inference_id``."""
         t = self.table
         with self.engine.connect() as conn:
-            return int(conn.execute(
-                select(func.count()).select_from(t).where(t.c.inference_id == inference_id)
-            ).scalar_one())
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(t).where(t.c.inference_id == inference_id)
+                ).scalar_one()
+            )
 
     def count(self) -> int:
         """Rows in the log."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
 
-    def load_window(self, since: datetime | None = None, until: datetime | None = None, *,
-                    limit: int | None = None, columns: Iterable[str] | None = None,
-                    labelled_only: bool = False) -> pd.DataFrame:
+    def load_window(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        limit: int | None = None,
+        columns: Iterable[str] | None = None,
+        labelled_only: bool = False,
+    ) -> pd.DataFrame:
         """Rows whose time lies in ``[since, until)``, newest first when ``limit`` cuts them.
 
         Args:

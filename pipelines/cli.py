@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from components.config import PROFILES, Config, ConfigError, load_config
+from monitoring.cli import collector, drift
+from serving.cli import serve
 
 app = typer.Typer(help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -18,6 +20,9 @@ pipeline_app = typer.Typer(help="Run, compile and submit the training pipeline."
                            no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
+app.command("serve")(serve)
+app.command("collector")(collector)
+app.command("drift")(drift)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
                                                    exists=True, dir_okay=False)]
@@ -138,19 +143,6 @@ def predict(
     if failures:
         typer.secho(f"{failures} input(s) could not be classified", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(1)
-
-
-def _register_optional_commands() -> None:
-    """Attach the commands that other packages define (serving, cluster, monitoring)."""
-    try:
-        from serving.cli import serve
-    except ImportError:
-        pass
-    else:
-        app.command("serve")(serve)
-
-
-_register_optional_commands()
 
 
 def main() -> None:

@@ -41,6 +41,8 @@ def submit(
     package: Annotated[Path | None, typer.Option(
         help="Submit this compiled pipeline YAML instead of compiling now.", exists=True,
         dir_okay=False)] = None,
+    deploy: Annotated[bool, typer.Option(
+        help="Let the last step publish the promoted champion as the KServe InferenceService.")] = True,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.", min=1)] = 7200,
     token: Annotated[str | None, typer.Option(
@@ -58,7 +60,7 @@ def submit(
         result = submit_pipeline(host, cfg, experiment=experiment, run_name=run_name,
                                  namespace=namespace, service_account=service_account or None,
                                  cpu_only=cpu_only, package=package, wait=wait,
-                                 timeout_s=timeout, existing_token=token)
+                                 timeout_s=timeout, existing_token=token, deploy=deploy)
     except SubmitError as e:
         typer.secho(str(e), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from e

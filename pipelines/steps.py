@@ -130,8 +130,24 @@ def export_model(config_json: str, run_id: str, images: Input[Dataset],
 
 
 @component
+def build_reference(images: Input[Dataset], manifest: Input[Dataset], onnx_model: Input[Model],
+                    reference: Output[Dataset]) -> None:
+    """Monitoring features (and the model's predictions) of the training and validation images."""
+    from pathlib import Path
+
+    from components.data.split import read_manifest
+    from monitoring.reference import build_reference as build
+
+    out = Path(reference.path) / "reference.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build(Path(images.path), read_manifest(Path(manifest.path)), out,
+          model_dir=Path(onnx_model.path))
+    reference.metadata.update({"file": out.name})
+
+
+@component
 def register_model(config_json: str, run_id: str, images: Input[Dataset],
-                   manifest: Input[Dataset], onnx_model: Input[Model],
+                   manifest: Input[Dataset], onnx_model: Input[Model], reference: Input[Dataset],
                    decision: Output[Markdown]
                    ) -> NamedTuple("GateOutputs", promoted=bool, version=str, model_uri=str):
     """Register in MLflow and promote through the gate; return whether it was promoted."""
@@ -144,7 +160,8 @@ def register_model(config_json: str, run_id: str, images: Input[Dataset],
 
     work = Path(decision.path + ".d")
     result = register_step(Config.model_validate_json(config_json), Path(onnx_model.path),
-                           Path(images.path), Path(manifest.path), work, run_id)
+                           Path(images.path), Path(manifest.path), work, run_id,
+                           reference=Path(reference.path))
     shutil.copyfile(work / "decision.md", decision.path)
     decision.metadata.update({"promoted": result["promote"], "version": result["version"]})
     outputs = NamedTuple("GateOutputs", promoted=bool, version=str, model_uri=str)

@@ -26,6 +26,8 @@ DEFAULT_EXPERIMENT = "garbage-classifier"
 #: The service account the run's pods use; manifests/base/rbac lets it deploy and nothing more.
 DEFAULT_SERVICE_ACCOUNT = "garbage-pipeline"
 GPU_RESOURCE_PREFIX = "nvidia.com/"
+#: Pipeline parameter that turns the final KServe deploy step on (off under ``kfp.local``).
+DEPLOY_PARAMETER = "deploy_to_kserve"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELING", "ERROR")
 
 
@@ -120,7 +122,7 @@ def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPE
                     cpu_only: bool = False, package: Path | None = None,
                     enable_caching: bool | None = None, wait: bool = False,
                     timeout_s: float = 3600, existing_token: str | None = None,
-                    client: Any = None) -> SubmitResult:
+                    deploy: bool = True, client: Any = None) -> SubmitResult:
     """Start a run of the training pipeline on the Kubeflow Pipelines API at ``host``.
 
     Args:
@@ -137,6 +139,8 @@ def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPE
         wait: Wait for the run to finish and raise when it did not succeed.
         timeout_s: How long to wait.
         existing_token: Bearer token for an authenticated KFP endpoint.
+        deploy: Set the pipeline's ``deploy_to_kserve`` parameter (when it has one), so its last
+            step publishes the promoted champion as the InferenceService.
         client: A ``kfp.Client``-like object (tests); default: ``kfp.Client(host=...)``.
 
     Raises:
@@ -157,9 +161,12 @@ def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPE
             docs = [d for d in yaml.safe_load_all(Path(package).read_text()) if d]
             package = Path(tmp) / "pipeline.yaml"
             package.write_text(yaml.safe_dump_all(fit_to_cpu_cluster(docs), sort_keys=False))
+        arguments: dict[str, Any] = {"config_json": config.model_dump_json()}
+        if DEPLOY_PARAMETER in pipeline_parameters(Path(package)):
+            arguments[DEPLOY_PARAMETER] = deploy
         try:
             run = client.create_run_from_pipeline_package(
-                str(package), arguments={"config_json": config.model_dump_json()},
+                str(package), arguments=arguments,
                 run_name=run_name, experiment_name=experiment, namespace=namespace,
                 service_account=service_account, enable_caching=enable_caching)
         except Exception as e:  # kfp_server_api.ApiException, urllib3 and auth errors
@@ -174,6 +181,13 @@ def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPE
     if state != "SUCCEEDED":
         raise SubmitError(f"run {run_id} ended {state}; see {result.run_url}")
     return result
+
+
+def pipeline_parameters(package: Path) -> set[str]:
+    """Names of the compiled pipeline's input parameters."""
+    docs = [d for d in yaml.safe_load_all(package.read_text()) if d]
+    root = docs[0].get("root") or {}
+    return set((root.get("inputDefinitions") or {}).get("parameters") or {})
 
 
 def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = 10.0,

@@ -1,4 +1,7 @@
-"""The train-to-register pipeline (KFP v2): fetch, validate, split, train, evaluate, export, register.
+"""The train-to-register pipeline (KFP v2) of the garbage classifier.
+
+fetch -> validate -> split -> train -> evaluate -> export ONNX -> reference profile -> register
+and promote.
 
 Cluster-only settings (GPU, node selector, tolerations, shared memory, retries) are attached here
 too; ``kfp.local`` ignores them, so the same definition runs on a laptop and on a cluster.
@@ -62,9 +65,14 @@ def garbage_pipeline(config_json: str) -> dsl.Markdown:
         config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
         manifest=split.outputs["manifest"], model=train.outputs["model"]), memory="4G")
     export.set_display_name("export ONNX").after(evaluate)
+    reference = _small(steps.build_reference(
+        images=fetch.outputs["images"], manifest=split.outputs["manifest"],
+        onnx_model=export.outputs["onnx_model"]), memory="4G")
+    reference.set_display_name("reference profile")
     register = _small(steps.register_model(
         config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
-        manifest=split.outputs["manifest"], onnx_model=export.outputs["onnx_model"]), memory="4G")
+        manifest=split.outputs["manifest"], onnx_model=export.outputs["onnx_model"],
+        reference=reference.outputs["reference"]), memory="4G")
     register.set_display_name("register and promote").set_caching_options(False)
     return register.outputs["decision"]
 

@@ -14,6 +14,9 @@ BASE_IMAGE="${BASE_IMAGE:-localhost/python-base:3.11-bookworm}"
 SUITE="${SUITE:-bookworm}"
 CONF=/etc/containers/containers.conf
 
+BUILD_ROOT=""
+trap 'if [ -n "$BUILD_ROOT" ]; then rm -rf "$BUILD_ROOT"; fi' EXIT
+
 log() { printf 'container-engine-setup: %s\n' "$*" >&2; }
 
 need_root() {
@@ -72,16 +75,15 @@ build_base_image() {
     return
   fi
   need_root "debootstrap the base image"
-  local mirror root
+  local mirror
   mirror="$(debian_mirror)"
   mirror="${mirror:-http://deb.debian.org/debian}"
-  root="$(mktemp -d /tmp/python-base-root.XXXXXX)"
-  trap 'rm -rf "$root"' RETURN
+  BUILD_ROOT="$(mktemp -d /tmp/python-base-root.XXXXXX)"
   log "building $BASE_IMAGE from Debian $SUITE ($mirror)"
   debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
-    "$SUITE" "$root" "$mirror" >/dev/null
-  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-  tar -C "$root" -c . | podman import --change 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null
+    "$SUITE" "$BUILD_ROOT" "$mirror" >/dev/null
+  rm -rf "$BUILD_ROOT"/var/cache/apt/archives/*.deb "$BUILD_ROOT"/var/lib/apt/lists/*
+  tar -C "$BUILD_ROOT" -c . | podman import --quiet --change 'CMD ["python3"]' - "$BASE_IMAGE" >/dev/null
   log "built $BASE_IMAGE"
 }
 

@@ -62,7 +62,7 @@ def serve(
         int | None,
         typer.Option(
             help="ONNX Runtime threads (env GARBAGE_SERVE_INTRA_OP_THREADS, "
-            "default CPUs / workers)."
+            "default CPUs / workers - 1, at least 1)."
         ),
     ] = None,
     decode_threads: Annotated[

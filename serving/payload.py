@@ -51,8 +51,7 @@ def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
         raise InputRejected(
             'the body must be a JSON object {"instances": [{"image_bytes": {"b64": '
-            '"<base64 JPEG or '
-            'PNG>"}}, ...]}',
+            '"<base64 JPEG or PNG>"}}, ...]}',
             "bad_request",
         )
     instances = body["instances"]

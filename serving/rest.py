@@ -66,19 +66,24 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def install_routes(app: FastAPI, model: GarbageClassifierModel) -> None:
-    """Register the model's v1 predict, v2 infer and v2 metadata routes on ``app`` (once)."""
+    """Put the model's v1 predict, v2 infer and v2 metadata routes first on ``app``.
+
+    Routes already there for the same paths (an earlier model of that name) are replaced; ours
+    go in front of KServe's generic ``{model_name}`` routes whenever those were registered.
+    """
     name = model.name
     paths = {
         f"/v1/models/{name}:predict": ("POST", _v1_predict(model)),
         f"/v2/models/{name}/infer": ("POST", _v2_infer(model)),
         f"/v2/models/{name}": ("GET", _v2_metadata(model)),
     }
-    existing = {getattr(route, "path", None) for route in app.router.routes}
+    routes = app.router.routes
+    routes[:] = [r for r in routes if getattr(r, "path", None) not in paths]
     for path, (method, endpoint) in paths.items():
-        if path not in existing:
-            app.add_api_route(
-                path, endpoint, methods=[method], response_model=None, tags=["garbage-classifier"]
-            )
+        app.add_api_route(
+            path, endpoint, methods=[method], response_model=None, tags=["garbage-classifier"]
+        )
+        routes.insert(0, routes.pop())
 
 
 def _json(content: Any, headers: dict[str, str] | None = None) -> Response:

@@ -57,8 +57,8 @@ def serve_model(
         http_port: REST (v1, v2), readiness and ``/metrics``.
         grpc_port: v2 gRPC.
         workers: REST server processes (KServe's ``--workers``); each reloads the model and
-            gets ``CPUs / workers`` threads. On a small machine 1 is best: micro-batching
-            needs the requests in one process.
+            gets its share of the CPUs (``thread_budget``). On a small machine 1 is best:
+            micro-batching needs the requests in one process.
         server_options: More ``kserve.ModelServer`` arguments (``enable_grpc``, ``max_threads``,
             ``enable_latency_logging``, ...).
     """

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make kind-up`: a local kind cluster with the whole stack:
 #   cert-manager -> KServe (Standard mode, no Knative) -> Kubeflow Pipelines (standalone)
+#   -> Prometheus Operator + Prometheus + Grafana (kube-prometheus-stack, namespace monitoring)
 #   -> the project's manifests (overlays/kind: MLflow + PostgreSQL + MinIO, serving runtime,
 #   InferenceService, RBAC, NetworkPolicies) -> Secrets with random values.
 # Needs Docker (or podman with KIND_EXPERIMENTAL_PROVIDER=podman), kind, kubectl, helm and the
@@ -42,6 +43,20 @@ kc apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agno
 for deployment in ml-pipeline ml-pipeline-ui workflow-controller; do
   wait_for_rollout kubeflow "deployment/$deployment" 900s
 done
+
+log "kube-prometheus-stack $PROMETHEUS_STACK_VERSION (ServiceMonitor/PrometheusRule CRDs, Grafana)"
+helm repo add prometheus-community https://prometheus-community.github.io/helm-charts >/dev/null
+helm repo update prometheus-community >/dev/null
+# Select every ServiceMonitor/PrometheusRule, not only the chart's own; small footprint for kind.
+helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
+  --version "$PROMETHEUS_STACK_VERSION" --namespace monitoring --create-namespace \
+  --kube-context "$KUBE_CONTEXT" \
+  --set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
+  --set prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues=false \
+  --set grafana.sidecar.dashboards.enabled=true \
+  --set grafana.sidecar.dashboards.searchNamespace=ALL \
+  --set alertmanager.enabled=false \
+  --wait --timeout 10m
 
 log "project manifests (overlays/kind)"
 # Namespaces first, so the Secrets can be created before the pods that mount them start.

@@ -417,3 +417,47 @@ def test_garbage_deploy_command_uses_the_kubeconfig(fake_api, tmp_path: Path):
     assert bad.exit_code == 1 and "not one KServe can download" in bad.output
     missing = CliRunner().invoke(app, ["--kubeconfig", str(kubeconfig)])
     assert missing.exit_code == 2 and "--model-uri" in missing.output
+
+
+def test_rollback_that_fails_too_says_how_to_restore(fake_api):
+    fake_api.seed(OLD)
+    fake_api.behaviour[NEW] = "fail"
+
+    class PatchOnce:
+        """Forward to the real client, but make the second PATCH (the rollback) fail."""
+
+        def __init__(self, api):
+            self.api, self.patches = api, 0
+
+        def __getattr__(self, name):
+            return getattr(self.api, name)
+
+        def patch_namespaced_custom_object(self, *args, **kwargs):
+            self.patches += 1
+            if self.patches == 2:
+                fake_api.forbidden.add("PATCH")
+            return self.api.patch_namespaced_custom_object(*args, **kwargs)
+
+    deployer = InferenceServiceDeployer(PatchOnce(_client(fake_api)), poll_interval_s=0.01)
+    with pytest.raises(DeployError, match=f"rolling back to {OLD} failed too: .*HTTP 403.*"
+                                          f"garbage deploy --model-uri {OLD}"):
+        deployer.deploy(NEW, NAME, NS, timeout_s=10)
+
+
+def test_kfp_deploy_step_deploys_only_a_promoted_model(fake_api, tmp_path, monkeypatch, smoke_config):
+    """The KFP component's function, run as the pod runs it (credentials from KUBECONFIG)."""
+    from pipelines.deploy_step import deploy_model
+    from pipelines.images import COMPONENTS_IMAGE
+
+    assert deploy_model.component_spec.implementation.container.image == COMPONENTS_IMAGE
+    monkeypatch.setenv("KUBECONFIG", str(_kubeconfig(tmp_path / "kubeconfig", fake_api.url)))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    fake_api.seed(OLD)
+    fake_api.behaviour[NEW] = "ready"
+    config_json = smoke_config.model_dump_json()
+
+    assert deploy_model.python_func(config_json=config_json, model_uri=NEW, promoted=False) == ""
+    assert fake_api.requests == []
+    assert deploy_model.python_func(config_json=config_json, model_uri=NEW, promoted=True,
+                                    timeout_s=30) == NEW
+    assert fake_api.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == NEW

@@ -5,7 +5,8 @@ Fixtures:
         kustomization the project ships (base, the overlays, and manifests/monitoring when present).
     ``strict_check``: ``strict_check(doc) -> list[str]`` of problems for a custom resource, through
         the KServe SDK's typed models: an unknown field anywhere is a problem, so is a wrong type or
-        a missing required field.
+        a missing required field. Prometheus Operator resources (manifests/monitoring) go through
+        the monitoring package's strict schemas (``monitoring.crd_check``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def strict_problems(doc: dict[str, Any]) -> list[str]:
     key = (doc.get("apiVersion"), doc.get("kind"))
     model = CUSTOM_MODELS.get(key)
     name = (doc.get("metadata") or {}).get("name")
+    if model is None and key[0] == "monitoring.coreos.com/v1":
+        from monitoring.crd_check import prometheus_operator_problems
+
+        return prometheus_operator_problems(doc)
     if model is None:
         return [(f"{key[1]} {name} ({key[0]}): no typed model to check this custom resource "
                  "against; add one to CUSTOM_MODELS in tests/manifests/conftest.py")]

@@ -14,6 +14,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pandas as pd
 import pytest
@@ -22,13 +23,15 @@ from components.config import load_config
 
 # Test modules import the helpers as a top-level module; make this folder importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitoring_helpers import free_port, kserve_headers, wait_for_port  # noqa: E402
+from monitoring_helpers import free_port, kserve_headers, wait_for_port
 
 DEV_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08"
 
 
 @pytest.fixture(scope="session")
-def dev_dataset(dev_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+def dev_dataset(
+    dev_archive: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, pd.DataFrame]:
     """The extracted dev archive and its split manifest (validated and split like the pipeline)."""
     from components.data.fetch import fetch_dataset
     from components.data.split import split_dataset
@@ -42,13 +45,16 @@ def dev_dataset(dev_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
-def reference_profile(dev_dataset: tuple[Path, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference_profile(
+    dev_dataset: tuple[Path, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A reference built from the training split (1502 images), as the pipeline would."""
     from monitoring.reference import build_reference
 
     root, manifest = dev_dataset
-    return build_reference(root, manifest, tmp_path_factory.mktemp("ref") / "reference.parquet",
-                           splits=("train",))
+    return build_reference(
+        root, manifest, tmp_path_factory.mktemp("ref") / "reference.parquet", splits=("train",)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,15 +72,16 @@ class ServerThread:
         import uvicorn
 
         self.port = port
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         self.thread.start()
         wait_for_port(self.port)
         return self
@@ -114,7 +121,9 @@ def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port; yields its SQLAlchemy URL."""
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install-postgres.sh")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl) not found; run scripts/install-postgres.sh"
+        )
     as_root = os.geteuid() == 0
     if as_root and not shutil.which("runuser"):
         pytest.skip("running as root without runuser: initdb refuses to run as root")
@@ -129,17 +138,42 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, timeout=120)
 
     try:
-        run(str(bindir / "initdb"), "-D", str(data), "-U", "garbage", "--auth=trust", "-E", "UTF8", "--no-sync")
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "garbage",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
+        run(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
     except subprocess.CalledProcessError as e:
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"cannot start PostgreSQL: {e.stderr or e.stdout}")
     try:
         yield f"postgresql://garbage@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, check=False, timeout=60)
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -150,8 +184,11 @@ def pushgateway() -> Iterator[str]:
     if binary is None:
         pytest.skip("prometheus-pushgateway not installed; run scripts/install-pushgateway.sh")
     port = free_port()
-    process = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(port)
         yield f"http://127.0.0.1:{port}"

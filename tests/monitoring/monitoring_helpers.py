@@ -29,8 +29,12 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def kserve_headers(event_id: str, kind: str, content_type: str = "application/json",
-                   isvc: str = "garbage-classifier") -> dict[str, str]:
+def kserve_headers(
+    event_id: str,
+    kind: str,
+    content_type: str = "application/json",
+    isvc: str = "garbage-classifier",
+) -> dict[str, str]:
     """Headers exactly as KServe's logger worker sends them (binary mode, cloudevents sdk-go v2).
 
     Mirrors pkg/logger/worker.go: id, type, source, the inferenceservicename, namespace,
@@ -55,8 +59,9 @@ def kserve_headers(event_id: str, kind: str, content_type: str = "application/js
 
 def v1_request(images: list[bytes]) -> bytes:
     """A v1 predict body with TF-Serving style base64 instances."""
-    return json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}}
-                                     for b in images]}).encode()
+    return json.dumps(
+        {"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in images]}
+    ).encode()
 
 
 def v1_response(labels: list[str], classes: list[str]) -> bytes:
@@ -68,8 +73,9 @@ def v1_response(labels: list[str], classes: list[str]) -> bytes:
     return json.dumps({"predictions": predictions}).encode()
 
 
-def make_jpeg(color: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (112, 84),
-              fmt: str = "JPEG") -> bytes:
+def make_jpeg(
+    color: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (112, 84), fmt: str = "JPEG"
+) -> bytes:
     """A small noisy image of one dominant colour, encoded (different seeds, different bytes)."""
     import io
 
@@ -77,7 +83,9 @@ def make_jpeg(color: tuple[int, int, int], seed: int = 0, size: tuple[int, int] 
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(color, dtype=np.int16) + rng.integers(-40, 40, (size[1], size[0], 3)), 0, 255)
+    pixels = np.clip(
+        np.array(color, dtype=np.int16) + rng.integers(-40, 40, (size[1], size[0], 3)), 0, 255
+    )
     buffer = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buffer, format=fmt)
     return buffer.getvalue()

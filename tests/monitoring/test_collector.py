@@ -7,19 +7,24 @@ import json
 
 import httpx
 import pytest
+from monitoring_helpers import REQUEST_TYPE, kserve_headers, make_jpeg, v1_request, v1_response
 
 from monitoring.events import STRUCTURED_CONTENT_TYPE
-from monitoring_helpers import REQUEST_TYPE, kserve_headers, make_jpeg, v1_request, v1_response
 
 pytestmark = pytest.mark.integration
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
 
 def _log(url: str, event_id: str, images: list[bytes], labels: list[str]) -> None:
-    r = httpx.post(f"{url}/events", content=v1_request(images), headers=kserve_headers(event_id, "request"))
+    r = httpx.post(
+        f"{url}/events", content=v1_request(images), headers=kserve_headers(event_id, "request")
+    )
     assert r.status_code == 202, r.text
-    r = httpx.post(f"{url}/events", content=v1_response(labels, CLASSES),
-                   headers=kserve_headers(event_id, "response"))
+    r = httpx.post(
+        f"{url}/events",
+        content=v1_response(labels, CLASSES),
+        headers=kserve_headers(event_id, "response"),
+    )
     assert r.status_code == 202, r.text
 
 
@@ -32,16 +37,28 @@ def test_events_feedback_accuracy_and_metrics(collector_server) -> None:
     rows = collector_server.store.load_window().sort_values(["inference_id", "item"])
     assert list(rows["inference_id"]) == ["req-1", "req-1", "req-2"]
     assert list(rows["prediction"]) == ["glass", "glass", "paper"]
-    assert rows["brightness"].notna().all() and rows["inference_service"].eq("garbage-classifier").all()
-    assert rows.iloc[1]["brightness"] > rows.iloc[0]["brightness"]  # the paper image is the bright one
+    assert (
+        rows["brightness"].notna().all()
+        and rows["inference_service"].eq("garbage-classifier").all()
+    )
+    assert (
+        rows.iloc[1]["brightness"] > rows.iloc[0]["brightness"]
+    )  # the paper image is the bright one
 
-    r = httpx.post(f"{url}/feedback", json=[{"inference_id": "req-1", "item": 0, "label": "glass"},
-                                            {"inference_id": "req-1", "item": 1, "label": "paper"},
-                                            {"inference_id": "req-2", "label": "paper"}])
+    r = httpx.post(
+        f"{url}/feedback",
+        json=[
+            {"inference_id": "req-1", "item": 0, "label": "glass"},
+            {"inference_id": "req-1", "item": 1, "label": "paper"},
+            {"inference_id": "req-2", "label": "paper"},
+        ],
+    )
     assert r.status_code == 200, r.text
     assert r.json()["matched"] == 3
 
-    labelled = collector_server.store.load_window(labelled_only=True).sort_values(["inference_id", "item"])
+    labelled = collector_server.store.load_window(labelled_only=True).sort_values(
+        ["inference_id", "item"]
+    )
     assert list(labelled["true_label"]) == ["glass", "paper", "paper"]
 
     body = httpx.get(f"{url}/metrics").text
@@ -55,20 +72,39 @@ def test_live_accuracy_over_recent_events(collector_server) -> None:
     """Events stamped now fall in the 1h window: the gauge shows the live accuracy."""
     url = collector_server.url
     image = make_jpeg((150, 150, 160), 5)
-    for i, (predicted, truth) in enumerate([("metal", "metal"), ("metal", "glass"), ("glass", "glass"),
-                                            ("metal", "metal")]):
+    for i, (predicted, truth) in enumerate(
+        [("metal", "metal"), ("metal", "glass"), ("glass", "glass"), ("metal", "metal")]
+    ):
         headers = kserve_headers(f"now-{i}", "request")
         headers.pop("Ce-Time")  # no time: the collector stamps it on arrival
-        assert httpx.post(f"{url}/events", content=v1_request([image]), headers=headers).status_code == 202
+        assert (
+            httpx.post(f"{url}/events", content=v1_request([image]), headers=headers).status_code
+            == 202
+        )
         headers = kserve_headers(f"now-{i}", "response")
         headers.pop("Ce-Time")
-        assert httpx.post(f"{url}/events", content=v1_response([predicted], CLASSES),
-                          headers=headers).status_code == 202
-        assert httpx.post(f"{url}/feedback", json={"inference_id": f"now-{i}", "label": truth}).status_code == 200
+        assert (
+            httpx.post(
+                f"{url}/events", content=v1_response([predicted], CLASSES), headers=headers
+            ).status_code
+            == 202
+        )
+        assert (
+            httpx.post(
+                f"{url}/feedback", json={"inference_id": f"now-{i}", "label": truth}
+            ).status_code
+            == 200
+        )
     stats = httpx.get(f"{url}/accuracy", params={"window": "1h"}).json()
     assert stats["labelled"] == 4 and stats["accuracy"] == pytest.approx(0.75)
-    assert stats["recall"] == {"cardboard": None, "glass": 0.5, "metal": 1.0, "paper": None, "plastic": None,
-                               "trash": None}
+    assert stats["recall"] == {
+        "cardboard": None,
+        "glass": 0.5,
+        "metal": 1.0,
+        "paper": None,
+        "plastic": None,
+        "trash": None,
+    }
     body = httpx.get(f"{url}/metrics").text
     assert 'garbage_live_accuracy{window="1h"} 0.75' in body
     assert 'garbage_live_recall{label="glass",window="1h"} 0.5' in body
@@ -78,28 +114,56 @@ def test_live_accuracy_over_recent_events(collector_server) -> None:
 def test_structured_mode_and_v2_payloads(collector_server) -> None:
     url = collector_server.url
     image = make_jpeg((40, 90, 200), 7)
-    request = {"specversion": "1.0", "id": "v2-1", "type": REQUEST_TYPE, "source": "/broker",
-               "datacontenttype": "application/json",
-               "data": {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                    "data": [base64.b64encode(image).decode()]}]}}
-    r = httpx.post(f"{url}/events", content=json.dumps(request),
-                   headers={"Content-Type": STRUCTURED_CONTENT_TYPE})
+    request = {
+        "specversion": "1.0",
+        "id": "v2-1",
+        "type": REQUEST_TYPE,
+        "source": "/broker",
+        "datacontenttype": "application/json",
+        "data": {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(image).decode()],
+                }
+            ]
+        },
+    }
+    r = httpx.post(
+        f"{url}/events",
+        content=json.dumps(request),
+        headers={"Content-Type": STRUCTURED_CONTENT_TYPE},
+    )
     assert r.status_code == 202 and r.json()["events"][0]["protocol"] == "v2"
-    response = {"model_name": "garbage-classifier", "model_version": "4", "outputs": [
-        {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["plastic"]},
-        {"name": "score", "shape": [1], "datatype": "FP32", "data": [0.66]}]}
-    r = httpx.post(f"{url}/events", content=json.dumps(response), headers=kserve_headers("v2-1", "response"))
+    response = {
+        "model_name": "garbage-classifier",
+        "model_version": "4",
+        "outputs": [
+            {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["plastic"]},
+            {"name": "score", "shape": [1], "datatype": "FP32", "data": [0.66]},
+        ],
+    }
+    r = httpx.post(
+        f"{url}/events", content=json.dumps(response), headers=kserve_headers("v2-1", "response")
+    )
     assert r.status_code == 202
     [row] = collector_server.store.load_window().to_dict("records")
-    assert (row["prediction"], row["score"], row["model_id"]) == ("plastic", pytest.approx(0.66),
-                                                                   "garbage-classifier:4")
+    assert (row["prediction"], row["score"], row["model_id"]) == (
+        "plastic",
+        pytest.approx(0.66),
+        "garbage-classifier:4",
+    )
 
 
 def test_client_mistakes_get_4xx_with_a_reason(collector_server) -> None:
     url = collector_server.url
     r = httpx.post(f"{url}/events", content=b"{}", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not a CloudEvent" in r.json()["detail"]
-    r = httpx.post(f"{url}/events", content=b'{"foo": 1}', headers=kserve_headers("bad-1", "request"))
+    r = httpx.post(
+        f"{url}/events", content=b'{"foo": 1}', headers=kserve_headers("bad-1", "request")
+    )
     assert r.status_code == 400 and "instances" in r.json()["detail"]
     r = httpx.post(f"{url}/feedback", json={"inference_id": "unknown", "label": "glass"})
     assert r.status_code == 404 and "no logged prediction" in r.json()["detail"]
@@ -107,13 +171,20 @@ def test_client_mistakes_get_4xx_with_a_reason(collector_server) -> None:
     assert r.status_code == 422 and "unknown labels" in r.json()["detail"]
     r = httpx.post(f"{url}/feedback", json={"label": "glass"})
     assert r.status_code == 422
-    r = httpx.post(f"{url}/feedback", content=b"not json", headers={"Content-Type": "application/json"})
+    r = httpx.post(
+        f"{url}/feedback", content=b"not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400
     assert httpx.get(f"{url}/accuracy", params={"window": "soon"}).status_code == 422
     # An undecodable image is logged as such, not refused: the model answered something for it.
-    r = httpx.post(f"{url}/events", content=v1_request([b"not an image"]),
-                   headers=kserve_headers("junk-1", "request"))
+    r = httpx.post(
+        f"{url}/events",
+        content=v1_request([b"not an image"]),
+        headers=kserve_headers("junk-1", "request"),
+    )
     assert r.status_code == 202 and r.json()["events"][0]["unreadable"] == 1
     assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
-    assert 'garbage_monitoring_event_errors_total{reason="not_a_cloudevent"} 1.0' in httpx.get(
-        f"{url}/metrics").text
+    assert (
+        'garbage_monitoring_event_errors_total{reason="not_a_cloudevent"} 1.0'
+        in httpx.get(f"{url}/metrics").text
+    )

@@ -59,11 +59,15 @@ def _features(images: list[tuple[str, bytes]], shift: bool = False) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def test_clean_window_passes_and_shifted_window_is_flagged(reference_profile: Path, test_images) -> None:
+def test_clean_window_passes_and_shifted_window_is_flagged(
+    reference_profile: Path, test_images
+) -> None:
     reference = load_reference(reference_profile)
     window = _window(test_images)
     clean = compute_drift(reference, _features(window))
-    assert clean.status == "no_drift" and not clean.drift_detected, json.dumps(clean.summary()["columns"])
+    assert clean.status == "no_drift" and not clean.drift_detected, json.dumps(
+        clean.summary()["columns"]
+    )
     assert clean.window_size == WINDOW and clean.class_reference == "label"
     shifted = compute_drift(reference, _features(window, shift=True))
     assert shifted.drift_detected and shifted.status == "drift"
@@ -72,7 +76,9 @@ def test_clean_window_passes_and_shifted_window_is_flagged(reference_profile: Pa
     assert shifted.summary()["verdict"].startswith("DRIFT")
 
 
-def test_class_mix_shift_is_flagged_through_predictions(reference_profile: Path, test_images) -> None:
+def test_class_mix_shift_is_flagged_through_predictions(
+    reference_profile: Path, test_images
+) -> None:
     reference = load_reference(reference_profile)
     current = _features(_window(test_images)).assign(prediction="glass")
     result = compute_drift(reference, current)
@@ -81,12 +87,16 @@ def test_class_mix_shift_is_flagged_through_predictions(reference_profile: Path,
 
 
 def test_small_windows_get_no_verdict(reference_profile: Path, test_images) -> None:
-    result = compute_drift(load_reference(reference_profile), _features(test_images[:20], shift=True))
+    result = compute_drift(
+        load_reference(reference_profile), _features(test_images[:20], shift=True)
+    )
     assert result.status == "insufficient_data" and not result.drift_detected
     assert "not enough traffic" in result.verdict()
 
 
-def test_evidently_report_agrees_with_the_decision(reference_profile: Path, test_images, tmp_path: Path) -> None:
+def test_evidently_report_agrees_with_the_decision(
+    reference_profile: Path, test_images, tmp_path: Path
+) -> None:
     reference = load_reference(reference_profile)
     current = _features(_window(test_images, seed=1), shift=True)
     result = compute_drift(reference, current)
@@ -101,7 +111,9 @@ def test_evidently_report_agrees_with_the_decision(reference_profile: Path, test
     assert summary["drift_detected"] is True and summary["window_size"] == WINDOW
 
 
-def test_sampled_report_keeps_the_full_window_decision(reference_profile: Path, test_images, tmp_path) -> None:
+def test_sampled_report_keeps_the_full_window_decision(
+    reference_profile: Path, test_images, tmp_path
+) -> None:
     reference = load_reference(reference_profile)
     current = _features(_window(test_images, seed=2))
     result = compute_drift(reference, current)
@@ -120,15 +132,35 @@ def _cli() -> typer.Typer:
 def test_cli_on_image_folders(reference_profile: Path, test_images, tmp_path: Path) -> None:
     window = _window(test_images, seed=3)
     runner = CliRunner()
-    clean = runner.invoke(_cli(), ["drift", "--reference", str(reference_profile), "--images",
-                                   str(_folder(tmp_path / "clean", window)), "--out", str(tmp_path / "o1")])
+    clean = runner.invoke(
+        _cli(),
+        [
+            "drift",
+            "--reference",
+            str(reference_profile),
+            "--images",
+            str(_folder(tmp_path / "clean", window)),
+            "--out",
+            str(tmp_path / "o1"),
+        ],
+    )
     assert clean.exit_code == 0, clean.output
     summary = json.loads(clean.output)
     assert summary["drift_detected"] is False and summary["window_size"] == WINDOW
     assert isinstance(summary["drift_share"], float)
-    shifted = runner.invoke(_cli(), ["drift", "--reference", str(reference_profile), "--images",
-                                     str(_folder(tmp_path / "shifted", window, shift=True)),
-                                     "--out", str(tmp_path / "o2"), "--fail-on-drift"])
+    shifted = runner.invoke(
+        _cli(),
+        [
+            "drift",
+            "--reference",
+            str(reference_profile),
+            "--images",
+            str(_folder(tmp_path / "shifted", window, shift=True)),
+            "--out",
+            str(tmp_path / "o2"),
+            "--fail-on-drift",
+        ],
+    )
     assert shifted.exit_code == 3, shifted.output
     assert json.loads(shifted.output)["drift_detected"] is True
     assert (tmp_path / "o2" / "drift_report.html").is_file()
@@ -145,11 +177,14 @@ def _plain(output: str) -> str:
 
 def test_cli_usage_errors(reference_profile: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    both = runner.invoke(_cli(), ["drift", "--reference", str(reference_profile), "--images", str(tmp_path),
-                                  "--db", "x.db"])
+    both = runner.invoke(
+        _cli(),
+        ["drift", "--reference", str(reference_profile), "--images", str(tmp_path), "--db", "x.db"],
+    )
     assert both.exit_code == 2 and "exactly one window source" in _plain(both.output)
-    missing = runner.invoke(_cli(), ["drift", "--reference", str(tmp_path / "nope.parquet"), "--images",
-                                     str(tmp_path)])
+    missing = runner.invoke(
+        _cli(), ["drift", "--reference", str(tmp_path / "nope.parquet"), "--images", str(tmp_path)]
+    )
     assert missing.exit_code == 2 and "does not exist" in _plain(missing.output)
     with pytest.raises(ReferenceProfileError):
         load_reference(tmp_path / "nope.parquet")
@@ -158,24 +193,37 @@ def test_cli_usage_errors(reference_profile: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_job_on_the_store_with_window_and_pushgateway(reference_profile: Path, test_images, tmp_path: Path,
-                                                      pushgateway: str) -> None:
+def test_job_on_the_store_with_window_and_pushgateway(
+    reference_profile: Path, test_images, tmp_path: Path, pushgateway: str
+) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     frame = _features(_window(test_images, seed=4), shift=True)
     frame["inference_id"] = [f"r{i}" for i in range(len(frame))]
     frame["item"] = 0
     frame["ts"] = [now - timedelta(minutes=30)] * len(frame)
-    old = frame.iloc[:10].assign(inference_id=lambda f: "old-" + f["inference_id"], ts=now - timedelta(hours=5))
+    old = frame.iloc[:10].assign(
+        inference_id=lambda f: "old-" + f["inference_id"], ts=now - timedelta(hours=5)
+    )
     store = InferenceStore(str(tmp_path / "log.db"))
     store.insert_rows(pd.concat([frame, old], ignore_index=True))
     store.close()
-    summary = run_drift_job(reference_profile, tmp_path / "out", db_url=str(tmp_path / "log.db"), window="1h",
-                            pushgateway=pushgateway, html=False, now=now)
+    summary = run_drift_job(
+        reference_profile,
+        tmp_path / "out",
+        db_url=str(tmp_path / "log.db"),
+        window="1h",
+        pushgateway=pushgateway,
+        html=False,
+        now=now,
+    )
     assert summary["window_size"] == WINDOW and summary["drift_detected"] and summary["pushed"]
     assert summary["live_accuracy"]["accuracy"] == 1.0
     pushed = httpx.get(f"{pushgateway}/metrics").text
     assert 'garbage_drift_detected{instance="",job="garbage-drift"} 1' in pushed
-    assert 'garbage_drift_feature_score{feature="brightness",instance="",job="garbage-drift"}' in pushed
+    assert (
+        'garbage_drift_feature_score{feature="brightness",instance="",job="garbage-drift"}'
+        in pushed
+    )
 
 
 def test_settings_are_honoured(reference_profile: Path, test_images) -> None:
@@ -183,5 +231,7 @@ def test_settings_are_honoured(reference_profile: Path, test_images) -> None:
     current = _features(_window(test_images, seed=5))
     strict = compute_drift(reference, current, DriftSettings(feature_threshold=0.0, min_window=10))
     assert strict.drift_detected and set(strict.drifted_columns) >= {"brightness", "contrast"}
-    lenient = compute_drift(reference, current, DriftSettings(use_embedding=False, use_class_mix=False))
+    lenient = compute_drift(
+        reference, current, DriftSettings(use_embedding=False, use_class_mix=False)
+    )
     assert set(lenient.columns) == set(DriftSettings().features)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
+from monitoring_helpers import REQUEST_TYPE, RESPONSE_TYPE, kserve_headers
 
 from monitoring.events import (
     BATCH_CONTENT_TYPE,
@@ -16,7 +17,6 @@ from monitoring.events import (
     parse_cloudevents,
     parse_time,
 )
-from monitoring_helpers import REQUEST_TYPE, RESPONSE_TYPE, kserve_headers
 
 
 def test_binary_request_event_as_kserve_sends_it() -> None:
@@ -45,10 +45,19 @@ def test_binary_headers_are_case_insensitive_and_modelid_kept() -> None:
 
 
 def test_structured_event_with_json_data() -> None:
-    payload = {"specversion": "1.0", "id": "s-1", "type": RESPONSE_TYPE, "source": "/x",
-               "time": "2026-01-02T03:04:05+02:00", "inferenceservicename": "garbage-classifier",
-               "datacontenttype": "application/json", "data": {"predictions": ["glass"]}}
-    [event] = parse_cloudevents({"Content-Type": STRUCTURED_CONTENT_TYPE}, json.dumps(payload).encode())
+    payload = {
+        "specversion": "1.0",
+        "id": "s-1",
+        "type": RESPONSE_TYPE,
+        "source": "/x",
+        "time": "2026-01-02T03:04:05+02:00",
+        "inferenceservicename": "garbage-classifier",
+        "datacontenttype": "application/json",
+        "data": {"predictions": ["glass"]},
+    }
+    [event] = parse_cloudevents(
+        {"Content-Type": STRUCTURED_CONTENT_TYPE}, json.dumps(payload).encode()
+    )
     assert event.mode == "structured"
     assert event.kind == "response"
     assert json.loads(event.data) == {"predictions": ["glass"]}
@@ -58,10 +67,17 @@ def test_structured_event_with_json_data() -> None:
 
 def test_structured_event_with_base64_data_and_batch() -> None:
     raw = b"\xff\xd8 not json"
-    item = {"specversion": "1.0", "id": "b-1", "type": REQUEST_TYPE, "source": "/x",
-            "datacontenttype": "image/jpeg", "data_base64": base64.b64encode(raw).decode()}
-    events = parse_cloudevents({"content-type": BATCH_CONTENT_TYPE},
-                               json.dumps([item, {**item, "id": "b-2"}]).encode())
+    item = {
+        "specversion": "1.0",
+        "id": "b-1",
+        "type": REQUEST_TYPE,
+        "source": "/x",
+        "datacontenttype": "image/jpeg",
+        "data_base64": base64.b64encode(raw).decode(),
+    }
+    events = parse_cloudevents(
+        {"content-type": BATCH_CONTENT_TYPE}, json.dumps([item, {**item, "id": "b-2"}]).encode()
+    )
     assert [e.inference_id for e in events] == ["b-1", "b-2"]
     assert events[0].data == raw
     assert events[0].content_type == "image/jpeg"
@@ -98,14 +114,26 @@ def test_structured_body_must_be_json() -> None:
 
 
 def test_binary_headers_round_trip() -> None:
-    headers = binary_headers("rt-1", "response", source="http://localhost:8080/", inference_service="gc",
-                             namespace="ns", endpoint="default", content_type="application/json")
+    headers = binary_headers(
+        "rt-1",
+        "response",
+        source="http://localhost:8080/",
+        inference_service="gc",
+        namespace="ns",
+        endpoint="default",
+        content_type="application/json",
+    )
     [event] = parse_cloudevents(headers, b"{}")
-    assert (event.inference_id, event.kind, event.inference_service, event.namespace, event.endpoint) == (
-        "rt-1", "response", "gc", "ns", "default")
+    assert (
+        event.inference_id,
+        event.kind,
+        event.inference_service,
+        event.namespace,
+        event.endpoint,
+    ) == ("rt-1", "response", "gc", "ns", "default")
     assert event.component == "predictor"
 
 
 def test_parse_time_defaults_to_now() -> None:
-    before = datetime.utcnow()
+    before = datetime.now(UTC).replace(tzinfo=None)
     assert parse_time(None) >= before.replace(microsecond=0)

@@ -52,7 +52,9 @@ def test_blur_noise_and_jpeg_artefacts(photo: Image.Image) -> None:
     blurred = image_features(photo.filter(ImageFilter.GaussianBlur(2)))
     assert blurred["sharpness"] < base["sharpness"] - 1
     rng = np.random.default_rng(0)
-    noisy = np.clip(np.asarray(photo) + rng.normal(0, 20, np.asarray(photo).shape), 0, 255).astype(np.uint8)
+    noisy = np.clip(np.asarray(photo) + rng.normal(0, 20, np.asarray(photo).shape), 0, 255).astype(
+        np.uint8
+    )
     assert pixel_features(noisy)["noise"] > base["noise"] * 2
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=8)

@@ -7,24 +7,33 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from monitoring_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.features import FEATURE_COLUMNS
 from monitoring.metrics import PushError, drift_registry, push, write_textfile
 from monitoring.reference import ReferenceProfileError, build_reference, load_reference
-from monitoring_helpers import free_port
 
 SUMMARY = {
-    "drift_detected": True, "drift_share": 0.2, "window_size": 250, "embedding_drift_share": 0.0625,
-    "columns": {"brightness": {"score": 1.7, "drifted": True}, "noise": {"score": 0.1, "drifted": False}},
+    "drift_detected": True,
+    "drift_share": 0.2,
+    "window_size": 250,
+    "embedding_drift_share": 0.0625,
+    "columns": {
+        "brightness": {"score": 1.7, "drifted": True},
+        "noise": {"score": 0.1, "drifted": False},
+    },
     "live_accuracy": {"labelled": 40, "accuracy": 0.8, "recall": {"glass": 0.5, "trash": None}},
 }
 
 
 def test_drift_metrics_exposition(tmp_path: Path) -> None:
     path = write_textfile(drift_registry(SUMMARY), tmp_path / "m.prom")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(path.read_text()) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(path.read_text())
+        for s in family.samples
+    }
     assert samples[("garbage_drift_detected", ())] == 1.0
     assert samples[("garbage_drift_share", ())] == 0.2
     assert samples[("garbage_drift_window_size", ())] == 250
@@ -32,7 +41,10 @@ def test_drift_metrics_exposition(tmp_path: Path) -> None:
     assert samples[("garbage_drift_feature_detected", (("feature", "noise"),))] == 0.0
     assert samples[("garbage_drift_window_accuracy", ())] == 0.8
     assert samples[("garbage_drift_window_recall", (("label", "glass"),))] == 0.5
-    assert ("garbage_drift_window_recall", (("label", "trash"),)) not in samples  # no data: no sample
+    assert (
+        "garbage_drift_window_recall",
+        (("label", "trash"),),
+    ) not in samples  # no data: no sample
     assert samples[("garbage_drift_last_run_timestamp_seconds", ())] > 1.7e9
 
 
@@ -43,9 +55,14 @@ def test_push_to_a_closed_port_raises_a_clear_error() -> None:
 
 def test_build_reference_from_a_manifest(image_tree: Path, tmp_path: Path) -> None:
     files = sorted(p for p in image_tree.rglob("*.jpg"))
-    manifest = pd.DataFrame({"path": [p.relative_to(image_tree).as_posix() for p in files],
-                             "label": [p.parent.name for p in files], "sha256": "0" * 64,
-                             "split": ["train" if i % 4 else "test" for i in range(len(files))]})
+    manifest = pd.DataFrame(
+        {
+            "path": [p.relative_to(image_tree).as_posix() for p in files],
+            "label": [p.parent.name for p in files],
+            "sha256": "0" * 64,
+            "split": ["train" if i % 4 else "test" for i in range(len(files))],
+        }
+    )
     out = build_reference(image_tree, manifest, tmp_path / "ref" / "reference.parquet")
     table = load_reference(out)
     assert len(table) == (manifest["split"] == "train").sum()
@@ -56,19 +73,35 @@ def test_build_reference_from_a_manifest(image_tree: Path, tmp_path: Path) -> No
     assert len(load_reference(csv)) == (manifest["split"] == "test").sum()
 
 
-def test_build_reference_with_model_predictions(image_tree: Path, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_build_reference_with_model_predictions(
+    image_tree: Path, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     files = sorted(image_tree.rglob("*.jpg"))[:12]
-    manifest = pd.DataFrame({"path": [p.relative_to(image_tree).as_posix() for p in files],
-                             "label": [p.parent.name for p in files], "sha256": "0" * 64, "split": "train"})
-    table = load_reference(build_reference(image_tree, manifest, tmp_path / "r.parquet", model_dir=tiny_model_dir))
+    manifest = pd.DataFrame(
+        {
+            "path": [p.relative_to(image_tree).as_posix() for p in files],
+            "label": [p.parent.name for p in files],
+            "sha256": "0" * 64,
+            "split": "train",
+        }
+    )
+    table = load_reference(
+        build_reference(image_tree, manifest, tmp_path / "r.parquet", model_dir=tiny_model_dir)
+    )
     assert table["prediction"].notna().all() and table["score"].between(0, 1).all()
 
 
 def test_reference_errors(image_tree: Path, tmp_path: Path) -> None:
     with pytest.raises(ReferenceProfileError, match="lacks columns"):
         build_reference(image_tree, pd.DataFrame({"path": []}), tmp_path / "r.parquet")
-    manifest = pd.DataFrame({"path": ["glass/missing.jpg"], "label": ["glass"], "sha256": ["0" * 64],
-                             "split": ["train"]})
+    manifest = pd.DataFrame(
+        {
+            "path": ["glass/missing.jpg"],
+            "label": ["glass"],
+            "sha256": ["0" * 64],
+            "split": ["train"],
+        }
+    )
     with pytest.raises(ReferenceProfileError, match="cannot read reference image"):
         build_reference(image_tree, manifest, tmp_path / "r.parquet")
     with pytest.raises(ReferenceProfileError, match="no image in splits"):
@@ -79,19 +112,30 @@ def test_reference_errors(image_tree: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_reference_follows_an_mlflow_artifact_uri(image_tree: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reference_follows_an_mlflow_artifact_uri(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     from monitoring.reference import resolve_reference
 
     files = sorted(image_tree.rglob("*.jpg"))[:8]
-    manifest = pd.DataFrame({"path": [p.relative_to(image_tree).as_posix() for p in files],
-                             "label": [p.parent.name for p in files], "sha256": "0" * 64, "split": "train"})
+    manifest = pd.DataFrame(
+        {
+            "path": [p.relative_to(image_tree).as_posix() for p in files],
+            "label": [p.parent.name for p in files],
+            "sha256": "0" * 64,
+            "split": "train",
+        }
+    )
     built = build_reference(image_tree, manifest, tmp_path / "built" / "reference.parquet")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
+    # An explicit artifact location: the default (./mlruns) would write into the working directory.
+    experiment = mlflow.create_experiment(
+        "reference-test", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    with mlflow.start_run(experiment_id=experiment) as run:
         mlflow.log_artifact(str(built), artifact_path="monitoring")
     local = resolve_reference(f"runs:/{run.info.run_id}/monitoring", tmp_path / "download")
     assert local.name == "reference.parquet" and len(load_reference(local)) == 8

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from monitoring_helpers import free_port, make_jpeg, v1_request, v1_response
 
 from monitoring.payload_logger import PayloadLogger
-from monitoring_helpers import free_port, make_jpeg, v1_request, v1_response
 
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -17,10 +17,17 @@ def test_events_arrive_at_the_collector_and_match(collector_server) -> None:
     async def scenario() -> tuple[list[str], PayloadLogger]:
         logger = PayloadLogger(f"{collector_server.url}/events", namespace="local")
         await logger.start()
-        ids = [logger.log(v1_request([make_jpeg((90, 40, 40), i)]), v1_response(["trash"], CLASSES))
-               for i in range(3)]
-        ids.append(logger.log(v1_request([make_jpeg((90, 40, 40), 9)]), v1_response(["glass"], CLASSES),
-                              inference_id="client-given-id"))
+        ids = [
+            logger.log(v1_request([make_jpeg((90, 40, 40), i)]), v1_response(["trash"], CLASSES))
+            for i in range(3)
+        ]
+        ids.append(
+            logger.log(
+                v1_request([make_jpeg((90, 40, 40), 9)]),
+                v1_response(["glass"], CLASSES),
+                inference_id="client-given-id",
+            )
+        )
         await logger.stop(drain_seconds=10)
         return ids, logger
 
@@ -36,7 +43,9 @@ def test_events_arrive_at_the_collector_and_match(collector_server) -> None:
 
 def test_unreachable_collector_neither_blocks_nor_raises() -> None:
     async def scenario() -> PayloadLogger:
-        logger = PayloadLogger(f"http://127.0.0.1:{free_port()}/events", queue_size=4, workers=1, timeout=0.5)
+        logger = PayloadLogger(
+            f"http://127.0.0.1:{free_port()}/events", queue_size=4, workers=1, timeout=0.5
+        )
         for _ in range(50):  # a plain call, no await: it can only touch the in-memory queue
             logger.log(b'{"instances": []}', b'{"predictions": []}')
         await asyncio.sleep(0)  # let the lazily scheduled start run

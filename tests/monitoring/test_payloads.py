@@ -8,9 +8,9 @@ import struct
 
 import numpy as np
 import pytest
+from monitoring_helpers import make_jpeg, v1_request, v1_response
 
 from monitoring.payloads import PayloadError, parse_request, parse_response
-from monitoring_helpers import make_jpeg, v1_request, v1_response
 
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -38,8 +38,18 @@ def test_v1_other_instance_shapes(jpeg: bytes) -> None:
 
 
 def test_v2_bytes_json(jpeg: bytes) -> None:
-    body = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                                   "data": [base64.b64encode(jpeg).decode()] * 2}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(jpeg).decode()] * 2,
+                }
+            ]
+        }
+    ).encode()
     payload = parse_request(body)
     assert payload.protocol == "v2"
     assert [i.data for i in payload.items] == [jpeg, jpeg]
@@ -48,8 +58,18 @@ def test_v2_bytes_json(jpeg: bytes) -> None:
 def test_v2_bytes_binary_extension(jpeg: bytes) -> None:
     other = jpeg_bytes_other()
     raw = b"".join(struct.pack("<I", len(b)) + b for b in (jpeg, other))
-    header = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
     payload = parse_request(header + raw, "application/octet-stream")
     assert [i.data for i in payload.items] == [jpeg, other]
 
@@ -60,12 +80,32 @@ def jpeg_bytes_other() -> bytes:
 
 def test_v2_uint8_json_and_binary() -> None:
     batch = np.arange(2 * 4 * 6 * 3, dtype=np.uint8).reshape(2, 4, 6, 3)
-    body = json.dumps({"inputs": [{"name": "image", "shape": [2, 4, 6, 3], "datatype": "UINT8",
-                                   "data": batch.ravel().tolist()}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 4, 6, 3],
+                    "datatype": "UINT8",
+                    "data": batch.ravel().tolist(),
+                }
+            ]
+        }
+    ).encode()
     items = parse_request(body).items
     assert len(items) == 2 and np.array_equal(items[1].pixels, batch[1])
-    header = json.dumps({"inputs": [{"name": "image", "shape": [2, 4, 6, 3], "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": batch.nbytes}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [2, 4, 6, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ]
+        }
+    ).encode()
     items = parse_request(header + batch.tobytes()).items
     assert np.array_equal(items[0].pixels, batch[0])
 
@@ -82,8 +122,14 @@ def test_raw_image_body(jpeg: bytes) -> None:
         (b"not json", "not JSON"),
         (b"[1, 2]", "JSON object"),
         (b'{"foo": 1}', "neither"),
-        (b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}', "no BYTES or UINT8"),
-        (b'{"inputs": [{"name": "x", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [1]}]}', "values for shape"),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}',
+            "no BYTES or UINT8",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [1]}]}',
+            "values for shape",
+        ),
     ],
 )
 def test_bad_requests(body: bytes, message: str) -> None:
@@ -107,19 +153,39 @@ def test_v1_response_lists_labels_and_indices() -> None:
 
 
 def test_v2_response_labels_and_probabilities() -> None:
-    body = json.dumps({"model_name": "garbage-classifier", "model_version": "3", "outputs": [
-        {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["metal", "paper"]},
-        {"name": "probabilities", "shape": [2, 6], "datatype": "FP32",
-         "data": [0, 0, 0.7, 0.3, 0, 0, 0, 0, 0.2, 0.8, 0, 0]},
-    ]}).encode()
+    body = json.dumps(
+        {
+            "model_name": "garbage-classifier",
+            "model_version": "3",
+            "outputs": [
+                {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["metal", "paper"]},
+                {
+                    "name": "probabilities",
+                    "shape": [2, 6],
+                    "datatype": "FP32",
+                    "data": [0, 0, 0.7, 0.3, 0, 0, 0, 0, 0.2, 0.8, 0, 0],
+                },
+            ],
+        }
+    ).encode()
     payload = parse_response(body, CLASSES)
     assert payload.model_name == "garbage-classifier" and payload.model_version == "3"
     assert [(p.label, round(p.score, 3)) for p in payload.items] == [("metal", 0.7), ("paper", 0.8)]
 
 
 def test_v2_response_probabilities_only() -> None:
-    body = json.dumps({"outputs": [{"name": "probabilities", "shape": [1, 6], "datatype": "FP32",
-                                    "data": [0.05, 0.05, 0.05, 0.05, 0.05, 0.75]}]}).encode()
+    body = json.dumps(
+        {
+            "outputs": [
+                {
+                    "name": "probabilities",
+                    "shape": [1, 6],
+                    "datatype": "FP32",
+                    "data": [0.05, 0.05, 0.05, 0.05, 0.05, 0.75],
+                }
+            ]
+        }
+    ).encode()
     [item] = parse_response(body, CLASSES).items
     assert item.label == "trash" and item.score == pytest.approx(0.75)
 

@@ -12,13 +12,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from monitoring_helpers import free_port, make_jpeg, wait_for_port
 
 from monitoring.payload_logger import CloudEventsHook, encode_request
 from monitoring.payloads import parse_request
-from monitoring_helpers import free_port, make_jpeg, wait_for_port
 
-SERVE = ("import typer; from serving.cli import serve; app = typer.Typer(); app.command()(serve); "
-         "app.command('noop')(lambda: None); app()")
+SERVE = (
+    "import typer; from serving.cli import serve; app = typer.Typer(); app.command()(serve); "
+    "app.command('noop')(lambda: None); app()"
+)
 
 
 def test_hook_encodes_both_input_kinds_and_pickles_without_its_emitter() -> None:
@@ -36,18 +38,35 @@ def test_hook_encodes_both_input_kinds_and_pickles_without_its_emitter() -> None
 
 
 @pytest.mark.integration
-def test_served_predictions_reach_the_collector(collector_server, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_served_predictions_reach_the_collector(
+    collector_server, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--model", str(tiny_model_dir), "--http-port", str(port),
-         "--no-grpc", "--logger-url", f"{collector_server.url}/events"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-c",
+            SERVE,
+            "serve",
+            "--model",
+            str(tiny_model_dir),
+            "--http-port",
+            str(port),
+            "--no-grpc",
+            "--logger-url",
+            f"{collector_server.url}/events",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for_port(port, timeout=120)
         url = f"http://127.0.0.1:{port}/v1/models/garbage-classifier:predict"
         images = [make_jpeg((235, 235, 225), 3), make_jpeg((60, 160, 90), 4)]
-        body = {"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in images]}
+        body = {
+            "instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in images]
+        }
         for _ in range(60):  # the server listens before the model reports ready
             answer = httpx.post(url, json=body, headers={"x-request-id": "served-1"}, timeout=30)
             if answer.status_code != 503:
@@ -65,8 +84,10 @@ def test_served_predictions_reach_the_collector(collector_server, tiny_model_dir
         assert list(rows["prediction"]) == predicted
         assert rows["brightness"].iloc[0] > rows["brightness"].iloc[1]
         assert set(rows["inference_service"]) == {"garbage-classifier"}
-        feedback = httpx.post(f"{collector_server.url}/feedback",
-                              json={"inference_id": "served-1", "item": 1, "label": "glass"})
+        feedback = httpx.post(
+            f"{collector_server.url}/feedback",
+            json={"inference_id": "served-1", "item": 1, "label": "glass"},
+        )
         assert feedback.status_code == 200 and feedback.json()["matched"] == 1
     finally:
         server.terminate()

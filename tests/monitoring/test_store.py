@@ -32,17 +32,29 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> InferenceStore:
 
 
 def test_request_then_response_then_feedback(store: InferenceStore) -> None:
-    meta = EventMeta("inf-1", T0, source="http://localhost:9081/", inference_service="garbage-classifier",
-                     namespace="garbage", component="predictor")
+    meta = EventMeta(
+        "inf-1",
+        T0,
+        source="http://localhost:9081/",
+        inference_service="garbage-classifier",
+        namespace="garbage",
+        component="predictor",
+    )
     assert store.record_request(meta, [_features(1.0), {"feature_error": "not_an_image"}]) == 2
-    store.record_response(EventMeta("inf-1", T0 + timedelta(milliseconds=30)),
-                          [("glass", 0.8, {"glass": 0.8, "paper": 0.2}), ("paper", 0.6, None)])
+    store.record_response(
+        EventMeta("inf-1", T0 + timedelta(milliseconds=30)),
+        [("glass", 0.8, {"glass": 0.8, "paper": 0.2}), ("paper", 0.6, None)],
+    )
     assert store.record_feedback("inf-1", 0, "glass", T0 + timedelta(hours=1))
     assert not store.record_feedback("nope", 0, "glass", T0)
     rows = store.load_window().sort_values("item").reset_index(drop=True)
     assert len(rows) == 2 and store.count() == 2 and store.items_of("inf-1") == 2
     first = rows.iloc[0]
-    assert first["brightness"] == 1.0 and first["prediction"] == "glass" and first["true_label"] == "glass"
+    assert (
+        first["brightness"] == 1.0
+        and first["prediction"] == "glass"
+        and first["true_label"] == "glass"
+    )
     assert json.loads(first["probabilities"]) == {"glass": 0.8, "paper": 0.2}
     assert first["inference_service"] == "garbage-classifier"
     assert pd.Timestamp(first["ts"]) == pd.Timestamp(T0)
@@ -53,7 +65,11 @@ def test_response_before_request_meets_in_one_row(store: InferenceStore) -> None
     store.record_response(EventMeta("inf-2", T0), [("metal", 0.7, None)])
     store.record_request(EventMeta("inf-2", T0, inference_service="gc"), [_features(2.0)])
     [row] = store.load_window().to_dict("records")
-    assert row["prediction"] == "metal" and row["brightness"] == 2.0 and row["inference_service"] == "gc"
+    assert (
+        row["prediction"] == "metal"
+        and row["brightness"] == 2.0
+        and row["inference_service"] == "gc"
+    )
 
 
 def test_window_bounds_limit_and_labelled_only(store: InferenceStore) -> None:
@@ -71,9 +87,15 @@ def test_window_bounds_limit_and_labelled_only(store: InferenceStore) -> None:
 
 
 def test_bulk_insert(store: InferenceStore) -> None:
-    rows = pd.DataFrame({"inference_id": [f"b{i}" for i in range(50)], "item": 0,
-                         "ts": [T0 + timedelta(seconds=i) for i in range(50)], "prediction": "glass",
-                         **{name: 0.5 for name in FEATURE_COLUMNS}})
+    rows = pd.DataFrame(
+        {
+            "inference_id": [f"b{i}" for i in range(50)],
+            "item": 0,
+            "ts": [T0 + timedelta(seconds=i) for i in range(50)],
+            "prediction": "glass",
+            **{name: 0.5 for name in FEATURE_COLUMNS},
+        }
+    )
     assert store.insert_rows(rows) == 50
     assert store.count() == 50
     with pytest.raises(ValueError, match="unknown columns"):
@@ -83,7 +105,9 @@ def test_bulk_insert(store: InferenceStore) -> None:
 def test_urls_and_errors(tmp_path: Path) -> None:
     assert normalise_url("work/x.db") == "sqlite:///work/x.db"
     assert normalise_url("postgres://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
-    assert redact("postgresql+psycopg://u:secret@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    assert (
+        redact("postgresql+psycopg://u:secret@h:5432/db") == "postgresql+psycopg://u:***@h:5432/db"
+    )
     with pytest.raises(StoreError, match="cannot open"):
         InferenceStore("notadialect://x")
     with pytest.raises(StoreError, match=r"u:\*\*\*@127.0.0.1"):

@@ -6,6 +6,7 @@ Regenerate the golden file after an intended pipeline change with
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,13 @@ def test_compiled_ir_matches_golden(ir):
         GOLDEN.write_text(yaml.safe_dump_all(got, sort_keys=True))
     assert GOLDEN.is_file(), f"no golden file; create it with UPDATE_GOLDEN=1 ({GOLDEN})"
     want = [d for d in yaml.safe_load_all(GOLDEN.read_text()) if d]
-    assert got == want, ("compiled IR differs from tests/pipelines/golden/pipeline_ir.yaml; if the "
-                         "change is intended, regenerate with UPDATE_GOLDEN=1 and review the diff")
+    if got != want:
+        diff = difflib.unified_diff(yaml.safe_dump_all(want, sort_keys=True).splitlines(),
+                                    yaml.safe_dump_all(got, sort_keys=True).splitlines(),
+                                    "golden", "compiled", lineterm="", n=2)
+        pytest.fail("compiled IR differs from tests/pipelines/golden/pipeline_ir.yaml; if the change "
+                    "is intended, regenerate with UPDATE_GOLDEN=1 and review the diff:\n"
+                    + "\n".join(list(diff)[:80]))
     assert not any("sdkVersion" in d for d in want)
 
 

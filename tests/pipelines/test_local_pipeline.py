@@ -41,6 +41,11 @@ def test_pipeline_runs_end_to_end_and_leaves_a_champion(dev_archive: Path, tmp_p
     assert {"evaluation/confusion_matrix.png", "evaluation/misclassified.png",
             "evaluation/metrics.json"} <= artifacts
 
+    downloaded = mlflow.artifacts.download_artifacts("models:/garbage-classifier@champion",
+                                                     dst_path=str(tmp_path / "champion"))
+    files = {p.relative_to(downloaded).as_posix() for p in Path(downloaded).rglob("*")}
+    assert {"model.onnx", "metadata.json", "MLmodel", "reference/reference.parquet"} <= files
+
     # `garbage predict` defaults to the champion just registered.
     images = next(work.joinpath("data", "extracted").iterdir())
     predicted = runner.invoke(app, ["predict", "--profile", "smoke", "--set", f"work_dir={work}",

@@ -122,7 +122,7 @@ def test_fit_to_cpu_cluster_keeps_small_requests_and_other_tolerations():
 
 def test_wait_reports_a_failed_run(config):
     client = FakeKFPClient()
-    client.states = ["RUNNING", "FAILED"]
+    client.states = ["FAILED"]  # final at once: no real sleep in this test
     with pytest.raises(SubmitError, match="run run-1 ended FAILED"):
         submit_pipeline("http://kfp", cluster_config(config), wait=True, client=client)
     ok = FakeKFPClient()
@@ -169,3 +169,25 @@ def test_submit_command(monkeypatch, tmp_path):
 
     bad = CliRunner().invoke(app, ["--host", "http://kfp", "--set", "train.epochs=-3"])
     assert bad.exit_code == 2
+
+
+def test_deploy_parameter_is_set_when_the_pipeline_declares_it(config, tmp_path):
+    """The pipeline's deploy step is off by default (kfp.local); a cluster run turns it on."""
+    package = tmp_path / "pipeline.yaml"
+    package.write_text(yaml.safe_dump_all([
+        {"root": {"inputDefinitions": {"parameters": {
+            "config_json": {"parameterType": "STRING"},
+            "deploy_to_kserve": {"parameterType": "BOOLEAN", "defaultValue": False}}}},
+         "deploymentSpec": {"executors": {}}},
+        {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {}}}}}]))
+    client = FakeKFPClient()
+    submit_pipeline("http://kfp", cluster_config(config), package=package, client=client)
+    submit_pipeline("http://kfp", cluster_config(config), package=package, deploy=False,
+                    client=client)
+    assert [r["arguments"]["deploy_to_kserve"] for r in client.runs] == [True, False]
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump_all([{"root": {"inputDefinitions": {"parameters": {
+        "config_json": {"parameterType": "STRING"}}}}}]))
+    submit_pipeline("http://kfp", cluster_config(config), package=plain, client=client)
+    assert set(client.runs[-1]["arguments"]) == {"config_json"}

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import io
+import socket
 import struct
+import subprocess
+import sys
 import tarfile
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
-from support import COLORS, DEV_ARCHIVE, jpeg_bytes
+from support import COLORS, DEV_ARCHIVE, REPO_ROOT, jpeg_bytes
 
 
 def _archive_images(archive: Path, per_class: int) -> list[bytes]:
@@ -80,3 +88,74 @@ def bad_images() -> dict[str, bytes]:
 def small_png() -> bytes:
     """A valid 8x8 PNG (for count limits)."""
     return encoded((8, 8))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running ``python -m serving`` process and its addresses."""
+
+    process: subprocess.Popen
+    http_port: int
+    grpc_port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+@contextmanager
+def _running_server(model_dir: Path, flags: list[str], log: Path) -> Iterator[Server]:
+    http_port, grpc_port = free_port(), free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "--model_dir",
+        str(model_dir),
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+        *flags,
+    ]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(process, http_port, grpc_port, log)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert process.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
+            try:
+                ready = httpx.get(f"{server.base}/v2/models/garbage-classifier/ready", timeout=1)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, f"not ready in 120 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def run_server() -> Callable[[Path, list[str], Path], AbstractContextManager[Server]]:
+    """``with run_server(model_dir, flags, log) as server``: the real server on free ports."""
+    return _running_server

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -66,64 +64,16 @@ def test_module_entry_point_reports_a_missing_model(tmp_path: Path) -> None:
     assert "error:" in done.stderr and "does not exist" in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
-def test_two_rest_workers_each_serve_the_model(tiny_model_dir: Path, sample_images) -> None:
+def test_two_rest_workers_each_serve_the_model(
+    tiny_model_dir: Path, sample_images, run_server, tmp_path: Path
+) -> None:
     """With --workers 2 KServe spawns REST processes; each reloads the model and gets our routes."""
-    http_port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            "--model_dir",
-            str(tiny_model_dir),
-            "--http_port",
-            str(http_port),
-            "--grpc_port",
-            str(_free_port()),
-            "--workers",
-            "2",
-            "--enable_latency_logging",
-            "false",
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert process.poll() is None, "the server exited"
-            try:
-                if (
-                    httpx.get(f"{base}/v2/models/garbage-classifier/ready", timeout=1).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline
-            time.sleep(0.3)
-        body = {"instances": [{"b64": base64.b64encode(sample_images[0]).decode()}]}
-        with httpx.Client(base_url=base) as client:  # new connections spread over the workers
-            for _ in range(4):
-                assert (
-                    client.post("/v1/models/garbage-classifier:predict", json=body).status_code
-                    == 200
-                )
-                metadata = httpx.get(f"{base}/v2/models/garbage-classifier").json()
+    body = {"instances": [{"b64": base64.b64encode(sample_images[0]).decode()}]}
+    with run_server(tiny_model_dir, ["--workers", "2"], tmp_path / "server.log") as server:
+        for _ in range(4):
+            with httpx.Client(base_url=server.base) as client:  # new connections, any worker
+                predict = client.post("/v1/models/garbage-classifier:predict", json=body)
+                assert predict.status_code == 200, predict.text
+                metadata = client.get("/v2/models/garbage-classifier").json()
                 assert "classes" in metadata["parameters"]  # our route, not KServe's generic one
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -414,3 +414,19 @@ def test_model_pickles_for_worker_processes(model, sample_images) -> None:
     copy.load()
     assert call(copy, v1_body(sample_images[:2])) == call(model, v1_body(sample_images[:2]))
     copy.stop()
+
+
+def test_routes_go_in_front_of_kserves_generic_ones_and_replace_earlier_ones(model) -> None:
+    from fastapi import FastAPI
+
+    from serving.rest import install_routes
+
+    app = FastAPI()
+    app.add_api_route("/v2/models/{model_name}/infer", lambda: None, methods=["POST"])
+    install_routes(app, model)
+    install_routes(app, model)  # again: replaced, not duplicated
+    paths = [getattr(r, "path", None) for r in app.router.routes]
+    ours = paths.index(f"/v2/models/{NAME}/infer")
+    assert ours < paths.index("/v2/models/{model_name}/infer")
+    assert paths.count(f"/v2/models/{NAME}/infer") == 1
+    assert paths.count(f"/v1/models/{NAME}:predict") == 1

@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import struct
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -28,7 +26,6 @@ from kserve import InferenceGRPCClient, InferenceRESTClient, RESTConfig
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from kserve.protocol.infer_type import InferInput, InferRequest
-from support import REPO_ROOT
 
 from components.inference import OnnxClassifier
 
@@ -40,37 +37,9 @@ MAX_PAYLOAD = 256 * 1024
 MAX_PIXELS = 1_000_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """Addresses of the running server."""
-
-    def __init__(
-        self, process: subprocess.Popen, http_port: int, grpc_port: int, log: Path
-    ) -> None:
-        self.process, self.http_port, self.grpc_port, self.log = process, http_port, grpc_port, log
-        self.base = f"http://127.0.0.1:{http_port}"
-        self.grpc_url = f"127.0.0.1:{grpc_port}"
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    http_port, grpc_port = _free_port(), _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "serving",
-        "--model_dir",
-        str(tiny_model_dir),
-        "--http_port",
-        str(http_port),
-        "--grpc_port",
-        str(grpc_port),
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, run_server):
+    flags = [
         "--max_instances",
         str(MAX_INSTANCES),
         "--max_payload_bytes",
@@ -79,36 +48,10 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         str(MAX_PIXELS),
         "--max_batch_wait_ms",
         "20",
-        "--enable_latency_logging",
-        "false",
     ]
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    running = Server(process, http_port, grpc_port, log)
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert process.poll() is None, f"the server exited:\n{log.read_text()[-3000:]}"
-            try:
-                if (
-                    httpx.get(f"{running.base}/v2/models/{NAME}/ready", timeout=1).status_code
-                    == 200
-                ):
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.time() < deadline, (
-                f"the server was not ready in 120 s:\n{log.read_text()[-3000:]}"
-            )
-            time.sleep(0.2)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with run_server(tiny_model_dir, flags, log) as running:
         yield running
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +272,7 @@ def test_metadata_and_readiness_of_every_protocol(server, reference) -> None:
     assert unknown.status_code == 404
 
 
-def _metric(server: Server, name: str, **labels: str) -> float:
+def _metric(server, name: str, **labels: str) -> float:
     text = httpx.get(f"{server.base}/metrics").text
     total = 0.0
     for line in text.splitlines():

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages and services the test suite uses, installed idempotently (CI runs as root on
+# a fresh machine). Each script says what it installs and why; the tests that need a missing
+# piece skip with the reason.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+./install-postgres.sh          # PostgreSQL server binaries: monitoring storage tests
+./install-pushgateway.sh       # Prometheus Pushgateway + promtool: drift metrics, alert rule tests
+./container-engine-setup.sh    # podman + runc + a local Debian base image: container build test
+if ! command -v shellcheck > /dev/null; then
+  apt-get install -y -qq shellcheck > /dev/null   # kind scripts stay shellcheck-clean
+fi
