@@ -98,7 +98,9 @@ def log_onnx_model(export_dir: Path, metadata: dict[str, Any], reference: Path |
     )
     client = MlflowClient()
     client.log_model_artifact(info.model_id, str(export_dir / "metadata.json"))
-    if reference is not None:
+    if reference is not None and reference.is_dir():
+        client.log_model_artifacts(info.model_id, str(reference), "reference")
+    elif reference is not None:
         client.log_model_artifact(info.model_id, str(reference), "reference")
     return info.model_uri
 

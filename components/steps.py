@@ -171,7 +171,8 @@ def register_step(config: Config, export_dir: Path, images_dir: Path, manifest_c
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
     test set, so the comparison is fair even when the champion was trained on other data.
-    ``reference`` (the monitoring reference profile) is stored with the model version.
+    ``reference`` (the monitoring reference profile, a file or a folder) is stored with the model
+    version.
     Writes ``decision.json`` and ``decision.md`` into ``out_dir``.
     """
     import mlflow

@@ -11,6 +11,7 @@ import typer
 
 from components.config import PROFILES, Config, ConfigError, load_config
 from monitoring.cli import collector, drift
+from pipelines.cluster_cli import deploy, submit
 from serving.cli import serve
 
 app = typer.Typer(help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
@@ -23,6 +24,8 @@ app.add_typer(pipeline_app, name="pipeline")
 app.command("serve")(serve)
 app.command("collector")(collector)
 app.command("drift")(drift)
+app.command("deploy")(deploy)
+pipeline_app.command("submit")(submit)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
                                                    exists=True, dir_okay=False)]

@@ -12,6 +12,7 @@ from pathlib import Path
 from kfp import compiler, dsl, kubernetes
 
 from pipelines import steps
+from pipelines.deploy_step import deploy_model
 
 PIPELINE_NAME = "garbage-classifier-train"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -38,11 +39,15 @@ def _small(task: dsl.PipelineTask, memory: str = "2G") -> dsl.PipelineTask:
 
 @dsl.pipeline(name=PIPELINE_NAME,
               description="Train, evaluate, export and register the TrashNet garbage classifier.")
-def garbage_pipeline(config_json: str) -> dsl.Markdown:
+def garbage_pipeline(config_json: str, deploy_to_kserve: bool = False,
+                     canary_percent: int = 0) -> dsl.Markdown:
     """The pipeline.
 
     Args:
         config_json: The validated run config (``components.config.Config``) as JSON.
+        deploy_to_kserve: Publish a promoted champion as the KServe InferenceService (on a
+            cluster; ``garbage pipeline submit`` sets it, local runs leave it off).
+        canary_percent: With deploy, send this share of traffic to the new revision (0: all).
 
     Returns:
         The promotion gate's decision (Markdown).
@@ -74,6 +79,13 @@ def garbage_pipeline(config_json: str) -> dsl.Markdown:
         manifest=split.outputs["manifest"], onnx_model=export.outputs["onnx_model"],
         reference=reference.outputs["reference"]), memory="4G")
     register.set_display_name("register and promote").set_caching_options(False)
+    with dsl.If(deploy_to_kserve == True, "deploy requested"):  # noqa: E712 (a KFP condition)
+        with dsl.If(register.outputs["promoted"] == True, "promoted"):  # noqa: E712
+            deploy = _small(deploy_model(config_json=config_json,
+                                         model_uri=register.outputs["model_uri"],
+                                         promoted=register.outputs["promoted"],
+                                         canary_percent=canary_percent), memory="1G")
+            deploy.set_display_name("deploy to KServe").set_caching_options(False)
     return register.outputs["decision"]
 
 

@@ -87,7 +87,14 @@ build_base_image() {
   log "built $BASE_IMAGE"
 }
 
+prune_old_build_cache() {
+  # Every build of changed code leaves its previous (now untagged) images behind; keep a few days
+  # of them as layer cache and drop the rest, so repeated CI runs do not fill the disk.
+  podman image prune --force --filter "until=${CACHE_HOURS:-72}h" >/dev/null || true
+}
+
 install_packages
 configure_engine
 build_base_image
+prune_old_build_cache
 podman image exists "$BASE_IMAGE"

@@ -56,10 +56,11 @@ PredictionHook = Callable[[str, "list[bytes] | np.ndarray", "list[Prediction]"],
 
 ``inputs`` is what the client sent: the encoded image files (``list[bytes]``) or the ``uint8
 [N, H, W, 3]`` tensor; ``predictions`` has one :class:`~components.inference.Prediction` per
-image. It runs as a background task after the response is ready: it adds no latency, and an
-exception in it is logged and never reaches the client. This is where payload logging (e.g.
-CloudEvents to a monitoring sink) plugs in; with ``workers > 1`` it must be a module-level
-function so that it can be sent to the worker processes.
+image. It runs as a background task once the response is ready, so the response does not wait
+for it, and an exception in it is logged and never reaches the client. This is where payload
+logging (e.g. CloudEvents to a monitoring sink) plugs in; with ``workers > 1`` it must pickle (a
+module-level function, or an object such as ``monitoring.payload_logger.CloudEventsHook``) to
+be sent to the worker processes.
 """
 
 
@@ -123,7 +124,7 @@ class GarbageClassifierModel(Model):
         classifier = OnnxClassifier.load(
             self.model_dir, device=self.settings.device, intra_op_threads=intra
         )
-        self._warm_up(classifier)
+        self._warm_up(classifier, every_batch_size=cuda)
         self.threads = {"intra_op": intra, "decode": decode, "workers": self.workers}
         self._decode_pool = ThreadPoolExecutor(decode, thread_name_prefix="garbage-decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="garbage-onnx")
@@ -150,8 +151,13 @@ class GarbageClassifierModel(Model):
         self.ready = True
         return self.ready
 
-    def _warm_up(self, classifier: OnnxClassifier) -> None:
-        """Run the whole preprocessing and the model once at batch 1 and at the largest batch."""
+    def _warm_up(self, classifier: OnnxClassifier, every_batch_size: bool = False) -> None:
+        """Run the whole preprocessing and the model at batch 1 and at the largest batch.
+
+        On CUDA every batch size up to the largest is run once: the CUDA provider picks its
+        convolution algorithms per input shape on first use, which would otherwise land on the
+        first request of each micro-batch size.
+        """
         buffer = io.BytesIO()
         Image.new("RGB", (classifier.width, classifier.height), (128, 128, 128)).save(
             buffer, "JPEG"
@@ -161,7 +167,8 @@ class GarbageClassifierModel(Model):
             allowed_formats=self.settings.allowed_formats,
             max_pixels=self.settings.max_image_pixels,
         )
-        for n in sorted({1, self.settings.max_batch_size}):
+        largest = self.settings.max_batch_size
+        for n in range(1, largest + 1) if every_batch_size else sorted({1, largest}):
             probabilities = classifier.predict_pixels(np.repeat(pixels[None], n, axis=0))
             if (
                 probabilities.shape != (n, len(classifier.classes))

@@ -430,3 +430,22 @@ def test_routes_go_in_front_of_kserves_generic_ones_and_replace_earlier_ones(mod
     assert ours < paths.index("/v2/models/{model_name}/infer")
     assert paths.count(f"/v2/models/{NAME}/infer") == 1
     assert paths.count(f"/v1/models/{NAME}:predict") == 1
+
+
+def test_warm_up_covers_every_batch_size_where_shapes_are_tuned(model, reference) -> None:
+    """On CUDA each new input shape is tuned on first use; the warm-up runs them all."""
+    sizes = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(reference, name)
+
+        def predict_pixels(self, pixels):
+            sizes.append(len(pixels))
+            return reference.predict_pixels(pixels)
+
+    model._warm_up(Recording(), every_batch_size=True)
+    assert sizes == [1, 2, 3, 4]  # max_batch_size of this module's settings
+    sizes.clear()
+    model._warm_up(Recording())
+    assert sizes == [1, 4]
