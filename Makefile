@@ -42,7 +42,7 @@ run: $(STAMP)
 	@echo "data source: $${GARBAGE_DATA_SOURCE:-default public TrashNet archive}"
 	$(BIN)/garbage pipeline run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) tools
 	TQDM_DISABLE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -86,3 +86,26 @@ kind-e2e: $(STAMP)  ## run the pipeline on kind (CPU) and call the InferenceServ
 
 kind-down:
 	scripts/kind/down.sh
+
+# --- quality gates and documentation (CONTRIBUTING.md) -------------------------------------------
+.PHONY: lint format coverage docs docs-serve
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy on the packages; .ci/run runs it before the tests
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/mypy docs/_hooks
+
+format: $(STAMP)  ## apply ruff's formatting and its safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+coverage: $(STAMP)  ## unit tests with a coverage report: terminal and htmlcov/index.html
+	TQDM_DISABLE=1 $(BIN)/python -m pytest -m "not integration and not slow" \
+	  --cov --cov-report=term --cov-report=html $(PYTEST_ARGS)
+
+docs: $(STAMP)  ## the documentation site into site/: mkdocs build --strict, offline
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)  ## live preview of the site on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve

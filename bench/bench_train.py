@@ -95,12 +95,16 @@ def run_metrics(work_dir: Path, profile: str, overrides: list[str]) -> dict[str,
     m = run.data.metrics
     epochs = client.get_metric_history(run.info.run_id, "train_images_per_second")
     return {
-        "config": {k: v for k, v in run.data.params.items()
-                   if k.startswith(("model.", "train.epochs", "train.batch", "train.freeze"))},
+        "config": {
+            k: v
+            for k, v in run.data.params.items()
+            if k.startswith(("model.", "train.epochs", "train.batch", "train.freeze"))
+        },
         "test_accuracy": m["test_accuracy"],
         "test_macro_f1": m["test_macro_f1"],
-        "test_recall": {k.removeprefix("test_recall_"): v for k, v in m.items()
-                        if k.startswith("test_recall_")},
+        "test_recall": {
+            k.removeprefix("test_recall_"): v for k, v in m.items() if k.startswith("test_recall_")
+        },
         "best_val_macro_f1": m["best_val_macro_f1"],
         "train_images_per_second": m["train_images_per_second_avg"],
         "train_images_per_second_per_epoch": [round(e.value, 1) for e in epochs],
@@ -148,22 +152,31 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="default: a fresh temporary folder")
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="default: a fresh temporary folder"
+    )
     args = parser.parse_args()
 
     env = dict(os.environ)
     if "GARBAGE_DATA_SOURCE" not in env and DEV_ARCHIVE.is_file():
         env.update(GARBAGE_DATA_SOURCE=str(DEV_ARCHIVE), GARBAGE_DATA_SHA256=DEV_ARCHIVE_SHA256)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-train-"))
-    command = [str(REPO / ".venv" / "bin" / "garbage"), "pipeline", "run",
-               "--profile", args.profile, "--set", f"work_dir={work_dir}",
-               *[a for o in args.overrides for a in ("--set", o)]]
+    command = [
+        str(REPO / ".venv" / "bin" / "garbage"),
+        "pipeline",
+        "run",
+        "--profile",
+        args.profile,
+        "--set",
+        f"work_dir={work_dir}",
+        *[a for o in args.overrides for a in ("--set", o)],
+    ]
     machine = describe_machine(("torch", "torchvision", "timm", "kfp", "mlflow", "onnxruntime"))
     print("running:", " ".join(command), flush=True)
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
     sampler = MemorySampler(process.pid)
     sampler.start()
     log_lines = []
@@ -191,7 +204,8 @@ def main() -> int:
         met[f"pipeline <= {targets['minutes']} min"] = wall <= targets["minutes"] * 60
     if "test_accuracy" in targets:
         met[f"test accuracy >= {targets['test_accuracy']:.0%}"] = (
-            metrics["test_accuracy"] >= targets["test_accuracy"])
+            metrics["test_accuracy"] >= targets["test_accuracy"]
+        )
     report = {
         "profile": args.profile,
         "date": datetime.now().isoformat(timespec="seconds"),

@@ -1,7 +1,8 @@
 """The one configuration schema of the project (pydantic), with YAML loading and overrides.
 
 A config is validated once, where it enters the system (the CLI, a pipeline's first step), and
-travels as JSON from there: every KFP component re-creates it with :func:`Config.model_validate_json`.
+travels as JSON from there: every KFP component re-creates it with
+:func:`Config.model_validate_json`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TRASHNET_URL = "https://github.com/lightb0x/trashnet-resize/raw/master/dataset-resized-rgb-112.tar.gz"
+TRASHNET_URL = (
+    "https://github.com/lightb0x/trashnet-resize/raw/master/dataset-resized-rgb-112.tar.gz"
+)
 TRASHNET_SHA256 = "6444483a2a5b9c595b500034ecadf4dc07df97f7c572aff0344f7beb42d83c76"
 TRASHNET_CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -109,10 +112,13 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     warmup_epochs: int = Field(1, ge=0)
     freeze_stages: int = Field(
-        0, ge=0, le=7, description="Backbone stages (after the stem) kept frozen: faster on CPU.")
+        0, ge=0, le=7, description="Backbone stages (after the stem) kept frozen: faster on CPU."
+    )
     channels_last: bool = Field(True, description="channels-last memory format (faster convs).")
     num_workers: int = Field(1, ge=0)
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default: all cores.")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; default: all cores."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: bool = True
     seed: int = 42
@@ -236,7 +242,9 @@ def load_config(
         except (OSError, yaml.YAMLError) as e:
             raise ConfigError(f"cannot read config file {path}: {e}") from e
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"config file {path} must hold a mapping, got {type(loaded).__name__}"
+            )
         tree = _deep_merge(tree, loaded)
     env_map = {
         ENV_DATA_SOURCE: ("data", "source"),

@@ -1,4 +1,4 @@
-"""Publish a model as a KServe InferenceService: create or patch, wait for Ready, roll back on failure.
+"""Publish a model as a KServe InferenceService: create or patch, wait for Ready, roll back.
 
 The InferenceService runs the project's serving image through the ``garbage-onnx`` ServingRuntime
 (``manifests/base/serving``); the model comes from object storage through ``storageUri``. A deploy
@@ -35,13 +35,27 @@ SERVICE_ACCOUNT = "garbage-serving"
 FIELD_MANAGER = "garbage-deploy"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 SERVERLESS_MODES = ("Serverless", "Knative")
-STORAGE_SCHEMES = ("s3://", "gs://", "pvc://", "https://", "http://", "hdfs://", "webhdfs://",
-                   "oci://")
+STORAGE_SCHEMES = (
+    "s3://",
+    "gs://",
+    "pvc://",
+    "https://",
+    "http://",
+    "hdfs://",
+    "webhdfs://",
+    "oci://",
+)
 DEPLOYED_BY_ANNOTATION = "garbage-classifier/deployed-model"
 # modelStatus.transitionStatus values after which waiting longer cannot help.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
-FAILED_CONDITION_REASONS = ("RevisionFailed", "RevisionMissing", "ContainerMissing",
-                            "ServingRuntimeNotFound", "NoSupportingRuntime", "InvalidSpec")
+FAILED_CONDITION_REASONS = (
+    "RevisionFailed",
+    "RevisionMissing",
+    "ContainerMissing",
+    "ServingRuntimeNotFound",
+    "NoSupportingRuntime",
+    "InvalidSpec",
+)
 
 
 class DeployError(RuntimeError):
@@ -78,12 +92,14 @@ def validate_storage_uri(uri: str) -> str:
             f"storage URI {uri!r} is not one KServe can download; use one of "
             f"{', '.join(s.rstrip(':/') for s in STORAGE_SCHEMES)} (for example "
             "s3://mlflow/artifacts/1/models/m-123/artifacts), or an MLflow models:/ or runs:/ URI "
-            "together with the tracking server so it can be resolved")
+            "together with the tracking server so it can be resolved"
+        )
     return uri
 
 
-def resolve_storage_uri(model_uri: str, tracking_uri: str | None = None,
-                        artifacts_destination: str | None = None) -> str:
+def resolve_storage_uri(
+    model_uri: str, tracking_uri: str | None = None, artifacts_destination: str | None = None
+) -> str:
     """Turn an MLflow ``models:/`` or ``runs:/`` URI into the object-storage URI of its files.
 
     Storage URIs (``s3://`` ...) come back unchanged. An MLflow server that proxies artifacts
@@ -110,15 +126,17 @@ def resolve_storage_uri(model_uri: str, tracking_uri: str | None = None,
             else:
                 underlying = RunsArtifactRepository.get_underlying_uri(model_uri)
         except MlflowException as e:
-            raise DeployError(f"cannot resolve {model_uri} through MLflow at "
-                              f"{mlflow.get_tracking_uri()}: {e}") from e
+            raise DeployError(
+                f"cannot resolve {model_uri} through MLflow at {mlflow.get_tracking_uri()}: {e}"
+            ) from e
         return resolve_storage_uri(underlying, tracking_uri, artifacts_destination)
     if model_uri.startswith("mlflow-artifacts:"):
         if not artifacts_destination:
             raise DeployError(
                 f"{model_uri} is served through the MLflow server's artifact proxy; pass the "
                 "server's --artifacts-destination (e.g. s3://mlflow/artifacts) so it can be "
-                "mapped to a bucket KServe can read")
+                "mapped to a bucket KServe can read"
+            )
         from urllib.parse import urlparse
 
         path = urlparse(model_uri).path.lstrip("/")  # also mlflow-artifacts://host:port/PATH
@@ -126,9 +144,13 @@ def resolve_storage_uri(model_uri: str, tracking_uri: str | None = None,
     return validate_storage_uri(model_uri)
 
 
-def build_inference_service(name: str, namespace: str, storage_uri: str,
-                            canary_percent: int | None = None,
-                            service_account: str = SERVICE_ACCOUNT) -> dict[str, Any]:
+def build_inference_service(
+    name: str,
+    namespace: str,
+    storage_uri: str,
+    canary_percent: int | None = None,
+    service_account: str = SERVICE_ACCOUNT,
+) -> dict[str, Any]:
     """A minimal InferenceService for ``storage_uri``, used when none exists yet.
 
     The manifests (``manifests/overlays/*``) define the full one (resources, GPUs, replicas,
@@ -142,8 +164,10 @@ def build_inference_service(name: str, namespace: str, storage_uri: str,
             "modelFormat": {"name": MODEL_FORMAT},
             "runtime": RUNTIME,
             "storageUri": storage_uri,
-            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
-                          "limits": {"cpu": "2", "memory": "2Gi"}},
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "2", "memory": "2Gi"},
+            },
         },
     }
     if canary_percent is not None:
@@ -151,10 +175,15 @@ def build_inference_service(name: str, namespace: str, storage_uri: str,
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/name": name,
-                                "app.kubernetes.io/part-of": "garbage-classifier"},
-                     "annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                "app.kubernetes.io/name": name,
+                "app.kubernetes.io/part-of": "garbage-classifier",
+            },
+            "annotations": {DEPLOYED_BY_ANNOTATION: storage_uri},
+        },
         "spec": {"predictor": predictor},
     }
 
@@ -177,16 +206,27 @@ def readiness(isvc: dict[str, Any]) -> tuple[str, str]:
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
     for kind in ("PredictorReady", "Ready", "PredictorConfigurationReady"):
         condition = conditions.get(kind) or {}
-        if condition.get("status") == "False" and condition.get("reason") in FAILED_CONDITION_REASONS:
+        if (
+            condition.get("status") == "False"
+            and condition.get("reason") in FAILED_CONDITION_REASONS
+        ):
             return "failed", f"{kind}: {condition.get('reason')}: {condition.get('message', '')}"
     if generation is not None and (observed is None or observed < generation):
-        return "pending", f"controller has not yet seen generation {generation} (observed {observed})"
+        return (
+            "pending",
+            f"controller has not yet seen generation {generation} (observed {observed})",
+        )
     ready = conditions.get("Ready") or {}
     if ready.get("status") != "True":
-        return "pending", (f"Ready is {ready.get('status', 'unknown')}"
-                           f"{': ' + ready['message'] if ready.get('message') else ''}")
+        return "pending", (
+            f"Ready is {ready.get('status', 'unknown')}"
+            f"{': ' + ready['message'] if ready.get('message') else ''}"
+        )
     predictor = (status.get("components") or {}).get("predictor") or {}
-    created, ready_rev = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+    created, ready_rev = (
+        predictor.get("latestCreatedRevision"),
+        predictor.get("latestReadyRevision"),
+    )
     if created and ready_rev and created != ready_rev:
         return "pending", f"revision {created} is not ready yet (ready: {ready_rev})"
     return "ready", "Ready"
@@ -202,9 +242,13 @@ class InferenceServiceDeployer:
         sleep: Sleeps (tests pass a fake).
     """
 
-    def __init__(self, api: Any, poll_interval_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        api: Any,
+        poll_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api = api
         self.poll_interval_s = poll_interval_s
         self._clock = clock
@@ -228,10 +272,12 @@ class InferenceServiceDeployer:
         meta = body["metadata"]
         try:
             return self.api.create_namespaced_custom_object(
-                GROUP, VERSION, meta["namespace"], PLURAL, body, field_manager=FIELD_MANAGER)
+                GROUP, VERSION, meta["namespace"], PLURAL, body, field_manager=FIELD_MANAGER
+            )
         except ApiException as e:
-            raise DeployError(_api_message(
-                e, f"create InferenceService {meta['namespace']}/{meta['name']}")) from e
+            raise DeployError(
+                _api_message(e, f"create InferenceService {meta['namespace']}/{meta['name']}")
+            ) from e
 
     def _patch(self, name: str, namespace: str, patch: dict[str, Any]) -> dict[str, Any]:
         from kubernetes.client.exceptions import ApiException
@@ -239,14 +285,20 @@ class InferenceServiceDeployer:
         try:
             # A JSON merge patch: only the named fields change; None deletes a field.
             return self.api.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, patch, field_manager=FIELD_MANAGER)
+                GROUP, VERSION, namespace, PLURAL, name, patch, field_manager=FIELD_MANAGER
+            )
         except ApiException as e:
             raise DeployError(_api_message(e, f"patch InferenceService {namespace}/{name}")) from e
 
     # -- operations -----------------------------------------------------------------------------
-    def deploy(self, storage_uri: str, name: str = DEFAULT_NAME,
-               namespace: str = DEFAULT_NAMESPACE, canary_percent: int | None = None,
-               timeout_s: float = 600) -> DeployResult:
+    def deploy(
+        self,
+        storage_uri: str,
+        name: str = DEFAULT_NAME,
+        namespace: str = DEFAULT_NAMESPACE,
+        canary_percent: int | None = None,
+        timeout_s: float = 600,
+    ) -> DeployResult:
         """Serve ``storage_uri`` from the InferenceService ``namespace/name``.
 
         Args:
@@ -273,37 +325,55 @@ class InferenceServiceDeployer:
             # No earlier revision, so all traffic goes to this one: no canary on a first deploy.
             created = self._create(build_inference_service(name, namespace, storage_uri))
             try:
-                final = self.wait_ready(name, namespace, timeout_s,
-                                        after_generation=_generation(created))
+                final = self.wait_ready(
+                    name, namespace, timeout_s, after_generation=_generation(created)
+                )
             except DeployError as e:
-                raise DeployError(f"{e}; there was no earlier model to fall back to: fix the model "
-                                  f"or delete the InferenceService {namespace}/{name}") from e
+                raise DeployError(
+                    f"{e}; there was no earlier model to fall back to: fix the model "
+                    f"or delete the InferenceService {namespace}/{name}"
+                ) from e
             return DeployResult(name, namespace, storage_uri, None, True, None, _url(final))
 
         mode = ((current.get("metadata") or {}).get("annotations") or {}).get(
-            DEPLOYMENT_MODE_ANNOTATION)
+            DEPLOYMENT_MODE_ANNOTATION
+        )
         if canary_percent is not None and mode not in SERVERLESS_MODES:
             raise DeployError(
                 f"a canary needs KServe's Serverless (Knative) mode, but InferenceService "
                 f"{namespace}/{name} runs in {mode or 'the cluster default'} mode "
                 f"({DEPLOYMENT_MODE_ANNOTATION}); deploy without a canary percentage, or use the "
-                "gpu overlay, which runs Serverless")
+                "gpu overlay, which runs Serverless"
+            )
         predictor = (current.get("spec") or {}).get("predictor") or {}
         model = predictor.get("model") or {}
         previous_uri = model.get("storageUri")
         previous_canary = predictor.get("canaryTrafficPercent")
-        if previous_uri == storage_uri and readiness(current)[0] == "ready" \
-                and previous_canary == canary_percent:
-            return DeployResult(name, namespace, storage_uri, previous_uri, False, canary_percent,
-                                _url(current))
-        patched = self._patch(name, namespace, {
-            "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
-            "spec": {"predictor": {"canaryTrafficPercent": canary_percent,
-                                   "model": {"storageUri": storage_uri}}},
-        })
+        if (
+            previous_uri == storage_uri
+            and readiness(current)[0] == "ready"
+            and previous_canary == canary_percent
+        ):
+            return DeployResult(
+                name, namespace, storage_uri, previous_uri, False, canary_percent, _url(current)
+            )
+        patched = self._patch(
+            name,
+            namespace,
+            {
+                "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
+                "spec": {
+                    "predictor": {
+                        "canaryTrafficPercent": canary_percent,
+                        "model": {"storageUri": storage_uri},
+                    }
+                },
+            },
+        )
         try:
-            final = self.wait_ready(name, namespace, timeout_s,
-                                    after_generation=_generation(patched))
+            final = self.wait_ready(
+                name, namespace, timeout_s, after_generation=_generation(patched)
+            )
         except DeployError as e:
             try:
                 self.rollback(name, namespace, previous_uri, previous_canary)
@@ -311,37 +381,56 @@ class InferenceServiceDeployer:
                 raise DeployError(
                     f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: "
                     f"{e}; rolling back to {previous_uri} failed too: {rollback_error}. Restore it "
-                    f"with: garbage deploy --model-uri {previous_uri}") from e
+                    f"with: garbage deploy --model-uri {previous_uri}"
+                ) from e
             raise DeployError(
-                f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: {e}. "
-                f"Rolled back to {previous_uri}; traffic stays on the previous revision") from e
-        return DeployResult(name, namespace, storage_uri, previous_uri, False, canary_percent,
-                            _url(final))
+                f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: "
+                f"{e}. "
+                f"Rolled back to {previous_uri}; traffic stays on the previous revision"
+            ) from e
+        return DeployResult(
+            name, namespace, storage_uri, previous_uri, False, canary_percent, _url(final)
+        )
 
-    def rollback(self, name: str, namespace: str, storage_uri: str | None,
-                 canary_percent: int | None = None) -> dict[str, Any]:
-        """Put ``storage_uri`` (the previous model) back; all traffic to it unless a canary was set."""
+    def rollback(
+        self, name: str, namespace: str, storage_uri: str | None, canary_percent: int | None = None
+    ) -> dict[str, Any]:
+        """Put ``storage_uri`` (the previous model) back; all traffic to it, unless a canary."""
         if storage_uri is None:
-            raise DeployError(f"InferenceService {namespace}/{name} had no storageUri to roll back to")
-        return self._patch(name, namespace, {
-            "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
-            "spec": {"predictor": {"canaryTrafficPercent": canary_percent,
-                                   "model": {"storageUri": storage_uri}}},
-        })
+            raise DeployError(
+                f"InferenceService {namespace}/{name} had no storageUri to roll back to"
+            )
+        return self._patch(
+            name,
+            namespace,
+            {
+                "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
+                "spec": {
+                    "predictor": {
+                        "canaryTrafficPercent": canary_percent,
+                        "model": {"storageUri": storage_uri},
+                    }
+                },
+            },
+        )
 
-    def promote(self, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE,
-                timeout_s: float = 600) -> DeployResult:
+    def promote(
+        self, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE, timeout_s: float = 600
+    ) -> DeployResult:
         """Send all traffic to the canary (drop ``canaryTrafficPercent``) and wait for Ready."""
         current = self.get(name, namespace)
         if current is None:
             raise DeployError(f"there is no InferenceService {namespace}/{name} to promote")
-        patched = self._patch(name, namespace, {"spec": {"predictor": {"canaryTrafficPercent": None}}})
+        patched = self._patch(
+            name, namespace, {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+        )
         final = self.wait_ready(name, namespace, timeout_s, after_generation=_generation(patched))
         uri = ((final.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
         return DeployResult(name, namespace, uri or "", uri, False, None, _url(final))
 
-    def wait_ready(self, name: str, namespace: str, timeout_s: float,
-                   after_generation: int | None = None) -> dict[str, Any]:
+    def wait_ready(
+        self, name: str, namespace: str, timeout_s: float, after_generation: int | None = None
+    ) -> dict[str, Any]:
         """Poll until Ready; return the InferenceService.
 
         Raises:
@@ -354,8 +443,11 @@ class InferenceServiceDeployer:
             if isvc is None:
                 raise DeployError(f"InferenceService {namespace}/{name} was deleted while waiting")
             generation = _generation(isvc)
-            if after_generation is not None and generation is not None \
-                    and generation < after_generation:
+            if (
+                after_generation is not None
+                and generation is not None
+                and generation < after_generation
+            ):
                 state, why = "pending", f"generation {generation} < {after_generation}"
             else:
                 state, why = readiness(isvc)
@@ -387,16 +479,25 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Any:
         else:
             config.load_kube_config(config_file=kubeconfig, context=context)
     except ConfigException as e:
-        raise DeployError(f"no Kubernetes credentials ({e}); set KUBECONFIG or pass --kubeconfig, "
-                          "or run inside the cluster with a service account") from e
+        raise DeployError(
+            f"no Kubernetes credentials ({e}); set KUBECONFIG or pass --kubeconfig, "
+            "or run inside the cluster with a service account"
+        ) from e
     return client.CustomObjectsApi()
 
 
-def deploy_model(model_uri: str, name: str = DEFAULT_NAME, namespace: str = DEFAULT_NAMESPACE,
-                 canary_percent: int | None = None, timeout_s: float = 600,
-                 tracking_uri: str | None = None, artifacts_destination: str | None = None,
-                 api: Any = None, poll_interval_s: float = 2.0) -> DeployResult:
-    """Resolve ``model_uri`` and deploy it (the function behind ``garbage deploy`` and the KFP step).
+def deploy_model(
+    model_uri: str,
+    name: str = DEFAULT_NAME,
+    namespace: str = DEFAULT_NAMESPACE,
+    canary_percent: int | None = None,
+    timeout_s: float = 600,
+    tracking_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    api: Any = None,
+    poll_interval_s: float = 2.0,
+) -> DeployResult:
+    """Resolve ``model_uri`` and deploy it (behind ``garbage deploy`` and the KFP deploy step).
 
     Args:
         model_uri: ``s3://...`` (or another storage URI), or an MLflow ``models:/``/``runs:/`` URI.
@@ -405,15 +506,22 @@ def deploy_model(model_uri: str, name: str = DEFAULT_NAME, namespace: str = DEFA
         canary_percent: Traffic percentage for the new revision; None for all.
         timeout_s: How long to wait for Ready.
         tracking_uri: MLflow tracking server, for MLflow URIs.
-        artifacts_destination: The MLflow server's ``--artifacts-destination``, for proxied artifacts.
+        artifacts_destination: The MLflow server's ``--artifacts-destination``, for proxied
+            artifacts.
         api: A ``CustomObjectsApi``; None connects with :func:`connect`.
         poll_interval_s: Seconds between status reads.
     """
     storage_uri = resolve_storage_uri(model_uri, tracking_uri, artifacts_destination)
-    deployer = InferenceServiceDeployer(api if api is not None else connect(),
-                                        poll_interval_s=poll_interval_s)
-    return deployer.deploy(storage_uri, name=name, namespace=namespace,
-                           canary_percent=canary_percent, timeout_s=timeout_s)
+    deployer = InferenceServiceDeployer(
+        api if api is not None else connect(), poll_interval_s=poll_interval_s
+    )
+    return deployer.deploy(
+        storage_uri,
+        name=name,
+        namespace=namespace,
+        canary_percent=canary_percent,
+        timeout_s=timeout_s,
+    )
 
 
 def _generation(isvc: dict[str, Any] | None) -> int | None:
@@ -435,8 +543,10 @@ def _api_message(error: Any, action: str) -> str:
         detail = reason
     hint = ""
     if error.status == 403:
-        hint = (" (the service account lacks RBAC for inferenceservices in this namespace: apply "
-                "manifests/base/rbac, or use the garbage-pipeline service account)")
+        hint = (
+            " (the service account lacks RBAC for inferenceservices in this namespace: apply "
+            "manifests/base/rbac, or use the garbage-pipeline service account)"
+        )
     elif error.status == 404:
         hint = " (is KServe installed, and does the namespace exist?)"
     return f"cannot {action}: HTTP {error.status} {detail}{hint}"

@@ -19,25 +19,29 @@ from components.training.train import load_checkpoint
 _GALLERY_MAX = 24
 
 
-def predict_images(checkpoint: Path, images_root: Path, paths: Sequence[str],
-                   batch_size: int = 64) -> tuple[np.ndarray, list[str]]:
+def predict_images(
+    checkpoint: Path, images_root: Path, paths: Sequence[str], batch_size: int = 64
+) -> tuple[np.ndarray, list[str]]:
     """Probabilities ``[N, C]`` of the checkpoint on the listed images, and its class names."""
     model, state = load_checkpoint(checkpoint)
     height, width = state["image_height"], state["image_width"]
     outputs = []
     with torch.no_grad():
         for start in range(0, len(paths), batch_size):
-            pixels = np.stack([
-                to_model_input(decode_image((images_root / p).read_bytes()), height, width)
-                for p in paths[start : start + batch_size]
-            ])
+            pixels = np.stack(
+                [
+                    to_model_input(decode_image((images_root / p).read_bytes()), height, width)
+                    for p in paths[start : start + batch_size]
+                ]
+            )
             outputs.append(torch.softmax(model(torch.from_numpy(pixels)), dim=1).numpy())
     probabilities = np.concatenate(outputs) if outputs else np.zeros((0, len(state["classes"])))
     return probabilities, list(state["classes"])
 
 
-def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path,
-                          title: str = "Confusion matrix (test)") -> Path:
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: Path, title: str = "Confusion matrix (test)"
+) -> Path:
     """Save a labelled confusion-matrix heat map (counts, row-normalised colours) as PNG."""
     import matplotlib
 
@@ -56,8 +60,15 @@ def plot_confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path
     ax.set_title(title)
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if shares[i, j] > 0.5 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if shares[i, j] > 0.5 else "black",
+                fontsize=9,
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
     fig.savefig(path)
@@ -112,8 +123,9 @@ def render_html(metrics: dict[str, Any], confusion_png: Path, gallery_png: Path)
     )
 
 
-def evaluate_checkpoint(checkpoint: Path, images_root: Path, manifest: pd.DataFrame,
-                        out_dir: Path, split: str = "test") -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: Path, images_root: Path, manifest: pd.DataFrame, out_dir: Path, split: str = "test"
+) -> dict[str, Any]:
     """Evaluate on one split of the manifest and write the report files into ``out_dir``.
 
     Writes ``metrics.json``, ``predictions.csv``, ``confusion_matrix.png``, ``misclassified.png``
@@ -134,12 +146,17 @@ def evaluate_checkpoint(checkpoint: Path, images_root: Path, manifest: pd.DataFr
     metrics["num_images"] = len(rows)
     metrics["classes"] = classes
     predictions = rows[["path", "label", "sha256"]].assign(
-        predicted=[classes[i] for i in predicted], score=probabilities.max(axis=1))
+        predicted=[classes[i] for i in predicted], score=probabilities.max(axis=1)
+    )
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    confusion = plot_confusion_matrix(np.array(metrics["confusion_matrix"]), classes,
-                                      out_dir / "confusion_matrix.png")
-    gallery = plot_misclassified(images_root, predictions[predictions["label"] != predictions["predicted"]],
-                                 out_dir / "misclassified.png")
+    confusion = plot_confusion_matrix(
+        np.array(metrics["confusion_matrix"]), classes, out_dir / "confusion_matrix.png"
+    )
+    gallery = plot_misclassified(
+        images_root,
+        predictions[predictions["label"] != predictions["predicted"]],
+        out_dir / "misclassified.png",
+    )
     (out_dir / "report.html").write_text(render_html(metrics, confusion, gallery))
     return metrics

@@ -78,8 +78,11 @@ def export_onnx(
         str(model_path),
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_LOGITS, OUTPUT_PROBABILITIES],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_LOGITS: {0: "batch"},
-                      OUTPUT_PROBABILITIES: {0: "batch"}},
+        dynamic_axes={
+            INPUT_NAME: {0: "batch"},
+            OUTPUT_LOGITS: {0: "batch"},
+            OUTPUT_PROBABILITIES: {0: "batch"},
+        },
         opset_version=OPSET,
         dynamo=False,
     )
@@ -89,7 +92,7 @@ def export_onnx(
         "image_height": height,
         "image_width": width,
         "input": f"{INPUT_NAME}: uint8 [batch, {height}, {width}, 3], RGB, resized with "
-                 "components.preprocessing (PIL bilinear); normalisation is inside the graph",
+        "components.preprocessing (PIL bilinear); normalisation is inside the graph",
         "outputs": [OUTPUT_LOGITS, OUTPUT_PROBABILITIES],
         "norm_mean": state["norm_mean"],
         "norm_std": state["norm_std"],

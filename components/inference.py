@@ -48,7 +48,7 @@ class Prediction:
 
 
 def find_model_file(location: Path) -> Path:
-    """Return ``model.onnx`` in ``location`` or in one of its sub-folders (MLflow, KServe layouts)."""
+    """Return ``model.onnx`` in ``location`` or in a sub-folder of it (MLflow, KServe layouts)."""
     location = Path(location)
     if location.is_file() and location.suffix == ".onnx":
         return location
@@ -104,8 +104,9 @@ class OnnxClassifier:
         self.model_file = Path(model_file)
 
     @classmethod
-    def load(cls, location: Path, device: str = "auto", intra_op_threads: int | None = None
-             ) -> OnnxClassifier:
+    def load(
+        cls, location: Path, device: str = "auto", intra_op_threads: int | None = None
+    ) -> OnnxClassifier:
         """Load from a model folder, an MLflow artifact folder or an ``.onnx`` file."""
         return cls(find_model_file(location), device=device, intra_op_threads=intra_op_threads)
 

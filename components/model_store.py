@@ -1,4 +1,4 @@
-"""Resolve a model URI (local folder, KServe's /mnt/models, MLflow ``models:/``/``runs:/``) to a folder."""
+"""Resolve a model URI (folder, KServe's /mnt/models, MLflow ``models:/``, ``runs:/``) locally."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def resolve_model_dir(uri: str | None, config: Config) -> Path:
     if uri.startswith(MLFLOW_SCHEMES):
         from components.registry import RegistryError, download_model
 
-        cache = config.work_dir / "models" / uri.replace(":/", "_").replace("/", "_").replace("@", "_")
+        cache = (
+            config.work_dir / "models" / uri.replace(":/", "_").replace("/", "_").replace("@", "_")
+        )
         try:
             # An alias can move: download every time rather than trust the cache.
             local = download_model(uri, config, dst=cache)

@@ -55,7 +55,7 @@ def decode_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as e:
         raise InvalidImageError(
             f"the bytes are not an image in a known format (allowed: {', '.join(allowed_formats)})",
@@ -73,7 +73,8 @@ def decode_image(
     width, height = image.size
     if width * height > max_pixels:
         raise InvalidImageError(
-            f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+            f"the image is {width}x{height} = {width * height} pixels, "
+            f"over the limit of {max_pixels}",
             "too_large",
         )
     try:
@@ -110,4 +111,6 @@ def resize_array(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bring a ``uint8`` ``[h, w, 3]`` array to the model's input size with the same resampling."""
     if pixels.shape[:2] == (height, width):
         return np.ascontiguousarray(pixels, dtype=np.uint8)
-    return to_model_input(Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)), height, width)
+    return to_model_input(
+        Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)), height, width
+    )

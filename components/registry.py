@@ -1,4 +1,4 @@
-"""MLflow tracking and model registry: the embedded store, model registration, the promotion gate."""
+"""MLflow tracking and model registry: the embedded store, registration, the promotion gate."""
 
 from __future__ import annotations
 
@@ -58,8 +58,12 @@ def configure_tracking(config: Config) -> str:
 
 
 def decide_promotion(
-    metric: str, candidate: float, champion: float | None, min_improvement: float,
-    min_metric: float = 0.0, champion_version: str | None = None,
+    metric: str,
+    candidate: float,
+    champion: float | None,
+    min_improvement: float,
+    min_metric: float = 0.0,
+    champion_version: str | None = None,
 ) -> GateDecision:
     """The promotion rule, as a pure function.
 
@@ -67,23 +71,50 @@ def decide_promotion(
     the same test set by more than ``min_improvement``; never when it is below ``min_metric``.
     """
     if candidate < min_metric:
-        return GateDecision(False, f"candidate {metric} {candidate:.4f} is below the floor "
-                            f"{min_metric:.4f}", metric, candidate, champion, champion_version)
+        return GateDecision(
+            False,
+            f"candidate {metric} {candidate:.4f} is below the floor {min_metric:.4f}",
+            metric,
+            candidate,
+            champion,
+            champion_version,
+        )
     if champion is None:
-        return GateDecision(True, f"no champion yet; candidate {metric} {candidate:.4f} becomes "
-                            "champion", metric, candidate, None, None)
+        return GateDecision(
+            True,
+            f"no champion yet; candidate {metric} {candidate:.4f} becomes champion",
+            metric,
+            candidate,
+            None,
+            None,
+        )
     gain = candidate - champion
     if gain > min_improvement:
-        return GateDecision(True, f"candidate {metric} {candidate:.4f} beats champion v"
-                            f"{champion_version} ({champion:.4f}) by {gain:+.4f} > "
-                            f"{min_improvement:.4f}", metric, candidate, champion, champion_version)
-    return GateDecision(False, f"candidate {metric} {candidate:.4f} does not beat champion v"
-                        f"{champion_version} ({champion:.4f}) by more than {min_improvement:.4f} "
-                        f"(gain {gain:+.4f}); the champion stays", metric, candidate, champion,
-                        champion_version)
+        return GateDecision(
+            True,
+            f"candidate {metric} {candidate:.4f} beats champion v"
+            f"{champion_version} ({champion:.4f}) by {gain:+.4f} > "
+            f"{min_improvement:.4f}",
+            metric,
+            candidate,
+            champion,
+            champion_version,
+        )
+    return GateDecision(
+        False,
+        f"candidate {metric} {candidate:.4f} does not beat champion v"
+        f"{champion_version} ({champion:.4f}) by more than {min_improvement:.4f} "
+        f"(gain {gain:+.4f}); the champion stays",
+        metric,
+        candidate,
+        champion,
+        champion_version,
+    )
 
 
-def log_onnx_model(export_dir: Path, metadata: dict[str, Any], reference: Path | None = None) -> str:
+def log_onnx_model(
+    export_dir: Path, metadata: dict[str, Any], reference: Path | None = None
+) -> str:
     """Log the exported model (ONNX flavour) to the active run; return its model URI.
 
     ``metadata.json`` and, when given, the monitoring reference profile (``reference/``) are
@@ -119,8 +150,11 @@ def champion_version(config: Config) -> str | None:
     """The version that holds the champion alias, or None when there is none."""
     client = MlflowClient()
     try:
-        return str(client.get_model_version_by_alias(
-            config.registry.model_name, config.registry.champion_alias).version)
+        return str(
+            client.get_model_version_by_alias(
+                config.registry.model_name, config.registry.champion_alias
+            ).version
+        )
     except MlflowException:
         return None
 
@@ -136,7 +170,8 @@ def set_champion(config: Config, version: str, decision: GateDecision) -> None:
 def record_decision(config: Config, version: str, decision: GateDecision) -> None:
     """Tag the candidate version with the gate's decision (also when it was not promoted)."""
     MlflowClient().set_model_version_tag(
-        config.registry.model_name, version, "gate_decision", decision.reason)
+        config.registry.model_name, version, "gate_decision", decision.reason
+    )
 
 
 def champion_uri(config: Config) -> str:
@@ -149,7 +184,8 @@ def download_model(uri: str, config: Config, dst: Path | None = None) -> Path:
     configure_tracking(config)
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri, dst_path=str(dst) if dst else None)
+            artifact_uri=uri, dst_path=str(dst) if dst else None
+        )
     except MlflowException as e:
         raise RegistryError(f"cannot download {uri} from {config.mlflow_tracking_uri}: {e}") from e
     return Path(local)

@@ -66,8 +66,9 @@ def manifest_items(manifest: pd.DataFrame, split: str, classes: list[str]) -> li
     return [(p, index[label]) for p, label in zip(rows["path"], rows["label"], strict=True)]
 
 
-def train_step(config: Config, images_dir: Path, manifest_csv: Path, out_dir: Path,
-               run_name: str | None = None) -> dict[str, Any]:
+def train_step(
+    config: Config, images_dir: Path, manifest_csv: Path, out_dir: Path, run_name: str | None = None
+) -> dict[str, Any]:
     """Train with MLflow tracking; write ``best.pt`` and ``history.json`` into ``out_dir``.
 
     Returns:
@@ -87,7 +88,8 @@ def train_step(config: Config, images_dir: Path, manifest_csv: Path, out_dir: Pa
         mlflow.log_artifact(str(manifest_csv), "data")
         mlflow.set_tags({"data.sha256": config.data.sha256, "data.source": config.data.source})
         result = train_model(
-            config, images_dir,
+            config,
+            images_dir,
             manifest_items(manifest, "train", config.data.classes),
             manifest_items(manifest, "val", config.data.classes),
             out_dir,
@@ -101,16 +103,26 @@ def train_step(config: Config, images_dir: Path, manifest_csv: Path, out_dir: Pa
             "train_images_per_second": result.train_images_per_second,
             "train_seconds": result.seconds,
         }
-        mlflow.log_metrics({"best_val_macro_f1": result.best_val_macro_f1,
-                            "train_images_per_second_avg": result.train_images_per_second})
+        mlflow.log_metrics(
+            {
+                "best_val_macro_f1": result.best_val_macro_f1,
+                "train_images_per_second_avg": result.train_images_per_second,
+            }
+        )
         mlflow.set_tag("device", result.device)
         (out_dir / "history.json").write_text(json.dumps(result.history, indent=2))
         (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def evaluate_step(config: Config, checkpoint: Path, images_dir: Path, manifest_csv: Path,
-                  out_dir: Path, run_id: str) -> dict[str, Any]:
+def evaluate_step(
+    config: Config,
+    checkpoint: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
     """Evaluate the checkpoint on the test split and log the metrics and plots to the run."""
     import mlflow
 
@@ -129,8 +141,14 @@ def evaluate_step(config: Config, checkpoint: Path, images_dir: Path, manifest_c
     return metrics
 
 
-def export_step(config: Config, checkpoint: Path, images_dir: Path, manifest_csv: Path,
-                out_dir: Path, run_id: str) -> dict[str, Any]:
+def export_step(
+    config: Config,
+    checkpoint: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
     """Export to ONNX, checking parity on random and real test images."""
     import mlflow
 
@@ -142,16 +160,18 @@ def export_step(config: Config, checkpoint: Path, images_dir: Path, manifest_csv
     sample = manifest[manifest["split"] == "test"]["path"].head(16)
     h, w = config.model.image_height, config.model.image_width
     parity = [to_model_input(decode_image((images_dir / p).read_bytes()), h, w) for p in sample]
-    metadata = export_onnx(checkpoint, out_dir, parity, {"mlflow_run_id": run_id,
-                                                         "data_sha256": config.data.sha256})
+    metadata = export_onnx(
+        checkpoint, out_dir, parity, {"mlflow_run_id": run_id, "data_sha256": config.data.sha256}
+    )
     configure_tracking(config)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metric("onnx_parity_max_abs_diff", metadata["parity_max_abs_diff"])
     return metadata
 
 
-def score_on_split(classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
-                   ) -> dict[str, Any]:
+def score_on_split(
+    classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
+) -> dict[str, Any]:
     """Metrics of an :class:`~components.inference.OnnxClassifier` on one split of the manifest."""
     from components.metrics import classification_metrics
 
@@ -161,12 +181,22 @@ def score_on_split(classifier: Any, images_dir: Path, manifest: pd.DataFrame, sp
     unknown = set(rows["label"]) - set(index)
     if unknown:
         raise ValueError(f"the model does not know the classes {sorted(unknown)}")
-    return classification_metrics([index[label] for label in rows["label"]],
-                                  [index[p.label] for p in predictions], classifier.classes)
+    return classification_metrics(
+        [index[label] for label in rows["label"]],
+        [index[p.label] for p in predictions],
+        classifier.classes,
+    )
 
 
-def register_step(config: Config, export_dir: Path, images_dir: Path, manifest_csv: Path,
-                  out_dir: Path, run_id: str, reference: Path | None = None) -> dict[str, Any]:
+def register_step(
+    config: Config,
+    export_dir: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+    reference: Path | None = None,
+) -> dict[str, Any]:
     """Register the exported model and move the champion alias if it passes the gate.
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
@@ -199,36 +229,55 @@ def register_step(config: Config, export_dir: Path, images_dir: Path, manifest_c
     champion_score = None
     note = ""
     if previous is not None:
-        champion = OnnxClassifier.load(resolve_model_dir(champion_uri(config), config), device="cpu")
+        champion = OnnxClassifier.load(
+            resolve_model_dir(champion_uri(config), config), device="cpu"
+        )
         if champion.classes == config.data.classes:
             champion_score = score_on_split(champion, images_dir, manifest)[metric]
         else:
-            note = f" (champion v{previous} predicts other classes {champion.classes}; not comparable)"
-    decision = decide_promotion(metric, candidate[metric], champion_score,
-                                config.registry.min_improvement, config.registry.min_metric,
-                                previous)
+            note = (
+                f" (champion v{previous} predicts other classes {champion.classes}; not comparable)"
+            )
+    decision = decide_promotion(
+        metric,
+        candidate[metric],
+        champion_score,
+        config.registry.min_improvement,
+        config.registry.min_metric,
+        previous,
+    )
     metadata = json.loads((export_dir / "metadata.json").read_text())
     with mlflow.start_run(run_id=run_id):
         model_uri = log_onnx_model(export_dir, metadata, reference)
-        version = register_model(config, model_uri, {
-            "run_id": run_id,
-            "data_sha256": config.data.sha256,
-            f"test_{metric}": f"{candidate[metric]:.4f}",
-            "test_accuracy": f"{candidate['accuracy']:.4f}",
-        })
+        version = register_model(
+            config,
+            model_uri,
+            {
+                "run_id": run_id,
+                "data_sha256": config.data.sha256,
+                f"test_{metric}": f"{candidate[metric]:.4f}",
+                "test_accuracy": f"{candidate['accuracy']:.4f}",
+            },
+        )
         record_decision(config, version, decision)
         if decision.promote:
             set_champion(config, version, decision)
         mlflow.log_dict(decision.to_dict(), "gate/decision.json")
         mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
-    result = {**decision.to_dict(), "reason": decision.reason + note, "version": version,
-              "model_name": config.registry.model_name, "model_uri": model_uri,
-              "champion_uri": champion_uri(config)}
+    result = {
+        **decision.to_dict(),
+        "reason": decision.reason + note,
+        "version": version,
+        "model_name": config.registry.model_name,
+        "model_uri": model_uri,
+        "champion_uri": champion_uri(config),
+    }
     (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
     verdict = "promoted to champion" if decision.promote else "not promoted"
     (out_dir / "decision.md").write_text(
         f"# Promotion gate: version {version} {verdict}\n\n{result['reason']}\n\n"
         f"| | {metric} on this test set |\n| --- | ---: |\n| candidate v{version} | "
         f"{candidate[metric]:.4f} |\n| champion {('v' + previous) if previous else '(none)'} | "
-        f"{'-' if champion_score is None else f'{champion_score:.4f}'} |\n")
+        f"{'-' if champion_score is None else f'{champion_score:.4f}'} |\n"
+    )
     return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import pandas as pd
 
@@ -27,7 +28,7 @@ def parse_window(text: str) -> timedelta:
     return timedelta(**{_UNIT[match.group(2).lower()]: value})
 
 
-def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, object]:
+def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy and per-class recall over the rows of ``frame`` that carry a true label.
 
     Args:

@@ -124,7 +124,7 @@ def collector(
     ] = "1h,24h",
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
 ) -> None:
-    """Run the monitoring collector: KServe payload-logger CloudEvents in, features and labels stored."""
+    """Run the monitoring collector: payload-logger CloudEvents in, features and labels stored."""
     import uvicorn
 
     from monitoring.accuracy import parse_window

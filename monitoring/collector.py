@@ -1,4 +1,4 @@
-"""The collector: an HTTP service that receives KServe payload-logger CloudEvents and label feedback.
+"""The collector: an HTTP service receiving KServe payload-logger CloudEvents and label feedback.
 
 Endpoints:
     ``POST /events``: CloudEvents (binary, structured or batched). A request event has its images
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -49,7 +49,9 @@ class Feedback(BaseModel):
     item: int = Field(0, ge=0, description="The image's position in a batched request.")
 
 
-def extract_item(item: ImageItem, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, object]:
+def extract_item(
+    item: ImageItem, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Mapping[str, float | str]:
     """Features of one request image, or ``{"feature_error": reason}`` when it cannot be read."""
     if item.error:
         return {"feature_error": item.error}
@@ -208,8 +210,9 @@ def create_app(
             missing = ", ".join(f"{r['inference_id']}[{r['item']}]" for r in results)
             raise HTTPException(
                 404,
-                f"no logged prediction for {missing}; feedback must name the ce-id (request id) of a "
-                "logged inference and the image's position in its batch. If the inference is recent, "
+                f"no logged prediction for {missing}; feedback must name the ce-id (request id) "
+                "of a logged inference and the image's position in its batch. If the inference "
+                "is recent, "
                 "its events may still be on the way: retry in a few seconds",
             )
         return JSONResponse({"matched": sum(r["matched"] for r in results), "results": results})
@@ -239,7 +242,7 @@ def create_app(
     async def readyz() -> JSONResponse:
         try:
             rows = await run_in_threadpool(store.count)
-        except Exception as e:  # any driver error means not ready  # noqa: BLE001
+        except Exception as e:  # any driver error means not ready
             return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503)
         return JSONResponse({"status": "ready", "rows": rows})
 

@@ -110,7 +110,7 @@ def _walk(value: Any, schema: Any, path: str, problems: list[str]) -> None:
             _walk(item, schema[0], f"{path}[{i}]", problems)
         return
     wanted = schema if isinstance(schema, tuple) else (schema,)
-    if isinstance(value, bool) and bool not in wanted or not isinstance(value, wanted):
+    if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
         names = "/".join(t.__name__ for t in wanted)
         problems.append(f"{path}: expected {names}, got {type(value).__name__} {value!r}")
 

@@ -29,11 +29,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from monitoring.accuracy import live_accuracy
 from monitoring.features import EMBEDDING_COLUMNS, FEATURE_COLUMNS
+
+if TYPE_CHECKING:
+    from evidently import Report
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +351,7 @@ def compute_drift(
     )
 
 
-def _evidently_report(settings: DriftSettings, monitored: list[str], has_class: bool):
+def _evidently_report(settings: DriftSettings, monitored: list[str], has_class: bool) -> Report:
     from evidently import Report
     from evidently.metrics import DriftedColumnsCount, ValueDrift
     from evidently.presets import DataDriftPreset

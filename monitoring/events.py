@@ -1,4 +1,4 @@
-"""CloudEvents as KServe's payload logger sends them: parse HTTP requests into :class:`InferenceEvent`.
+"""CloudEvents as KServe's payload logger sends them, parsed into :class:`InferenceEvent`.
 
 KServe's logger (``pkg/logger`` in the KServe repository) posts one event per request and one per
 response, in CloudEvents 1.0 *binary* mode: the payload is the HTTP body unchanged and the context
@@ -134,20 +134,22 @@ def _build(
     event_type = str(attributes["type"])
     if event_type not in EVENT_TYPES:
         raise CloudEventError(
-            f"unsupported event type {event_type!r}; this collector takes {REQUEST_TYPE} and {RESPONSE_TYPE}"
+            f"unsupported event type {event_type!r}; "
+            f"this collector takes {REQUEST_TYPE} and {RESPONSE_TYPE}"
         )
     inference_id = str(attributes["id"]).strip()
     if len(inference_id) > MAX_ID_LENGTH:
         raise CloudEventError(
             f"ce-id is {len(inference_id)} characters long; at most {MAX_ID_LENGTH}"
         )
+    raw_metadata, raw_annotations = attributes.get("metadata"), attributes.get("annotations")
     metadata = {
-        "metadata": _json_object(attributes.get("metadata"))
-        if isinstance(attributes.get("metadata"), str)
-        else attributes.get("metadata") or {},
-        "annotations": _json_object(attributes.get("annotations"))
-        if isinstance(attributes.get("annotations"), str)
-        else attributes.get("annotations") or {},
+        "metadata": _json_object(raw_metadata)
+        if isinstance(raw_metadata, str)
+        else raw_metadata or {},
+        "annotations": _json_object(raw_annotations)
+        if isinstance(raw_annotations, str)
+        else raw_annotations or {},
     }
     return InferenceEvent(
         inference_id=inference_id,

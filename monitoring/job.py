@@ -60,7 +60,7 @@ def features_from_folder(
             unreadable += 1
             continue
         array = np.asarray(image, dtype=np.uint8)
-        row: dict[str, object] = pixel_features(array)
+        row: dict[str, object] = dict(pixel_features(array))
         row["path"] = str(path.relative_to(folder))
         row["true_label"] = path.parent.name if path.parent.name in classes else None
         rows.append(row)

@@ -6,7 +6,8 @@ Collector (scraped from ``/metrics``):
     ``garbage_monitoring_events_total{type,mode}``: CloudEvents accepted.
     ``garbage_monitoring_event_errors_total{reason}``: events rejected or only partly readable.
     ``garbage_monitoring_logged_images_total{status}``: images logged (``ok``/``unreadable``).
-    ``garbage_monitoring_feedback_total{result}``: label feedback (``matched``/``unknown``/``invalid``).
+    ``garbage_monitoring_feedback_total{result}``: label feedback
+    (``matched``/``unknown``/``invalid``).
     ``garbage_monitoring_feature_seconds``: time to extract one image's features.
     ``garbage_live_accuracy{window}``, ``garbage_live_recall{window,label}``,
     ``garbage_live_labelled{window}``: computed from the store at scrape time.
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -125,9 +126,9 @@ class LiveAccuracyCollector(Collector):
 
 
 def drift_registry(
-    summary: Mapping[str, object], timestamp: datetime | None = None
+    summary: Mapping[str, Any], timestamp: datetime | None = None
 ) -> CollectorRegistry:
-    """A registry holding the drift job's results (see :func:`monitoring.drift.DriftResult.summary`)."""
+    """A registry holding the drift job's results (see ``monitoring.drift.DriftResult.summary``)."""
     registry = CollectorRegistry()
 
     def gauge(

@@ -1,4 +1,4 @@
-"""Emit KServe payload-logger CloudEvents from inside a Python server (``garbage serve --logger-url``).
+"""Emit KServe payload-logger CloudEvents from a Python server (``garbage serve --logger-url``).
 
 On Kubernetes the KServe agent sidecar logs every inference. Locally there is no sidecar, so the
 model server can emit the same events itself: a request event and a response event per inference,
@@ -19,6 +19,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import numpy as np
@@ -62,7 +63,7 @@ class PayloadLogger:
         workers: int = 2,
         timeout: float = 5.0,
     ) -> None:
-        """Configure the emitter; nothing runs until :meth:`start` (or the first :meth:`log` in a loop).
+        """Configure the emitter; nothing runs until :meth:`start` (or the first :meth:`log`).
 
         Args:
             url: The collector's events endpoint, e.g. ``http://127.0.0.1:8081/events``.
@@ -78,7 +79,7 @@ class PayloadLogger:
         if queue_size < 2:
             raise ValueError("queue_size must hold at least one request and one response event")
         self.url = url
-        self.meta = {
+        self.meta: dict[str, Any] = {
             "inference_service": inference_service,
             "namespace": namespace,
             "component": component,
@@ -234,25 +235,25 @@ class CloudEventsHook:
     in the process that uses it, on first use.
     """
 
-    def __init__(self, url: str, **options: object) -> None:
+    def __init__(self, url: str, **options: Any) -> None:
         """Args: url: the collector's events endpoint; options: :class:`PayloadLogger` keywords."""
         self.url = url
         self.options = options
         self._logger: PayloadLogger | None = None
 
-    def __getstate__(self) -> dict[str, object]:
+    def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "options": self.options}
 
-    def __setstate__(self, state: dict[str, object]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.url = str(state["url"])
-        self.options = dict(state["options"])  # type: ignore[arg-type]
+        self.options = dict(state["options"])
         self._logger = None
 
     @property
     def logger(self) -> PayloadLogger:
         """The emitter of this process."""
         if self._logger is None:
-            self._logger = PayloadLogger(self.url, **self.options)  # type: ignore[arg-type]
+            self._logger = PayloadLogger(self.url, **self.options)
         return self._logger
 
     async def __call__(

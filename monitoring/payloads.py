@@ -174,13 +174,13 @@ def _v2_inputs(inputs: list[object], binary: bytes) -> list[ImageItem]:
             )
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            chunk = binary[offset : offset + int(size)]
-            if len(chunk) != int(size):
+            part = binary[offset : offset + int(size)]
+            if len(part) != int(size):
                 raise PayloadError(
                     f"input {tensor.get('name')!r} announces {size} binary bytes; fewer follow"
                 )
             offset += int(size)
-            chunks.append((tensor, chunk))
+            chunks.append((tensor, part))
         else:
             chunks.append((tensor, None))
     for tensor, chunk in chunks:
@@ -276,8 +276,12 @@ def _prediction(value: object, classes: Sequence[str]) -> PredictionItem:
         return PredictionItem(None)
     if isinstance(value, int):
         return PredictionItem(classes[value] if 0 <= value < len(classes) else str(value))
-    numbers = isinstance(value, list) and value and all(isinstance(v, int | float) for v in value)
-    if numbers and len(value) == len(classes):
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int | float) for v in value)
+        and len(value) == len(classes)
+    ):
         probabilities = {c: float(p) for c, p in zip(classes, value, strict=True)}
         label = max(probabilities, key=probabilities.__getitem__)
         return PredictionItem(label, probabilities[label], probabilities)

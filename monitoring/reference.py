@@ -52,7 +52,8 @@ def build_reference(
 
     Args:
         images_root: Folder the manifest's ``path`` column is relative to.
-        manifest: Columns ``path``, ``label``, ``sha256``, ``split`` (the pipeline's split manifest).
+        manifest: Columns ``path``, ``label``, ``sha256``, ``split`` (the pipeline's split
+            manifest).
         out_path: ``.parquet`` (recommended) or ``.csv``; a ``.json`` sidecar records provenance.
         splits: Which splits make up the reference (the data the champion learnt from).
         model_dir: Optional exported model; when given, its predicted class and score are added

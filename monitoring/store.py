@@ -1,4 +1,4 @@
-"""Storage of logged inferences: one row per image, SQLite by default, PostgreSQL by URL (SQLAlchemy).
+"""Storage of logged inferences: a row per image, SQLite by default, PostgreSQL by URL (SQLAlchemy).
 
 A row is keyed by ``(inference_id, item)``: the CloudEvent id shared by a request and its
 response, and the image's position in the batch. The request event fills the features, the
@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import (
@@ -160,8 +161,8 @@ class InferenceStore:
         """Release every pooled connection."""
         self.engine.dispose()
 
-    def _transaction(self, work) -> int:
-        """Run ``work(conn)`` in a transaction, retrying on insert races and SQLite lock timeouts."""
+    def _transaction(self, work: Callable[[Connection], int]) -> int:
+        """Run ``work(conn)`` in a transaction; retry on insert races and SQLite lock timeouts."""
         delay = 0.02
         for attempt in range(_RETRIES):
             try:
@@ -319,7 +320,7 @@ class InferenceStore:
         return len(records)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

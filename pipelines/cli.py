@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,11 +13,15 @@ from monitoring.cli import collector, drift
 from pipelines.cluster_cli import deploy, submit
 from serving.cli import serve
 
-app = typer.Typer(help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 data_app = typer.Typer(help="Fetch and validate the dataset.", no_args_is_help=True)
-pipeline_app = typer.Typer(help="Run, compile and submit the training pipeline.",
-                           no_args_is_help=True)
+pipeline_app = typer.Typer(
+    help="Run, compile and submit the training pipeline.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(pipeline_app, name="pipeline")
 app.command("serve")(serve)
@@ -27,11 +30,17 @@ app.command("drift")(drift)
 app.command("deploy")(deploy)
 pipeline_app.command("submit")(submit)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.",
-                                                   exists=True, dir_okay=False)]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file.", exists=True, dir_okay=False),
+]
 ProfileOption = Annotated[str, typer.Option(help=f"Config profile: {', '.join(PROFILES)}.")]
-SetOption = Annotated[list[str] | None, typer.Option(
-    "--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."
+    ),
+]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -52,8 +61,9 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @data_app.command("fetch")
-def data_fetch(config: ConfigOption = None, profile: ProfileOption = "default",
-               set_: SetOption = None) -> None:
+def data_fetch(
+    config: ConfigOption = None, profile: ProfileOption = "default", set_: SetOption = None
+) -> None:
     """Download (or copy) the archive, verify its sha256 and extract it into the cache."""
     from components.data.fetch import DataFetchError, fetch_dataset
 
@@ -67,14 +77,22 @@ def data_fetch(config: ConfigOption = None, profile: ProfileOption = "default",
 
 @data_app.command("validate")
 def data_validate(
-    images: Annotated[Path | None, typer.Option(help="Folder of class folders; default: fetch.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of class folders; default: fetch.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the reports go.")] = Path("work/validation"),
-    config: ConfigOption = None, profile: ProfileOption = "default", set_: SetOption = None,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    set_: SetOption = None,
 ) -> None:
     """Validate the dataset; write validation.json and validation.md; exit 1 on a hard error."""
     from components.data.fetch import DataFetchError, fetch_dataset
-    from components.data.validate import DataValidationError, raise_for_errors, validate_dataset
-    from components.data.validate import write_report
+    from components.data.validate import (
+        DataValidationError,
+        raise_for_errors,
+        validate_dataset,
+        write_report,
+    )
 
     cfg = _config(config, profile, set_)
     try:
@@ -89,8 +107,9 @@ def data_validate(
 
 
 @pipeline_app.command("run")
-def pipeline_run(config: ConfigOption = None, profile: ProfileOption = "default",
-                 set_: SetOption = None) -> None:
+def pipeline_run(
+    config: ConfigOption = None, profile: ProfileOption = "default", set_: SetOption = None
+) -> None:
     """Run the whole pipeline locally through kfp.local, tracked in MLflow."""
     from pipelines.local import run_locally
 
@@ -107,8 +126,11 @@ def pipeline_run(config: ConfigOption = None, profile: ProfileOption = "default"
 @pipeline_app.command("compile")
 def pipeline_compile(
     output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML to write.")] = Path(
-        "work/garbage-pipeline.yaml"),
-    config: ConfigOption = None, profile: ProfileOption = "gpu", set_: SetOption = None,
+        "work/garbage-pipeline.yaml"
+    ),
+    config: ConfigOption = None,
+    profile: ProfileOption = "gpu",
+    set_: SetOption = None,
 ) -> None:
     """Compile the pipeline to KFP IR YAML (the config's defaults baked in as parameters)."""
     from pipelines.training import compile_pipeline
@@ -120,11 +142,19 @@ def pipeline_compile(
 
 @app.command("predict")
 def predict(
-    paths: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    model: Annotated[str | None, typer.Option(
-        help="Model folder, .onnx file or MLflow URI; default: the registry's champion.")] = None,
+    paths: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).")
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Model folder, .onnx file or MLflow URI; default: the registry's champion."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    config: ConfigOption = None, profile: ProfileOption = "default", set_: SetOption = None,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    set_: SetOption = None,
 ) -> None:
     """Classify images; print one JSON object per image: {"path", "label", "score"}."""
     from components.inference import ModelLoadError, OnnxClassifier
@@ -136,15 +166,14 @@ def predict(
         classifier = OnnxClassifier.load(resolve_model_dir(model, cfg))
     except ModelLoadError as e:
         raise _fail(str(e)) from e
-    files, missing = expand_paths(paths, IMAGE_SUFFIXES)
-    failures = len(missing)
-    for path in missing:
-        typer.echo(json.dumps({"path": str(path), "error": "no such file or folder"}))
-    for record in predict_files(classifier, files, batch_size):
+    failures = 0
+    for record in predict_files(classifier, expand_paths(paths, IMAGE_SUFFIXES), batch_size):
         failures += "error" in record
         typer.echo(json.dumps(record))
     if failures:
-        typer.secho(f"{failures} input(s) could not be classified", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"{failures} input(s) could not be classified", fg=typer.colors.YELLOW, err=True
+        )
         raise typer.Exit(1)
 
 
@@ -154,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

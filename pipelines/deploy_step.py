@@ -1,4 +1,4 @@
-"""KFP component: publish the promoted model as the KServe InferenceService (the pipeline's last step).
+"""KFP component: publish the promoted model as the KServe InferenceService (the last step).
 
 A thin wrapper over :func:`components.deploy.deploy_model`; imports live inside the function
 because KFP ships the function's source on its own. The pod runs under the run's service account
@@ -15,10 +15,16 @@ ARTIFACTS_DESTINATION = "s3://mlflow/artifacts"
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def deploy_model(config_json: str, model_uri: str, promoted: bool,
-                 name: str = "garbage-classifier", namespace: str = "garbage-serving",
-                 canary_percent: int = 0, timeout_s: int = 600,
-                 artifacts_destination: str = ARTIFACTS_DESTINATION) -> str:
+def deploy_model(
+    config_json: str,
+    model_uri: str,
+    promoted: bool,
+    name: str = "garbage-classifier",
+    namespace: str = "garbage-serving",
+    canary_percent: int = 0,
+    timeout_s: int = 600,
+    artifacts_destination: str = ARTIFACTS_DESTINATION,
+) -> str:
     """Point the InferenceService at the new champion and wait until it is Ready.
 
     Does nothing when the gate did not promote the candidate. A new revision that does not become
@@ -47,9 +53,14 @@ def deploy_model(config_json: str, model_uri: str, promoted: bool,
         print("candidate not promoted; the serving model stays as it is")
         return ""
     config = Config.model_validate_json(config_json)
-    result = deploy(model_uri, name=name, namespace=namespace,
-                    canary_percent=canary_percent or None, timeout_s=timeout_s,
-                    tracking_uri=config.mlflow_tracking_uri,
-                    artifacts_destination=artifacts_destination or None)
+    result = deploy(
+        model_uri,
+        name=name,
+        namespace=namespace,
+        canary_percent=canary_percent or None,
+        timeout_s=timeout_s,
+        tracking_uri=config.mlflow_tracking_uri,
+        artifacts_destination=artifacts_destination or None,
+    )
     print(json.dumps(result.to_dict(), indent=2))
     return result.storage_uri

@@ -29,7 +29,10 @@ def run_locally(config: Config) -> Path:
     # Cluster-only settings (GPU, resources) and the components image are ignored by design here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
     warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+    )
     task = garbage_pipeline(config_json=config.model_dump_json())
     return Path(task.outputs["Output"].path)

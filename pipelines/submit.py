@@ -54,15 +54,19 @@ def cluster_config(config: Config, tracking_uri: str | None = None) -> Config:
     (relative to the image's working directory).
     """
     registry = config.registry.model_copy(
-        update={"tracking_uri": tracking_uri or config.registry.tracking_uri or CLUSTER_TRACKING_URI})
+        update={
+            "tracking_uri": tracking_uri or config.registry.tracking_uri or CLUSTER_TRACKING_URI
+        }
+    )
     update: dict[str, Any] = {"registry": registry}
     if config.work_dir.is_absolute():
         update["work_dir"] = Path("work")
     return config.model_copy(update=update)
 
 
-def fit_to_cpu_cluster(documents: list[dict[str, Any]], max_cpu: str = "2",
-                       max_memory: str = "6G") -> list[dict[str, Any]]:
+def fit_to_cpu_cluster(
+    documents: list[dict[str, Any]], max_cpu: str = "2", max_memory: str = "6G"
+) -> list[dict[str, Any]]:
     """A copy of compiled IR documents that schedules on a cluster without GPUs (kind, CI).
 
     Drops every accelerator request and the GPU node selectors and tolerations, and caps CPU and
@@ -87,8 +91,11 @@ def fit_to_cpu_cluster(documents: list[dict[str, Any]], max_cpu: str = "2",
         platform = ((doc.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec")
         for executor in ((platform or {}).get("executors") or {}).values():
             executor.pop("nodeSelector", None)
-            tolerations = [t for t in executor.get("tolerations") or []
-                           if not str(t.get("key", "")).startswith(GPU_RESOURCE_PREFIX)]
+            tolerations = [
+                t
+                for t in executor.get("tolerations") or []
+                if not str(t.get("key", "")).startswith(GPU_RESOURCE_PREFIX)
+            ]
             if tolerations:
                 executor["tolerations"] = tolerations
             else:
@@ -99,8 +106,9 @@ def fit_to_cpu_cluster(documents: list[dict[str, Any]], max_cpu: str = "2",
     return docs
 
 
-def compile_package(out_path: Path, cpu_only: bool = False,
-                    compile_fn: Callable[[Path], Path] | None = None) -> Path:
+def compile_package(
+    out_path: Path, cpu_only: bool = False, compile_fn: Callable[[Path], Path] | None = None
+) -> Path:
     """Compile the pipeline to ``out_path`` (fitted to a CPU cluster when ``cpu_only``)."""
     if compile_fn is None:
         from pipelines.training import compile_pipeline
@@ -116,13 +124,23 @@ def compile_package(out_path: Path, cpu_only: bool = False,
     return path
 
 
-def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPERIMENT,
-                    run_name: str | None = None, namespace: str | None = None,
-                    service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
-                    cpu_only: bool = False, package: Path | None = None,
-                    enable_caching: bool | None = None, wait: bool = False,
-                    timeout_s: float = 3600, existing_token: str | None = None,
-                    deploy: bool = True, client: Any = None) -> SubmitResult:
+def submit_pipeline(
+    host: str,
+    config: Config,
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    namespace: str | None = None,
+    service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
+    cpu_only: bool = False,
+    package: Path | None = None,
+    enable_caching: bool | None = None,
+    wait: bool = False,
+    timeout_s: float = 3600,
+    existing_token: str | None = None,
+    deploy: bool = True,
+    client: Any = None,
+) -> SubmitResult:
     """Start a run of the training pipeline on the Kubeflow Pipelines API at ``host``.
 
     Args:
@@ -166,14 +184,20 @@ def submit_pipeline(host: str, config: Config, *, experiment: str = DEFAULT_EXPE
             arguments[DEPLOY_PARAMETER] = deploy
         try:
             run = client.create_run_from_pipeline_package(
-                str(package), arguments=arguments,
-                run_name=run_name, experiment_name=experiment, namespace=namespace,
-                service_account=service_account, enable_caching=enable_caching)
+                str(package),
+                arguments=arguments,
+                run_name=run_name,
+                experiment_name=experiment,
+                namespace=namespace,
+                service_account=service_account,
+                enable_caching=enable_caching,
+            )
         except Exception as e:  # kfp_server_api.ApiException, urllib3 and auth errors
             raise SubmitError(f"Kubeflow Pipelines at {host} refused the run: {e}") from e
     run_id = str(run.run_id)
-    result = SubmitResult(run_id=run_id, run_url=f"{host.rstrip('/')}/#/runs/details/{run_id}",
-                          experiment=experiment)
+    result = SubmitResult(
+        run_id=run_id, run_url=f"{host.rstrip('/')}/#/runs/details/{run_id}", experiment=experiment
+    )
     if not wait:
         return result
     state = wait_for_run(client, run_id, timeout_s)
@@ -190,9 +214,14 @@ def pipeline_parameters(package: Path) -> set[str]:
     return set((root.get("inputDefinitions") or {}).get("parameters") or {})
 
 
-def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> str:
+def wait_for_run(
+    client: Any,
+    run_id: str,
+    timeout_s: float,
+    poll_s: float = 10.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
     """Poll the run until it reaches a final state; return the state.
 
     Raises:
@@ -209,8 +238,18 @@ def wait_for_run(client: Any, run_id: str, timeout_s: float, poll_s: float = 10.
         sleep(poll_s)
 
 
-_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3}
+_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "m": 1e-3,
+}
 
 
 def _quantity(value: str | float) -> float:

@@ -26,8 +26,9 @@ def _on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
     task.set_memory_request("16G").set_memory_limit("32G")
     kubernetes.add_node_selector(task, label_key=GPU_NODE_LABEL, label_value="true")
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
-    kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                               size_limit="8Gi")
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit="8Gi"
+    )
     return task
 
 
@@ -37,10 +38,13 @@ def _small(task: dsl.PipelineTask, memory: str = "2G") -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(name=PIPELINE_NAME,
-              description="Train, evaluate, export and register the TrashNet garbage classifier.")
-def garbage_pipeline(config_json: str, deploy_to_kserve: bool = False,
-                     canary_percent: int = 0) -> dsl.Markdown:
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Train, evaluate, export and register the TrashNet garbage classifier.",
+)
+def garbage_pipeline(
+    config_json: str, deploy_to_kserve: bool = False, canary_percent: int = 0
+) -> dsl.Markdown:
     """The pipeline.
 
     Args:
@@ -58,33 +62,35 @@ def garbage_pipeline(config_json: str, deploy_to_kserve: bool = False,
     validate.set_display_name("validate data")
     split = _small(steps.split_data(config_json=config_json, table=validate.outputs["table"]))
     split.set_display_name("split data")
-    train = _on_gpu_node(steps.train_model(config_json=config_json, images=fetch.outputs["images"],
-                                           manifest=split.outputs["manifest"]))
+    data = {"images": fetch.outputs["images"], "manifest": split.outputs["manifest"]}
+    train = _on_gpu_node(steps.train_model(config_json=config_json, **data))
     train.set_display_name("train").set_retry(1)
-    run_id = train.outputs["Output"]
-    evaluate = _small(steps.evaluate_model(
-        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
-        manifest=split.outputs["manifest"], model=train.outputs["model"]), memory="4G")
+    tracked = {"config_json": config_json, "run_id": train.outputs["Output"], **data}
+    evaluate = _small(steps.evaluate_model(model=train.outputs["model"], **tracked), memory="4G")
     evaluate.set_display_name("evaluate")
-    export = _small(steps.export_model(
-        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
-        manifest=split.outputs["manifest"], model=train.outputs["model"]), memory="4G")
+    export = _small(steps.export_model(model=train.outputs["model"], **tracked), memory="4G")
     export.set_display_name("export ONNX").after(evaluate)
-    reference = _small(steps.build_reference(
-        images=fetch.outputs["images"], manifest=split.outputs["manifest"],
-        onnx_model=export.outputs["onnx_model"]), memory="4G")
+    onnx_model = export.outputs["onnx_model"]
+    reference = _small(steps.build_reference(onnx_model=onnx_model, **data), memory="4G")
     reference.set_display_name("reference profile")
-    register = _small(steps.register_model(
-        config_json=config_json, run_id=run_id, images=fetch.outputs["images"],
-        manifest=split.outputs["manifest"], onnx_model=export.outputs["onnx_model"],
-        reference=reference.outputs["reference"]), memory="4G")
+    register = _small(
+        steps.register_model(
+            onnx_model=onnx_model, reference=reference.outputs["reference"], **tracked
+        ),
+        memory="4G",
+    )
     register.set_display_name("register and promote").set_caching_options(False)
     with dsl.If(deploy_to_kserve == True, "deploy requested"):  # noqa: E712 (a KFP condition)
         with dsl.If(register.outputs["promoted"] == True, "promoted"):  # noqa: E712
-            deploy = _small(deploy_model(config_json=config_json,
-                                         model_uri=register.outputs["model_uri"],
-                                         promoted=register.outputs["promoted"],
-                                         canary_percent=canary_percent), memory="1G")
+            deploy = _small(
+                deploy_model(
+                    config_json=config_json,
+                    model_uri=register.outputs["model_uri"],
+                    promoted=register.outputs["promoted"],
+                    canary_percent=canary_percent,
+                ),
+                memory="1G",
+            )
             deploy.set_display_name("deploy to KServe").set_caching_options(False)
     return register.outputs["decision"]
 

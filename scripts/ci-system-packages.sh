@@ -8,6 +8,6 @@ cd "$(dirname "$0")"
 ./install-postgres.sh          # PostgreSQL server binaries: monitoring storage tests
 ./install-pushgateway.sh       # Prometheus Pushgateway + promtool: drift metrics, alert rule tests
 ./container-engine-setup.sh    # podman + runc + a local Debian base image: container build test
-if ! command -v shellcheck > /dev/null; then
-  apt-get install -y -qq shellcheck > /dev/null   # kind scripts stay shellcheck-clean
+if ! command -v shellcheck > /dev/null; then    # kind scripts stay shellcheck-clean
+  apt-get update -qq && apt-get install -y -qq shellcheck > /dev/null
 fi

@@ -132,12 +132,17 @@ class GarbageClassifierModel(Model):
             self._metrics.batch_size.labels(self.name),
             self._metrics.batch_seconds.labels(self.name),
         )
+
+        def on_batch(images: int, seconds: float) -> None:
+            batch_metrics[0].observe(images)
+            batch_metrics[1].observe(seconds)
+
         self._batcher = MicroBatcher(
             classifier.predict_pixels,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             executor=self._infer_pool,
-            on_batch=lambda n, s: (batch_metrics[0].observe(n), batch_metrics[1].observe(s)),
+            on_batch=on_batch,
         )
         self.model_sha256 = hashlib.sha256(classifier.model_file.read_bytes()).hexdigest()
         self.classifier = classifier

@@ -288,7 +288,8 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
 
 def _split_bytes_tensor(raw: bytes) -> list[bytes]:
     """Elements of a serialised BYTES tensor (4-byte little-endian length, then the bytes)."""
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise InputRejected(

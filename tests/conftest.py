@@ -1,4 +1,4 @@
-"""Shared fixtures: the smoke config, small synthetic datasets, the development archive, a tiny model."""
+"""Shared fixtures: the smoke config, small synthetic datasets, the dev archive, a tiny model."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: quiet test logs
 
-import pytest  # noqa: E402
+import pytest
+
+# Re-exported for test modules that still import the helpers from conftest.
+from support import (  # noqa: F401
+    CLASSES,
+    DEV_ARCHIVE,
+    DEV_ARCHIVE_SHA256,
+    jpeg_bytes,
+    make_archive,
+    make_image_tree,
+)
 
 from components.config import Config, load_config
-
-from support import CLASSES, DEV_ARCHIVE, DEV_ARCHIVE_SHA256, jpeg_bytes, make_archive, make_image_tree  # noqa: F401
 
 
 @pytest.fixture
@@ -30,7 +38,9 @@ def image_tree(tmp_path: Path) -> Path:
 def dev_archive() -> Path:
     """The TrashNet development archive beside the checkout."""
     if not DEV_ARCHIVE.is_file():
-        pytest.skip(f"the development archive is not at {DEV_ARCHIVE} (see ../shared/data/README.md)")
+        pytest.skip(
+            f"the development archive is not at {DEV_ARCHIVE} (see ../shared/data/README.md)"
+        )
     return DEV_ARCHIVE
 
 
@@ -53,5 +63,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep a developer's environment from leaking into tests."""
-    for var in ("GARBAGE_DATA_SOURCE", "GARBAGE_DATA_SHA256", "GARBAGE_WORK_DIR", "MLFLOW_TRACKING_URI"):
+    for var in (
+        "GARBAGE_DATA_SOURCE",
+        "GARBAGE_DATA_SHA256",
+        "GARBAGE_WORK_DIR",
+        "MLFLOW_TRACKING_URI",
+    ):
         monkeypatch.delenv(var, raising=False)

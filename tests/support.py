@@ -15,8 +15,9 @@ DEV_ARCHIVE_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c80591
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
 
-def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (112, 84), seed: int = 0,
-               fmt: str = "JPEG") -> bytes:
+def jpeg_bytes(
+    color: tuple[int, int, int], size: tuple[int, int] = (112, 84), seed: int = 0, fmt: str = "JPEG"
+) -> bytes:
     """A small noisy image of a dominant colour, encoded; different seeds give different bytes."""
     rng = np.random.default_rng(seed)
     base = np.array(color, dtype=np.int16)
@@ -27,8 +28,12 @@ def jpeg_bytes(color: tuple[int, int, int], size: tuple[int, int] = (112, 84), s
 
 
 COLORS = {
-    "cardboard": (160, 120, 70), "glass": (60, 160, 90), "metal": (150, 150, 160),
-    "paper": (235, 235, 225), "plastic": (40, 90, 200), "trash": (90, 40, 40),
+    "cardboard": (160, 120, 70),
+    "glass": (60, 160, 90),
+    "metal": (150, 150, 160),
+    "paper": (235, 235, 225),
+    "plastic": (40, 90, 200),
+    "trash": (90, 40, 40),
 }
 
 
@@ -39,7 +44,8 @@ def make_image_tree(root: Path, per_class: int = 8, classes: list[str] | None = 
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             (folder / f"{name}{i}.jpg").write_bytes(
-                jpeg_bytes(COLORS.get(name, (128, 128, 128)), seed=c_index * 1000 + i))
+                jpeg_bytes(COLORS.get(name, (128, 128, 128)), seed=c_index * 1000 + i)
+            )
     return root
 
 

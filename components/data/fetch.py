@@ -39,7 +39,9 @@ def _download(url: str, destination: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {destination.name}") as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"download {destination.name}"
+            ) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -47,7 +49,8 @@ def _download(url: str, destination: Path) -> None:
         partial.unlink(missing_ok=True)
         raise DataFetchError(
             f"cannot download {url}: {e}. On a machine without internet access, point "
-            f"{ENV_DATA_SOURCE} at a local copy of the archive (and {ENV_DATA_SHA256} at its sha256)."
+            f"{ENV_DATA_SOURCE} at a local copy of the archive "
+            f"(and {ENV_DATA_SHA256} at its sha256)."
         ) from e
     partial.replace(destination)
 
@@ -72,7 +75,7 @@ def _extract(archive: Path, destination: Path) -> None:
 
 
 def find_image_root(extracted: Path) -> Path:
-    """Return the folder whose sub-folders are the classes (archives often wrap it in one folder)."""
+    """Return the folder whose sub-folders are the classes (archives often wrap it in a folder)."""
     root = extracted
     while True:
         children = [p for p in root.iterdir() if not p.name.startswith(".")]
@@ -122,7 +125,8 @@ def fetch_dataset(source: str, sha256: str, cache_dir: Path) -> Path:
         archive.unlink(missing_ok=True)
         raise DataFetchError(
             f"checksum mismatch for {source}: expected sha256 {sha256}, got {actual}. "
-            f"If the source is right, set {ENV_DATA_SHA256}={actual}; otherwise fix {ENV_DATA_SOURCE}."
+            f"If the source is right, set {ENV_DATA_SHA256}={actual}; "
+            f"otherwise fix {ENV_DATA_SOURCE}."
         )
     _extract(archive, extracted)
     marker.write_text(sha256 + "\n")

@@ -71,10 +71,14 @@ class ValidationReport:
                 lines += [f"## {title}", ""] + [f"- {item}" for item in items] + [""]
         if self.label_conflicts:
             lines += ["## Identical images under different classes (excluded)", ""]
-            lines += [f"- {', '.join(group)}" for group in self.label_conflicts[:_MAX_LISTED]] + [""]
+            lines += [f"- {', '.join(group)}" for group in self.label_conflicts[:_MAX_LISTED]] + [
+                ""
+            ]
         if self.duplicates_within_class:
             lines += ["## Identical images within a class (kept once)", ""]
-            lines += [f"- {', '.join(group)}" for group in self.duplicates_within_class[:_MAX_LISTED]]
+            lines += [
+                f"- {', '.join(group)}" for group in self.duplicates_within_class[:_MAX_LISTED]
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -93,7 +97,9 @@ def _describe(path: Path, root: Path, config: DataConfig) -> dict[str, object]:
     try:
         with Image.open(path) as header:
             row["format"] = header.format
-        image = decode_image(data, allowed_formats=config.allowed_formats, max_pixels=config.max_pixels)
+        image = decode_image(
+            data, allowed_formats=config.allowed_formats, max_pixels=config.max_pixels
+        )
         row["width"], row["height"] = image.size
     except (InvalidImageError, OSError) as e:
         row["error"] = str(e)
@@ -103,8 +109,11 @@ def _describe(path: Path, root: Path, config: DataConfig) -> dict[str, object]:
 def scan_images(root: Path, config: DataConfig) -> pd.DataFrame:
     """Decode every file under the class folders of ``root`` into a metadata table."""
     files = sorted(
-        p for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-        for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")
+        p
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".")
+        for p in d.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
     )
     rows = [_describe(p, root, config) for p in tqdm(files, desc="validate images", unit="img")]
     columns = ["path", "label", "sha256", "bytes", "format", "width", "height", "error"]
@@ -122,7 +131,9 @@ def image_table_schema(config: DataConfig) -> pa.DataFrameSchema:
             "width": pa.Column(int, pa.Check.ge(config.min_side)),
             "height": pa.Column(int, pa.Check.ge(config.min_side)),
             "pixels": pa.Column(int, pa.Check.le(config.max_pixels)),
-            "error": pa.Column(object, pa.Check(lambda s: s.isna(), element_wise=False), nullable=True),
+            "error": pa.Column(
+                object, pa.Check(lambda s: s.isna(), element_wise=False), nullable=True
+            ),
         },
         coerce=False,
         strict=False,
@@ -148,7 +159,8 @@ def _schema_failures(table: pd.DataFrame, config: DataConfig) -> dict[str, str]:
             if isinstance(row["error"], str):
                 reason = row["error"]  # the decoder's own words are the clearest
             else:
-                reason = f"{case.column}={getattr(row, str(case.column), case.failure_case)} fails {case.check}"
+                value = getattr(row, str(case.column), case.failure_case)
+                reason = f"{case.column}={value} fails {case.check}"
             failures.setdefault(str(row["path"]), reason)
         return failures
     return {}
@@ -193,7 +205,8 @@ def validate_dataset(root: Path, config: DataConfig) -> tuple[ValidationReport, 
     labels_per_hash = valid.groupby("sha256")["label"].nunique()
     conflict_hashes = set(labels_per_hash[labels_per_hash > 1].index)
     label_conflicts = [
-        sorted(group["path"]) for _, group in valid[valid["sha256"].isin(conflict_hashes)].groupby("sha256")
+        sorted(group["path"])
+        for _, group in valid[valid["sha256"].isin(conflict_hashes)].groupby("sha256")
     ]
     if label_conflicts:
         warnings.append(
@@ -211,7 +224,9 @@ def validate_dataset(root: Path, config: DataConfig) -> tuple[ValidationReport, 
     kept = kept[["path", "label", "sha256", "width", "height"]].reset_index(drop=True)
 
     counts = {c: int((kept["label"] == c).sum()) for c in config.classes}
-    too_small = {c: n for c, n in counts.items() if n < config.min_images_per_class and c not in missing}
+    too_small = {
+        c: n for c, n in counts.items() if n < config.min_images_per_class and c not in missing
+    }
     if too_small:
         errors.append(
             f"classes below the minimum of {config.min_images_per_class} usable images: {too_small}"

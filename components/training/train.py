@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -62,8 +61,9 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed((seed + worker_id) % 2**32)
 
 
-def _loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-            pin: bool) -> DataLoader:
+def _loader(
+    dataset: ManifestDataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin: bool
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -79,8 +79,9 @@ def _loader(dataset: ManifestDataset, batch_size: int, shuffle: bool, workers: i
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
-                   amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Run ``model`` over ``loader``; return ``(logits [N, C] float32, labels [N])``."""
     model.eval()
     outputs, labels = [], []
@@ -98,8 +99,13 @@ def _class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     return torch.tensor(weights / weights.mean(), dtype=torch.float32)
 
 
-def save_checkpoint(path: Path, model: GarbageClassifier, classes: Sequence[str],
-                    config: Config, extra: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    model: GarbageClassifier,
+    classes: Sequence[str],
+    config: Config,
+    extra: dict[str, Any],
+) -> None:
     """Save weights plus everything needed to rebuild the model without the config file."""
     torch.save(
         {
@@ -120,8 +126,9 @@ def load_checkpoint(path: Path) -> tuple[GarbageClassifier, dict[str, Any]]:
     """Rebuild the classifier from a checkpoint written by :func:`save_checkpoint`."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     spec = state["model"]
-    model = build_model(spec["backbone"], len(state["classes"]), pretrained=False,
-                        dropout=spec.get("dropout", 0.0))
+    model = build_model(
+        spec["backbone"], len(state["classes"]), pretrained=False, dropout=spec.get("dropout", 0.0)
+    )
     model.load_state_dict(state["state_dict"])
     model.eval()
     return model, state
@@ -154,16 +161,32 @@ def train_model(
     amp = tc.mixed_precision and device.type == "cuda"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    train_set = ManifestDataset(images_root, [p for p, _ in train_items], [y for _, y in train_items],
-                                mc.image_height, mc.image_width, Augmenter(tc.augment))
-    val_set = ManifestDataset(images_root, [p for p, _ in val_items], [y for _, y in val_items],
-                              mc.image_height, mc.image_width)
+    train_set = ManifestDataset(
+        images_root,
+        [p for p, _ in train_items],
+        [y for _, y in train_items],
+        mc.image_height,
+        mc.image_width,
+        Augmenter(tc.augment),
+    )
+    val_set = ManifestDataset(
+        images_root,
+        [p for p, _ in val_items],
+        [y for _, y in val_items],
+        mc.image_height,
+        mc.image_width,
+    )
     pin = device.type == "cuda"
     train_loader = _loader(train_set, tc.batch_size, True, tc.num_workers, tc.seed, pin)
     val_loader = _loader(val_set, tc.batch_size * 2, False, 0, tc.seed, pin)
 
-    model = build_model(mc.backbone, len(classes), pretrained=mc.pretrained,
-                        weights_path=mc.weights_path, dropout=mc.dropout).to(device)
+    model = build_model(
+        mc.backbone,
+        len(classes),
+        pretrained=mc.pretrained,
+        weights_path=mc.weights_path,
+        dropout=mc.dropout,
+    ).to(device)
     model.freeze_early_stages(tc.freeze_stages)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -214,14 +237,16 @@ def train_model(
             scheduler.step()
             seen += len(target)
             loss_sum += loss.item() * len(target)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
         epoch_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_seconds
         train_images += seen
 
         logits, labels = predict_logits(model, val_loader, device, amp)
         val = classification_metrics(labels, logits.argmax(1), classes)
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+        val_loss = float(
+            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+        )
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
             "val_loss": val_loss,
@@ -241,8 +266,13 @@ def train_model(
             on_epoch(epoch, metrics)
         if val["macro_f1"] > best_f1:
             best_f1, best_epoch = val["macro_f1"], epoch
-            save_checkpoint(checkpoint, model, classes, config,
-                            {"epoch": epoch, "val_metrics": {k: v for k, v in val.items()}})
+            save_checkpoint(
+                checkpoint,
+                model,
+                classes,
+                config,
+                {"epoch": epoch, "val_metrics": {k: v for k, v in val.items()}},
+            )
 
     return TrainResult(
         checkpoint=checkpoint,

@@ -25,16 +25,20 @@ def test_profiles_merge_over_default() -> None:
 def test_overrides_are_typed_and_win_over_file_and_env(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text("train:\n  epochs: 3\n")
-    config = load_config(file, ["train.epochs=5", "train.mixed_precision=false"],
-                         environ={"GARBAGE_DATA_SOURCE": "/data/a.tar.gz"})
+    config = load_config(
+        file,
+        ["train.epochs=5", "train.mixed_precision=false"],
+        environ={"GARBAGE_DATA_SOURCE": "/data/a.tar.gz"},
+    )
     assert config.train.epochs == 5
     assert config.train.mixed_precision is False
     assert config.data.source == "/data/a.tar.gz"
 
 
 def test_environment_overrides_source_checksum_and_tracking() -> None:
-    config = load_config(environ={"GARBAGE_DATA_SHA256": "A" * 64,
-                                  "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"})
+    config = load_config(
+        environ={"GARBAGE_DATA_SHA256": "A" * 64, "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}
+    )
     assert config.data.sha256 == "a" * 64
     assert config.mlflow_tracking_uri == "http://127.0.0.1:5000"
 

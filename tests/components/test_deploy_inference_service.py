@@ -100,21 +100,41 @@ class FakeKubernetesAPI:
         generation = obj["metadata"]["generation"]
         uri = obj["spec"]["predictor"]["model"]["storageUri"]
         outcome = self.behaviour.get(uri, "never")
-        status: dict[str, Any] = {"observedGeneration": generation,
-                                  "url": f"http://{NAME}.{NS}.example.com"}
+        status: dict[str, Any] = {
+            "observedGeneration": generation,
+            "url": f"http://{NAME}.{NS}.example.com",
+        }
         if outcome == "ready":
-            status["conditions"] = [{"type": "Ready", "status": "True"},
-                                    {"type": "PredictorReady", "status": "True"}]
+            status["conditions"] = [
+                {"type": "Ready", "status": "True"},
+                {"type": "PredictorReady", "status": "True"},
+            ]
             status["modelStatus"] = {"transitionStatus": "UpToDate"}
         elif outcome == "fail":
-            status["conditions"] = [{"type": "Ready", "status": "False", "reason": "RevisionFailed",
-                                     "message": "model.onnx not found"}]
-            status["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad",
-                                     "lastFailureInfo": {"reason": "ModelLoadFailed",
-                                                         "message": "no model.onnx under /mnt/models"}}
+            status["conditions"] = [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "RevisionFailed",
+                    "message": "model.onnx not found",
+                }
+            ]
+            status["modelStatus"] = {
+                "transitionStatus": "BlockedByFailedLoad",
+                "lastFailureInfo": {
+                    "reason": "ModelLoadFailed",
+                    "message": "no model.onnx under /mnt/models",
+                },
+            }
         else:
-            status["conditions"] = [{"type": "Ready", "status": "False", "reason": "Progressing",
-                                     "message": "pods starting"}]
+            status["conditions"] = [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "Progressing",
+                    "message": "pods starting",
+                }
+            ]
         obj["status"] = status
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -134,8 +154,17 @@ class FakeKubernetesAPI:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                  "reason": reason, "message": message, "code": code})
+                self._send(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": reason,
+                        "message": message,
+                        "code": code,
+                    },
+                )
 
             def _handle(self, method: str) -> None:
                 url = urlparse(self.path)
@@ -143,15 +172,20 @@ class FakeKubernetesAPI:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 with fake._lock:
-                    fake.requests.append({"method": method, "path": url.path,
-                                          "query": parse_qs(url.query),
-                                          "content_type": self.headers.get("Content-Type"),
-                                          "body": body})
+                    fake.requests.append(
+                        {
+                            "method": method,
+                            "path": url.path,
+                            "query": parse_qs(url.query),
+                            "content_type": self.headers.get("Content-Type"),
+                            "body": body,
+                        }
+                    )
                     if method in fake.forbidden:
                         return self._status(403, "Forbidden", f"{method} forbidden by RBAC")
                     if not url.path.startswith(PREFIX):
                         return self._status(404, "NotFound", f"no route {url.path}")
-                    parts = url.path[len(PREFIX):].split("/")
+                    parts = url.path[len(PREFIX) :].split("/")
                     if len(parts) < 2 or parts[1] != "inferenceservices":
                         return self._status(404, "NotFound", f"no route {url.path}")
                     namespace = parts[0]
@@ -160,7 +194,9 @@ class FakeKubernetesAPI:
                     if method == "GET" and name:
                         obj = fake.objects.get(key)
                         if obj is None:
-                            return self._status(404, "NotFound", f"inferenceservices {name} not found")
+                            return self._status(
+                                404, "NotFound", f"inferenceservices {name} not found"
+                            )
                         if fake._lag.get(key):
                             fake._lag[key] -= 1  # the controller has not caught up yet
                         else:
@@ -177,11 +213,16 @@ class FakeKubernetesAPI:
                         return self._send(201, obj)
                     if method == "PATCH" and name:
                         if self.headers.get("Content-Type") != "application/merge-patch+json":
-                            return self._status(415, "UnsupportedMediaType",
-                                                f"{self.headers.get('Content-Type')} not supported")
+                            return self._status(
+                                415,
+                                "UnsupportedMediaType",
+                                f"{self.headers.get('Content-Type')} not supported",
+                            )
                         obj = fake.objects.get(key)
                         if obj is None:
-                            return self._status(404, "NotFound", f"inferenceservices {name} not found")
+                            return self._status(
+                                404, "NotFound", f"inferenceservices {name} not found"
+                            )
                         merged = _merge_patch(obj, body)
                         if merged.get("spec") != obj.get("spec"):
                             merged["metadata"]["generation"] = obj["metadata"]["generation"] + 1
@@ -244,8 +285,12 @@ def test_first_deploy_creates_the_inference_service_and_waits_for_ready(fake_api
     assert post["path"] == f"{PREFIX}{NS}/inferenceservices"
     assert post["query"]["fieldManager"] == ["garbage-deploy"]
     model = post["body"]["spec"]["predictor"]["model"]
-    assert model == {"modelFormat": {"name": "garbage-onnx"}, "runtime": "garbage-onnx",
-                     "storageUri": NEW, "resources": model["resources"]}
+    assert model == {
+        "modelFormat": {"name": "garbage-onnx"},
+        "runtime": "garbage-onnx",
+        "storageUri": NEW,
+        "resources": model["resources"],
+    }
     assert set(model["resources"]) == {"requests", "limits"}
     # one lagging read (controller not caught up), then Ready
     assert len(fake_api.calls("GET")) >= 3
@@ -259,8 +304,9 @@ def test_update_patches_only_the_storage_uri_with_a_merge_patch(fake_api):
     assert not result.created and result.previous_storage_uri == OLD
     (patch,) = fake_api.calls("PATCH")
     assert patch["content_type"] == "application/merge-patch+json"
-    assert patch["body"]["spec"] == {"predictor": {"canaryTrafficPercent": None,
-                                                   "model": {"storageUri": NEW}}}
+    assert patch["body"]["spec"] == {
+        "predictor": {"canaryTrafficPercent": None, "model": {"storageUri": NEW}}
+    }
     stored = fake_api.objects[(NS, NAME)]
     assert stored["spec"]["predictor"]["model"]["storageUri"] == NEW
     assert stored["spec"]["predictor"]["model"]["runtime"] == "garbage-onnx"  # untouched
@@ -270,7 +316,9 @@ def test_update_patches_only_the_storage_uri_with_a_merge_patch(fake_api):
 def test_failed_model_is_rolled_back_and_the_error_says_so(fake_api):
     fake_api.seed(OLD)
     fake_api.behaviour[NEW] = "fail"
-    with pytest.raises(DeployError, match="Rolled back to s3://mlflow/artifacts/1/models/m-old") as e:
+    with pytest.raises(
+        DeployError, match="Rolled back to s3://mlflow/artifacts/1/models/m-old"
+    ) as e:
         _deployer(fake_api).deploy(NEW, NAME, NS, timeout_s=10)
 
     assert "BlockedByFailedLoad" in str(e.value) and "no model.onnx" in str(e.value)
@@ -284,8 +332,9 @@ def test_timeout_rolls_back_and_restores_the_previous_canary_setting(fake_api):
     seeded["spec"]["predictor"]["canaryTrafficPercent"] = 20
     fake_api.behaviour[NEW] = "never"
     clock = FakeClock()
-    deployer = InferenceServiceDeployer(_client(fake_api), poll_interval_s=5, clock=clock,
-                                        sleep=clock.sleep)
+    deployer = InferenceServiceDeployer(
+        _client(fake_api), poll_interval_s=5, clock=clock, sleep=clock.sleep
+    )
     with pytest.raises(DeployError, match=r"not Ready after 30 s .*Rolled back"):
         deployer.deploy(NEW, NAME, NS, canary_percent=10, timeout_s=30)
 
@@ -304,7 +353,9 @@ def test_canary_in_serverless_mode_sets_the_traffic_split(fake_api):
     assert patch["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 10
 
     promoted = _deployer(fake_api).promote(NAME, NS, timeout_s=10)
-    assert fake_api.calls("PATCH")[-1]["body"] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+    assert fake_api.calls("PATCH")[-1]["body"] == {
+        "spec": {"predictor": {"canaryTrafficPercent": None}}
+    }
     assert "canaryTrafficPercent" not in fake_api.objects[(NS, NAME)]["spec"]["predictor"]
     assert promoted.storage_uri == NEW
 
@@ -325,7 +376,7 @@ def test_same_model_already_ready_changes_nothing(fake_api):
 def test_forbidden_answers_explain_the_missing_rbac(fake_api):
     fake_api.seed(OLD)
     fake_api.forbidden.add("PATCH")
-    with pytest.raises(DeployError, match="HTTP 403.*RBAC"):
+    with pytest.raises(DeployError, match=r"HTTP 403.*RBAC"):
         _deployer(fake_api).deploy(NEW, NAME, NS, timeout_s=10)
 
 
@@ -335,8 +386,10 @@ def test_first_deploy_that_fails_has_nothing_to_fall_back_to(fake_api):
         _deployer(fake_api).deploy(NEW, NAME, NS, timeout_s=10)
 
 
-@pytest.mark.parametrize("uri", ["/tmp/model", "file:///tmp/model", "models:/garbage-classifier@champion",
-                                 "ftp://host/model"])
+@pytest.mark.parametrize(
+    "uri",
+    ["/tmp/model", "file:///tmp/model", "models:/garbage-classifier@champion", "ftp://host/model"],
+)
 def test_storage_uri_that_kserve_cannot_download_is_rejected(uri):
     with pytest.raises(DeployError, match="not one KServe can download"):
         validate_storage_uri(uri)
@@ -350,13 +403,16 @@ def test_bad_canary_percentage_is_rejected_without_requests(fake_api, percent):
 
 
 def test_readiness_waits_for_the_controller_to_see_the_latest_generation():
-    isvc = {"metadata": {"generation": 3},
-            "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]}}
+    isvc = {
+        "metadata": {"generation": 3},
+        "status": {"observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
     assert readiness(isvc)[0] == "pending"
     isvc["status"]["observedGeneration"] = 3
     assert readiness(isvc) == ("ready", "Ready")
-    isvc["status"]["components"] = {"predictor": {"latestCreatedRevision": "p-00004",
-                                                  "latestReadyRevision": "p-00003"}}
+    isvc["status"]["components"] = {
+        "predictor": {"latestCreatedRevision": "p-00004", "latestReadyRevision": "p-00003"}
+    }
     assert readiness(isvc)[0] == "pending"
 
 
@@ -368,20 +424,30 @@ def test_mlflow_uris_resolve_to_the_object_storage_location(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri, uri)
-    experiment = client.create_experiment("deploy-test", artifact_location="s3://mlflow/artifacts/7")
+    experiment = client.create_experiment(
+        "deploy-test", artifact_location="s3://mlflow/artifacts/7"
+    )
     run = client.create_run(experiment)
     client.set_terminated(run.info.run_id)
     resolved = resolve_storage_uri(f"runs:/{run.info.run_id}/model", tracking_uri=uri)
     assert resolved == f"s3://mlflow/artifacts/7/{run.info.run_id}/artifacts/model"
 
     client.create_registered_model("garbage-classifier")
-    version = client.create_model_version("garbage-classifier", "s3://mlflow/artifacts/7/models/m-1/artifacts")
+    version = client.create_model_version(
+        "garbage-classifier", "s3://mlflow/artifacts/7/models/m-1/artifacts"
+    )
     client.set_registered_model_alias("garbage-classifier", "champion", version.version)
-    assert resolve_storage_uri("models:/garbage-classifier@champion", tracking_uri=uri) == \
-        "s3://mlflow/artifacts/7/models/m-1/artifacts"
-    assert resolve_storage_uri("mlflow-artifacts:/7/models/m-2/artifacts",
-                               artifacts_destination="s3://mlflow/artifacts") == \
-        "s3://mlflow/artifacts/7/models/m-2/artifacts"
+    assert (
+        resolve_storage_uri("models:/garbage-classifier@champion", tracking_uri=uri)
+        == "s3://mlflow/artifacts/7/models/m-1/artifacts"
+    )
+    assert (
+        resolve_storage_uri(
+            "mlflow-artifacts:/7/models/m-2/artifacts",
+            artifacts_destination="s3://mlflow/artifacts",
+        )
+        == "s3://mlflow/artifacts/7/models/m-2/artifacts"
+    )
     with pytest.raises(DeployError, match="artifacts-destination"):
         resolve_storage_uri("mlflow-artifacts:/7/models/m-2/artifacts")
     with pytest.raises(DeployError, match="cannot resolve models:/nope/1"):
@@ -389,11 +455,18 @@ def test_mlflow_uris_resolve_to_the_object_storage_location(tmp_path: Path):
 
 
 def _kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server}}],
-        "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                "users": [{"name": "fake", "user": {"token": "not-a-secret"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+            }
+        )
+    )
     return path
 
 
@@ -407,8 +480,19 @@ def test_garbage_deploy_command_uses_the_kubeconfig(fake_api, tmp_path: Path):
     fake_api.seed(OLD)
     fake_api.behaviour[NEW] = "ready"
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", fake_api.url)
-    result = CliRunner().invoke(app, ["--model-uri", NEW, "--kubeconfig", str(kubeconfig),
-                                      "--timeout", "10", "--poll-interval", "0.01"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--model-uri",
+            NEW,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--timeout",
+            "10",
+            "--poll-interval",
+            "0.01",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["previous_storage_uri"] == OLD
     assert fake_api.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == NEW
@@ -439,12 +523,16 @@ def test_rollback_that_fails_too_says_how_to_restore(fake_api):
             return self.api.patch_namespaced_custom_object(*args, **kwargs)
 
     deployer = InferenceServiceDeployer(PatchOnce(_client(fake_api)), poll_interval_s=0.01)
-    with pytest.raises(DeployError, match=f"rolling back to {OLD} failed too: .*HTTP 403.*"
-                                          f"garbage deploy --model-uri {OLD}"):
+    with pytest.raises(
+        DeployError,
+        match=f"rolling back to {OLD} failed too: .*HTTP 403.*garbage deploy --model-uri {OLD}",
+    ):
         deployer.deploy(NEW, NAME, NS, timeout_s=10)
 
 
-def test_kfp_deploy_step_deploys_only_a_promoted_model(fake_api, tmp_path, monkeypatch, smoke_config):
+def test_kfp_deploy_step_deploys_only_a_promoted_model(
+    fake_api, tmp_path, monkeypatch, smoke_config
+):
     """The KFP component's function, run as the pod runs it (credentials from KUBECONFIG)."""
     from pipelines.deploy_step import deploy_model
     from pipelines.images import COMPONENTS_IMAGE
@@ -458,6 +546,10 @@ def test_kfp_deploy_step_deploys_only_a_promoted_model(fake_api, tmp_path, monke
 
     assert deploy_model.python_func(config_json=config_json, model_uri=NEW, promoted=False) == ""
     assert fake_api.requests == []
-    assert deploy_model.python_func(config_json=config_json, model_uri=NEW, promoted=True,
-                                    timeout_s=30) == NEW
+    assert (
+        deploy_model.python_func(
+            config_json=config_json, model_uri=NEW, promoted=True, timeout_s=30
+        )
+        == NEW
+    )
     assert fake_api.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == NEW

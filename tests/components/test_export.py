@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import CLASSES, jpeg_bytes
 
 from components.config import load_config
 from components.export import PARITY_TOLERANCE, ExportParityError, export_onnx
 from components.inference import ModelLoadError, OnnxClassifier, find_model_file
 from components.model import build_model
 from components.training.train import load_checkpoint, save_checkpoint
-from support import CLASSES, jpeg_bytes
 
 
 def test_exported_logits_match_pytorch(tiny_model_dir: Path) -> None:
@@ -23,8 +23,9 @@ def test_exported_logits_match_pytorch(tiny_model_dir: Path) -> None:
     checkpoint = tiny_model_dir.parent / "best.pt"
     model, _ = load_checkpoint(checkpoint)
     classifier = OnnxClassifier.load(tiny_model_dir, device="cpu")
-    pixels = np.stack([classifier.preprocess(jpeg_bytes((30 * i, 200, 90), seed=i))
-                       for i in range(5)])
+    pixels = np.stack(
+        [classifier.preprocess(jpeg_bytes((30 * i, 200, 90), seed=i)) for i in range(5)]
+    )
     with torch.no_grad():
         expected = model(torch.from_numpy(pixels)).numpy()
     assert np.max(np.abs(classifier.logits(pixels) - expected)) <= PARITY_TOLERANCE
@@ -62,7 +63,7 @@ def test_parity_failure_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="no model.onnx"):
+    with pytest.raises(ModelLoadError, match=r"no model\.onnx"):
         find_model_file(tmp_path)
     with pytest.raises(ModelLoadError, match="does not exist"):
         OnnxClassifier.load(tmp_path / "nowhere")

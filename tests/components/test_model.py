@@ -33,7 +33,7 @@ def test_efficientnet_lite0_loads_the_packaged_imagenet_weights() -> None:
 def test_unknown_backbone_and_missing_weights_are_clear_errors() -> None:
     with pytest.raises(ModelBuildError, match="unknown backbone 'vgg99'"):
         build_model("vgg99", 6)
-    with pytest.raises(ModelBuildError, match="model.weights_path"):
+    with pytest.raises(ModelBuildError, match=r"model\.weights_path"):
         build_model("resnet18", 6, pretrained=True)
 
 

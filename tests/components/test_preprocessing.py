@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from support import jpeg_bytes
 
 from components.preprocessing import (
     InvalidImageError,
@@ -13,7 +14,6 @@ from components.preprocessing import (
     resize_array,
     to_model_input,
 )
-from support import jpeg_bytes
 
 
 def test_jpeg_and_png_decode_to_rgb_of_the_model_size() -> None:

@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from support import CLASSES, jpeg_bytes
 
 from components.config import Config
 from components.data.split import write_manifest
@@ -21,7 +22,6 @@ from components.inference import OnnxClassifier
 from components.model_store import resolve_model_dir
 from components.registry import champion_version, configure_tracking, decide_promotion
 from components.steps import register_step
-from support import CLASSES, jpeg_bytes
 
 
 @pytest.mark.parametrize(
@@ -55,8 +55,11 @@ def assert_same_model(downloaded: Path, exported: Path) -> None:
 
 
 def _manifest(image_tree: Path, tmp_path: Path) -> Path:
-    rows = [{"path": f"{c}/{c}{i}.jpg", "label": c, "sha256": f"{c}{i}", "split": "test"}
-            for c in CLASSES for i in range(3)]
+    rows = [
+        {"path": f"{c}/{c}{i}.jpg", "label": c, "sha256": f"{c}{i}", "split": "test"}
+        for c in CLASSES
+        for i in range(3)
+    ]
     return write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
 
 
@@ -67,20 +70,25 @@ def _register_twice(config: Config, model_dir: Path, image_tree: Path, tmp_path:
     for i in range(2):
         with mlflow.start_run(experiment_id=experiment) as run:
             run_id = run.info.run_id
-        decisions.append(register_step(config, model_dir, image_tree, manifest,
-                                       tmp_path / f"gate{i}", run_id))
+        decisions.append(
+            register_step(config, model_dir, image_tree, manifest, tmp_path / f"gate{i}", run_id)
+        )
     return decisions
 
 
-def test_register_and_gate_on_the_embedded_store(smoke_config: Config, tiny_model_dir: Path,
-                                                 image_tree: Path, tmp_path: Path) -> None:
+def test_register_and_gate_on_the_embedded_store(
+    smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
     first, second = _register_twice(smoke_config, tiny_model_dir, image_tree, tmp_path)
     assert first["promote"] and first["version"] == "1"
     assert not second["promote"] and second["version"] == "2"
     assert "does not beat champion v1" in second["reason"]
     assert champion_version(smoke_config) == "1"
-    assert (tmp_path / "gate1" / "decision.md").read_text().startswith(
-        "# Promotion gate: version 2 not promoted")
+    assert (
+        (tmp_path / "gate1" / "decision.md")
+        .read_text()
+        .startswith("# Promotion gate: version 2 not promoted")
+    )
     assert (smoke_config.work_dir / "mlflow.db").is_file()
     assert_same_model(resolve_model_dir(None, smoke_config), tiny_model_dir)
 
@@ -96,11 +104,28 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` process on loopback with its own SQLite store and artifacts."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=open(root / "server.log", "wb"), stderr=subprocess.STDOUT)
+    # The child keeps its own handle of the log file; the parent closes its copy at once.
+    with (root / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -118,14 +143,18 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.mark.integration
-def test_register_and_gate_against_a_real_mlflow_server(mlflow_server: str, smoke_config: Config,
-                                                        tiny_model_dir: Path, image_tree: Path,
-                                                        tmp_path: Path) -> None:
-    config = smoke_config.model_copy(update={"registry": smoke_config.registry.model_copy(
-        update={"tracking_uri": mlflow_server})})
+def test_register_and_gate_against_a_real_mlflow_server(
+    mlflow_server: str, smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    config = smoke_config.model_copy(
+        update={
+            "registry": smoke_config.registry.model_copy(update={"tracking_uri": mlflow_server})
+        }
+    )
     first, second = _register_twice(config, tiny_model_dir, image_tree, tmp_path)
     assert first["promote"] and not second["promote"]
     assert champion_version(config) == first["version"]
     assert not (config.work_dir / "mlflow.db").exists()  # nothing went to the embedded store
-    assert_same_model(resolve_model_dir("models:/garbage-classifier@champion", config),
-                      tiny_model_dir)
+    assert_same_model(
+        resolve_model_dir("models:/garbage-classifier@champion", config), tiny_model_dir
+    )

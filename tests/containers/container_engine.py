@@ -26,22 +26,33 @@ class Engine:
     base_image: str | None
     build_args: list[str] = field(default_factory=list)
 
-    def run(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``<cli> args...`` and return the finished process (text output captured)."""
-        return subprocess.run([self.cli, *args], capture_output=True, text=True, timeout=timeout,
-                              check=check)
+        return subprocess.run(
+            [self.cli, *args], capture_output=True, text=True, timeout=timeout, check=check
+        )
 
-    def build(self, dockerfile: str, tag: str, extra_args: list[str] | None = None,
-              timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def build(
+        self, dockerfile: str, tag: str, extra_args: list[str] | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
         """Build ``dockerfile`` (relative to the repository root) with the root as context."""
         args = ["build", "-f", dockerfile, "-t", tag, *self.build_args, *(extra_args or [])]
         if self.base_image:
             args += ["--build-arg", f"BASE_IMAGE={self.base_image}"]
-        result = subprocess.run([self.cli, *args, str(REPO_ROOT)], capture_output=True, text=True,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            [self.cli, *args, str(REPO_ROOT)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if result.returncode != 0:
-            raise AssertionError(f"{self.cli} build -f {dockerfile} failed:\n{result.stdout[-4000:]}"
-                                 f"\n{result.stderr[-4000:]}")
+            raise AssertionError(
+                f"{self.cli} build -f {dockerfile} failed:\n{result.stdout[-4000:]}"
+                f"\n{result.stderr[-4000:]}"
+            )
         return result
 
 
@@ -49,8 +60,10 @@ def _works(cli: str) -> bool:
     if shutil.which(cli) is None:
         return False
     try:
-        return subprocess.run([cli, "info"], capture_output=True, timeout=60,
-                              check=False).returncode == 0
+        return (
+            subprocess.run([cli, "info"], capture_output=True, timeout=60, check=False).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -66,20 +79,35 @@ def find_engine() -> Engine | str:
     candidates = [wanted] if wanted else ["docker", "podman"]
     cli = next((c for c in candidates if _works(c)), None)
     if cli is None:
-        return (f"no working container engine ({' or '.join(candidates)} info failed or is not "
-                "installed); run scripts/container-engine-setup.sh (podman) or start Docker")
+        return (
+            f"no working container engine ({' or '.join(candidates)} info failed or is not "
+            "installed); run scripts/container-engine-setup.sh (podman) or start Docker"
+        )
     base = os.environ.get("GARBAGE_BASE_IMAGE")
     build_args: list[str] = []
     if cli == "podman":
         build_args += ["--network", "host"]
         if CA_BUNDLE.is_file():
             # Builds reach PyPI through this machine's (possibly TLS-inspecting) proxy.
-            build_args += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "--build-arg", f"PIP_CERT={CA_BUNDLE}"]
+            build_args += [
+                "-v",
+                f"{CA_BUNDLE}:{CA_BUNDLE}:ro",
+                "--build-arg",
+                f"PIP_CERT={CA_BUNDLE}",
+            ]
         if base is None:
-            has_local = subprocess.run(["podman", "image", "exists", LOCAL_BASE_IMAGE],
-                                       capture_output=True, check=False).returncode == 0
+            has_local = (
+                subprocess.run(
+                    ["podman", "image", "exists", LOCAL_BASE_IMAGE],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            )
             if not has_local:
-                return (f"podman works but the base image {LOCAL_BASE_IMAGE} is missing and no "
-                        "registry may be reachable; run scripts/container-engine-setup.sh")
+                return (
+                    f"podman works but the base image {LOCAL_BASE_IMAGE} is missing and no "
+                    "registry may be reachable; run scripts/container-engine-setup.sh"
+                )
             base = LOCAL_BASE_IMAGE
     return Engine(cli=cli, base_image=base, build_args=build_args)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes
+from support import jpeg_bytes
 from containers.container_engine import Engine
 
 pytestmark = pytest.mark.integration
@@ -46,8 +46,9 @@ def _readable_copy(src: Path, dst: Path) -> Path:
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -69,19 +70,45 @@ def serving_image(engine: Engine) -> str:
 
 
 @pytest.fixture(scope="module")
-def served(engine: Engine, serving_image: str, tiny_model_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(
+    engine: Engine,
+    serving_image: str,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
     """The serving container, hardened like the pod, answering on a loopback port."""
     models = _readable_copy(tiny_model_dir, tmp_path_factory.mktemp("mount", numbered=True) / "m")
     http_port, grpc_port = _free_port(), _free_port()
     name = f"garbage-serving-test-{http_port}"
-    network = ["--network", "host"] if engine.cli == "podman" else [
-        "-p", f"127.0.0.1:{http_port}:{http_port}"]
-    engine.run("run", "-d", "--rm", "--name", name, *network, "--read-only", "--tmpfs", "/tmp",
-               "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-               "-v", f"{models}:/mnt/models:ro", serving_image,
-               "--model_dir", "/mnt/models", "--http_port", str(http_port),
-               "--grpc_port", str(grpc_port))
+    network = (
+        ["--network", "host"]
+        if engine.cli == "podman"
+        else ["-p", f"127.0.0.1:{http_port}:{http_port}"]
+    )
+    engine.run(
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        name,
+        *network,
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "-v",
+        f"{models}:/mnt/models:ro",
+        serving_image,
+        "--model_dir",
+        "/mnt/models",
+        "--http_port",
+        str(http_port),
+        "--grpc_port",
+        str(grpc_port),
+    )
     base = f"http://127.0.0.1:{http_port}"
     try:
         deadline = time.monotonic() + 90
@@ -93,22 +120,33 @@ def served(engine: Engine, serving_image: str, tiny_model_dir: Path,
             except OSError:
                 pass
             state = engine.run("inspect", "-f", "{{.State.Running}}", name, check=False)
-            if state.returncode != 0 or state.stdout.strip() != "true" or time.monotonic() > deadline:
+            if (
+                state.returncode != 0
+                or state.stdout.strip() != "true"
+                or time.monotonic() > deadline
+            ):
                 logs = engine.run("logs", name, check=False)
-                pytest.fail(f"serving container did not become ready:\n{logs.stdout[-3000:]}"
-                            f"\n{logs.stderr[-3000:]}")
+                pytest.fail(
+                    f"serving container did not become ready:\n{logs.stdout[-3000:]}"
+                    f"\n{logs.stderr[-3000:]}"
+                )
             time.sleep(0.5)
         yield base
     finally:
         engine.run("stop", "-t", "5", name, check=False, timeout=60)
 
 
-def test_container_prediction_matches_in_process_classifier(served: str, tiny_model_dir: Path) -> None:
+def test_container_prediction_matches_in_process_classifier(
+    served: str, tiny_model_dir: Path
+) -> None:
     from components.inference import OnnxClassifier
 
     images = [jpeg_bytes((60, 160, 90), seed=1), jpeg_bytes((40, 90, 200), size=(200, 150), seed=2)]
-    status, body = _http("POST", f"{served}/v1/models/{MODEL_NAME}:predict", {
-        "instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in images]})
+    status, body = _http(
+        "POST",
+        f"{served}/v1/models/{MODEL_NAME}:predict",
+        {"instances": [{"image_bytes": {"b64": base64.b64encode(b).decode()}} for b in images]},
+    )
     assert status == 200, body
     expected = OnnxClassifier.load(tiny_model_dir, device="cpu").predict_bytes(images)
     assert len(body["predictions"]) == len(expected)
@@ -116,24 +154,36 @@ def test_container_prediction_matches_in_process_classifier(served: str, tiny_mo
         assert got["label"] == want.label
         assert got["score"] == pytest.approx(want.score, abs=1e-5)
         assert list(got["probabilities"]) == list(want.probabilities)
-        np.testing.assert_allclose(list(got["probabilities"].values()),
-                                   list(want.probabilities.values()), atol=1e-5)
+        np.testing.assert_allclose(
+            list(got["probabilities"].values()), list(want.probabilities.values()), atol=1e-5
+        )
 
 
 def test_container_rejects_bad_input_with_4xx(served: str) -> None:
-    status, body = _http("POST", f"{served}/v1/models/{MODEL_NAME}:predict",
-                         {"instances": [{"image_bytes": {"b64": "bm90IGFuIGltYWdl"}}]})
+    status, body = _http(
+        "POST",
+        f"{served}/v1/models/{MODEL_NAME}:predict",
+        {"instances": [{"image_bytes": {"b64": "bm90IGFuIGltYWdl"}}]},
+    )
     assert 400 <= status < 500, (status, body)
 
 
 def test_image_runs_as_non_root_without_torch(engine: Engine, serving_image: str) -> None:
-    result = engine.run("run", "--rm", "--entrypoint", "python", serving_image, "-c",
-                        "import os, importlib.util as u; "
-                        "print(os.getuid(), os.getgid(), bool(u.find_spec('torch')), "
-                        "bool(u.find_spec('mlflow')))")
+    result = engine.run(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "python",
+        serving_image,
+        "-c",
+        "import os, importlib.util as u; "
+        "print(os.getuid(), os.getgid(), bool(u.find_spec('torch')), "
+        "bool(u.find_spec('mlflow')))",
+    )
     assert result.stdout.split() == [str(IMAGE_UID), str(IMAGE_UID), "False", "False"]
     config = json.loads(engine.run("image", "inspect", serving_image).stdout)[0]["Config"]
     assert config["User"] == f"{IMAGE_UID}:{IMAGE_UID}"
-    mount = engine.run("run", "--rm", "--entrypoint", "stat", serving_image, "-c", "%u %F",
-                       "/mnt/models")
+    mount = engine.run(
+        "run", "--rm", "--entrypoint", "stat", serving_image, "-c", "%u %F", "/mnt/models"
+    )
     assert mount.stdout.split() == [str(IMAGE_UID), "directory"]

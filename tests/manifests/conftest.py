@@ -42,8 +42,13 @@ def render(target: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed; it renders the kustomize trees")
-    result = subprocess.run([kubectl, "kustomize", str(MANIFESTS / target)], capture_output=True,
-                            text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [kubectl, "kustomize", str(MANIFESTS / target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize manifests/{target} failed:\n{result.stderr}")
     return [d for d in yaml.safe_load_all(result.stdout) if d]
@@ -56,8 +61,13 @@ def rendered() -> dict[str, list[dict[str, Any]]]:
 
 # -- strict checking through the SDK's typed models ------------------------------------------------
 _PRIMITIVES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "date": (str,),
-    "datetime": (str,), "object": (object,),
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "float": (int, float),
+    "date": (str,),
+    "datetime": (str,),
+    "object": (object,),
 }
 
 
@@ -85,7 +95,7 @@ def _check(value: Any, type_name: str, path: str, problems: list[str]) -> Any:
         return {k: _check(v, inner, f"{path}.{k}", problems) for k, v in value.items()}
     if type_name in _PRIMITIVES:
         wanted = _PRIMITIVES[type_name]
-        if type_name == "int" and isinstance(value, bool) or not isinstance(value, wanted):
+        if (type_name == "int" and isinstance(value, bool)) or not isinstance(value, wanted):
             problems.append(f"{path}: expected {type_name}, got {type(value).__name__} {value!r}")
         return value
     if type_name == "ResourceQuantity":
@@ -124,8 +134,12 @@ def strict_problems(doc: dict[str, Any]) -> list[str]:
 
         return prometheus_operator_problems(doc)
     if model is None:
-        return [(f"{key[1]} {name} ({key[0]}): no typed model to check this custom resource "
-                 "against; add one to CUSTOM_MODELS in tests/manifests/conftest.py")]
+        return [
+            (
+                f"{key[1]} {name} ({key[0]}): no typed model to check this custom resource "
+                "against; add one to CUSTOM_MODELS in tests/manifests/conftest.py"
+            )
+        ]
     problems: list[str] = []
     _check(doc, model, f"{key[1]}/{name}", problems)
     return problems

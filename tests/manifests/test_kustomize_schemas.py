@@ -12,8 +12,16 @@ import copy
 import pytest
 
 KUBERNETES_VERSION = "1.33.0"  # the kind node image (kind-config.yaml)
-CORE_GROUPS = ("v1", "apps/v1", "batch/v1", "networking.k8s.io/v1", "rbac.authorization.k8s.io/v1",
-               "policy/v1", "autoscaling/v2", "storage.k8s.io/v1")
+CORE_GROUPS = (
+    "v1",
+    "apps/v1",
+    "batch/v1",
+    "networking.k8s.io/v1",
+    "rbac.authorization.k8s.io/v1",
+    "policy/v1",
+    "autoscaling/v2",
+    "storage.k8s.io/v1",
+)
 
 
 def _is_core(doc: dict) -> bool:
@@ -35,8 +43,10 @@ def test_core_objects_validate_strictly_against_the_kubernetes_schema(rendered):
             try:
                 kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
             except kubernetes_validate.ValidationError as e:
-                problems.append(f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: "
-                                f"{e.message} at {'.'.join(map(str, e.path))}")
+                problems.append(
+                    f"{target}: {doc['kind']}/{doc['metadata'].get('name')}: "
+                    f"{e.message} at {'.'.join(map(str, e.path))}"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -52,12 +62,21 @@ def test_custom_resources_validate_strictly_against_the_kserve_models(rendered, 
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d["spec"]["predictor"].__setitem__("minReplica", 1), "unknown field"),
-    (lambda d: d["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"), "unknown field"),
-    (lambda d: d["spec"]["predictor"].__setitem__("maxReplicas", "two"), "expected int"),
-    (lambda d: d["spec"]["predictor"]["model"]["resources"].__setitem__("limit", {}), "unknown field"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d["spec"]["predictor"].__setitem__("minReplica", 1), "unknown field"),
+        (
+            lambda d: d["spec"]["predictor"]["model"].__setitem__("storageURI", "s3://x"),
+            "unknown field",
+        ),
+        (lambda d: d["spec"]["predictor"].__setitem__("maxReplicas", "two"), "expected int"),
+        (
+            lambda d: d["spec"]["predictor"]["model"]["resources"].__setitem__("limit", {}),
+            "unknown field",
+        ),
+    ],
+)
 def test_the_strict_checker_catches_mistakes(rendered, strict_check, mutate, expected):
     isvc = next(d for d in rendered["overlays/gpu"] if d["kind"] == "InferenceService")
     assert strict_check(isvc) == []

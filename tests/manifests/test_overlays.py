@@ -8,7 +8,9 @@ COLLECTOR_URL = "http://garbage-collector.garbage-monitoring.svc.cluster.local/e
 
 
 def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -28,7 +30,9 @@ def test_gpu_overlay_serves_on_gpu_nodes_with_autoscaling(rendered):
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert predictor["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in predictor["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in predictor[
+        "tolerations"
+    ]
     assert predictor["maxReplicas"] > predictor["minReplicas"] >= 1
     assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] > 0
     runtime = _one(docs, "ServingRuntime", "garbage-onnx")
@@ -41,7 +45,10 @@ def test_kind_overlay_is_cpu_only_standard_mode_and_small(rendered):
     assert not _gpu_anywhere(docs)
     isvc = _one(docs, "InferenceService", "garbage-classifier")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    assert isvc["spec"]["predictor"]["model"]["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    assert isvc["spec"]["predictor"]["model"]["resources"]["limits"] == {
+        "cpu": "1",
+        "memory": "1Gi",
+    }
     runtime = _one(docs, "ServingRuntime", "garbage-onnx")
     assert runtime["spec"]["containers"][0]["image"] == "ghcr.io/garbage-classifier/serving:0.1.0"
     assert runtime["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
@@ -64,7 +71,9 @@ def test_names_the_code_relies_on(rendered):
     isvc = _one(docs, "InferenceService", deploy.DEFAULT_NAME)
     assert isvc["metadata"]["namespace"] == deploy.DEFAULT_NAMESPACE
     model = isvc["spec"]["predictor"]["model"]
-    assert model["runtime"] == deploy.RUNTIME and model["modelFormat"]["name"] == deploy.MODEL_FORMAT
+    assert (
+        model["runtime"] == deploy.RUNTIME and model["modelFormat"]["name"] == deploy.MODEL_FORMAT
+    )
     assert isvc["spec"]["predictor"]["serviceAccountName"] == deploy.SERVICE_ACCOUNT
     _one(docs, "ServiceAccount", deploy.SERVICE_ACCOUNT)
     runtime = _one(docs, "ServingRuntime", deploy.RUNTIME)
@@ -74,8 +83,9 @@ def test_names_the_code_relies_on(rendered):
     _one(docs, "ServiceAccount", submit.DEFAULT_SERVICE_ACCOUNT)
     binding = _one(docs, "RoleBinding", "garbage-pipeline-deployer")
     assert binding["metadata"]["namespace"] == deploy.DEFAULT_NAMESPACE
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": submit.DEFAULT_SERVICE_ACCOUNT,
-                                    "namespace": "kubeflow"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": submit.DEFAULT_SERVICE_ACCOUNT, "namespace": "kubeflow"}
+    ]
     role = _one(docs, "Role", binding["roleRef"]["name"])
     (rule,) = role["rules"]
     assert rule["apiGroups"] == [deploy.GROUP] and rule["resources"] == [deploy.PLURAL]
@@ -83,8 +93,10 @@ def test_names_the_code_relies_on(rendered):
 
     # the tracking server the pipeline is told to use is the one the manifests run
     mlflow = _one(docs, "Service", "mlflow")
-    assert submit.CLUSTER_TRACKING_URI == (f"http://mlflow.{mlflow['metadata']['namespace']}"
-                                           f".svc.cluster.local:{mlflow['spec']['ports'][0]['port']}")
+    assert (
+        f"http://mlflow.{mlflow['metadata']['namespace']}"
+        f".svc.cluster.local:{mlflow['spec']['ports'][0]['port']}"
+    ) == submit.CLUSTER_TRACKING_URI
     args = _one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--artifacts-destination={ARTIFACTS_DESTINATION}" in args
     assert "--serve-artifacts" in args

@@ -25,22 +25,31 @@ def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], list[d
     spec = doc.get("spec") or {}
     if kind in WORKLOADS:
         pod = spec["template"]["spec"]
-        yield f"{kind}/{name}", pod.get("securityContext") or {}, \
-            pod.get("initContainers", []) + pod["containers"]
+        yield (
+            f"{kind}/{name}",
+            pod.get("securityContext") or {},
+            pod.get("initContainers", []) + pod["containers"],
+        )
     elif kind == "CronJob":
         pod = spec["jobTemplate"]["spec"]["template"]["spec"]
-        yield f"{kind}/{name}", pod.get("securityContext") or {}, \
-            pod.get("initContainers", []) + pod["containers"]
+        yield (
+            f"{kind}/{name}",
+            pod.get("securityContext") or {},
+            pod.get("initContainers", []) + pod["containers"],
+        )
     elif kind == "Pod":
         yield f"{kind}/{name}", spec.get("securityContext") or {}, spec["containers"]
     elif kind == "InferenceService":
         predictor = spec["predictor"]
-        containers = [predictor["model"]] + predictor.get("containers", [])
+        containers = [predictor["model"], *predictor.get("containers", [])]
         yield f"{kind}/{name}", predictor.get("securityContext") or {}, containers
     elif kind in ("ServingRuntime", "ClusterServingRuntime"):
         # The runtime's containers run inside the InferenceService's pod (its pod context).
-        yield f"{kind}/{name}", {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}, \
-            spec["containers"]
+        yield (
+            f"{kind}/{name}",
+            {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            spec["containers"],
+        )
 
 
 def _all(rendered):
@@ -88,34 +97,50 @@ def test_project_namespaces_enforce_restricted_pod_security(rendered):
     for target, docs in rendered.items():
         namespaces = [d for d in docs if d["kind"] == "Namespace"]
         if target.startswith(("base", "overlays")):
-            assert {"garbage-serving", "garbage-mlflow"} <= {n["metadata"]["name"] for n in namespaces}
+            assert {"garbage-serving", "garbage-mlflow"} <= {
+                n["metadata"]["name"] for n in namespaces
+            }
         for ns in namespaces:
             labels = ns["metadata"].get("labels") or {}
-            assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", \
+            assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", (
                 f"{target}: namespace {ns['metadata']['name']} does not enforce restricted"
+            )
 
 
 def test_every_project_namespace_denies_traffic_by_default(rendered):
     for target, docs in rendered.items():
         namespaces = {d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"}
         for namespace in namespaces & set(PROJECT_NAMESPACES):
-            deny = [d for d in docs if d["kind"] == "NetworkPolicy"
-                    and d["metadata"].get("namespace") == namespace
-                    and d["spec"].get("podSelector") == {}
-                    and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
-                    and not d["spec"].get("ingress") and not d["spec"].get("egress")]
+            deny = [
+                d
+                for d in docs
+                if d["kind"] == "NetworkPolicy"
+                and d["metadata"].get("namespace") == namespace
+                and d["spec"].get("podSelector") == {}
+                and set(d["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+                and not d["spec"].get("ingress")
+                and not d["spec"].get("egress")
+            ]
             assert deny, f"{target}: no default-deny NetworkPolicy in {namespace}"
 
 
 def test_every_namespaced_object_lives_in_a_known_namespace(rendered):
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "ClusterServingRuntime",
-                      "StorageClass", "PriorityClass"}
+    cluster_scoped = {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ClusterServingRuntime",
+        "StorageClass",
+        "PriorityClass",
+    }
     allowed = set(PROJECT_NAMESPACES) | {"kubeflow"}
     for target, doc in _all(rendered):
         if doc["kind"] in cluster_scoped:
             continue
         namespace = doc["metadata"].get("namespace")
-        assert namespace in allowed, f"{target}: {doc['kind']}/{doc['metadata']['name']} in {namespace}"
+        assert namespace in allowed, (
+            f"{target}: {doc['kind']}/{doc['metadata']['name']} in {namespace}"
+        )
 
 
 def test_no_secret_values_in_the_repository(rendered):
@@ -125,20 +150,25 @@ def test_no_secret_values_in_the_repository(rendered):
             for c in containers:
                 for env in c.get("env") or []:
                     if SECRETISH.search(env["name"]) and not env["name"].endswith("_FILE"):
-                        assert "value" not in env, \
+                        assert "value" not in env, (
                             f"{target}: {doc['metadata']['name']} sets {env['name']} in plain text"
+                        )
 
 
 def test_rbac_grants_no_wildcards_and_no_cluster_roles(rendered):
     for target, doc in _all(rendered):
-        assert doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"), \
+        assert doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"), (
             f"{target}: {doc['kind']}/{doc['metadata']['name']}: cluster-wide RBAC is not needed"
+        )
         if doc["kind"] == "Role":
             for rule in doc["rules"]:
                 for field in ("apiGroups", "resources", "verbs"):
-                    assert "*" not in rule.get(field, []), f"{target}: Role {doc['metadata']['name']}"
-                assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & \
-                    set(rule["verbs"]), f"{target}: Role {doc['metadata']['name']} {rule['verbs']}"
+                    assert "*" not in rule.get(field, []), (
+                        f"{target}: Role {doc['metadata']['name']}"
+                    )
+                assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(
+                    rule["verbs"]
+                ), f"{target}: Role {doc['metadata']['name']} {rule['verbs']}"
 
 
 @pytest.mark.parametrize("target", ["overlays/kind", "overlays/gpu"])

@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted([*REPO_ROOT.glob("scripts/kind/*.sh"), REPO_ROOT / "scripts/build-images.sh",
-                  REPO_ROOT / "scripts/container-engine-setup.sh",
-                  REPO_ROOT / "scripts/lock-requirements.sh", REPO_ROOT / "scripts/tools-venv.sh"])
+SCRIPTS = sorted(
+    [
+        *REPO_ROOT.glob("scripts/kind/*.sh"),
+        REPO_ROOT / "scripts/build-images.sh",
+        REPO_ROOT / "scripts/container-engine-setup.sh",
+        REPO_ROOT / "scripts/lock-requirements.sh",
+        REPO_ROOT / "scripts/tools-venv.sh",
+    ]
+)
 SOURCED = {"lib.sh"}
 
 
@@ -21,8 +27,9 @@ def test_the_scripts_exist_parse_and_are_executable():
     assert len(SCRIPTS) >= 9
     for script in SCRIPTS:
         assert script.is_file(), script
-        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True,
-                                check=False)
+        result = subprocess.run(
+            ["bash", "-n", str(script)], capture_output=True, text=True, check=False
+        )
         assert result.returncode == 0, f"{script}: {result.stderr}"
         if script.name not in SOURCED:
             assert os.access(script, os.X_OK), f"{script} is not executable"
@@ -34,6 +41,11 @@ def test_the_scripts_are_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (Debian: apt-get install shellcheck)")
-    result = subprocess.run([shellcheck, "-x", "--severity=style", *map(str, SCRIPTS)],
-                            capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    result = subprocess.run(
+        [shellcheck, "-x", "--severity=style", *map(str, SCRIPTS)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""Helpers shared by the monitoring tests: free ports, and KServe payload-logger events as KServe sends them."""
+"""Helpers for the monitoring tests: free ports, and payload-logger events as KServe sends them."""
 
 from __future__ import annotations
 

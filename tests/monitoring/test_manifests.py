@@ -155,7 +155,7 @@ def test_every_alert_links_an_existing_runbook(docs) -> None:
 
 
 def _known_metrics() -> set[str]:
-    """Every series name the code exposes: the collector, the drift job, the model server, KServe."""
+    """Every series name the code exposes: collector, drift job, model server, KServe."""
     from prometheus_client import generate_latest
 
     from monitoring.collector import CollectorMetrics
@@ -197,7 +197,7 @@ def _known_metrics() -> set[str]:
 
 
 def _metrics_in(expr: str, recorded: set[str]) -> set[str]:
-    """Series names in a PromQL expression (not functions, label names, keywords or recorded rules)."""
+    """Series names in a PromQL expression (no functions, label names, keywords, recorded rules)."""
     bare = MATCHERS.sub(" ", GROUPING.sub(" ", expr))
     found = {m for m in IDENTIFIER.findall(bare) if m not in PROMQL_WORDS and m not in recorded}
     return {m for m in found if not m.startswith("garbage:")}

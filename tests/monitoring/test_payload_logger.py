@@ -1,4 +1,4 @@
-"""The local payload logger: KServe-format events reach the collector; logging never blocks or raises."""
+"""The local payload logger: KServe-format events reach the collector; it never blocks or raises."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``garbage serve --logger-url``: the real model server logs every request to the real collector."""
+"""``garbage serve --logger-url``: the real model server logs each request to the real collector."""
 
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ def test_predict_prints_one_json_object_per_image(tiny_model_dir: Path, tmp_path
         (folder / ("sub" if i else ".") / f"img{i}.jpg").write_bytes(jpeg_bytes(color, seed=i))
     single = tmp_path / "one.png"
     single.write_bytes(jpeg_bytes((90, 90, 90), fmt="PNG"))
-    result = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), str(folder), str(single)])
+    result = runner.invoke(
+        app, ["predict", "--model", str(tiny_model_dir), str(folder), str(single)]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [Path(r["path"]).name for r in lines] == ["img0.jpg", "img1.jpg", "img2.jpg", "one.png"]
@@ -37,10 +39,21 @@ def test_predict_reports_bad_files_and_keeps_going(tiny_model_dir: Path, tmp_pat
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     good.write_bytes(jpeg_bytes((10, 10, 10)))
     bad.write_bytes(b"not a jpeg")
-    result = runner.invoke(app, ["predict", "--model", str(tiny_model_dir), str(bad), str(good),
-                                 str(tmp_path / "missing.jpg")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(tiny_model_dir),
+            str(bad),
+            str(good),
+            str(tmp_path / "missing.jpg"),
+        ],
+    )
     assert result.exit_code == 1
-    records = {Path(r["path"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    records = {Path(r["path"]).name: r for r in lines}
+    assert [Path(r["path"]).name for r in lines][:2] == ["bad.jpg", "good.jpg"]  # input order
     assert "label" in records["good.jpg"]
     assert "not an image" in records["bad.jpg"]["error"]
     assert records["missing.jpg"]["error"] == "no such file or folder"
@@ -68,8 +81,10 @@ def test_data_fetch_and_validate(tmp_path: Path, monkeypatch) -> None:
     fetched = runner.invoke(app, ["data", "fetch", "--set", f"work_dir={tmp_path / 'w'}"])
     assert fetched.exit_code == 0, fetched.output
     assert Path(fetched.stdout.strip()).name == "trashnet"
-    validated = runner.invoke(app, ["data", "validate", "--out", str(tmp_path / "v"),
-                                    "--set", f"work_dir={tmp_path / 'w'}"])
+    validated = runner.invoke(
+        app,
+        ["data", "validate", "--out", str(tmp_path / "v"), "--set", f"work_dir={tmp_path / 'w'}"],
+    )
     assert validated.exit_code == 0, validated.output
     assert "Data validation: PASSED" in validated.stdout
     assert json.loads((tmp_path / "v" / "validation.json").read_text())["num_kept"] == 60

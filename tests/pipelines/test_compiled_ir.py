@@ -18,8 +18,9 @@ GOLDEN = Path(__file__).parent / "golden" / "pipeline_ir.yaml"
 IMAGE_PLACEHOLDER = "<COMPONENTS_IMAGE>"
 VOLATILE_KEYS = ("sdkVersion",)
 
-training = pytest.importorskip("pipelines.training",
-                               reason="pipelines/training.py (the lead's pipeline) is not there yet")
+training = pytest.importorskip(
+    "pipelines.training", reason="pipelines/training.py (the lead's pipeline) is not there yet"
+)
 
 
 def _compile(tmp_path: Path) -> list[dict[str, Any]]:
@@ -29,12 +30,14 @@ def _compile(tmp_path: Path) -> list[dict[str, Any]]:
 
 def normalise(documents: list[dict[str, Any]], image: str) -> list[dict[str, Any]]:
     """Drop fields that change without a pipeline change (SDK version, the image tag)."""
+
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: walk(v) for k, v in node.items() if k not in VOLATILE_KEYS}
         if isinstance(node, list):
             return [walk(v) for v in node]
         return IMAGE_PLACEHOLDER if node == image else node
+
     return [walk(d) for d in documents]
 
 
@@ -58,12 +61,19 @@ def test_compiled_ir_matches_golden(ir):
     assert GOLDEN.is_file(), f"no golden file; create it with UPDATE_GOLDEN=1 ({GOLDEN})"
     want = [d for d in yaml.safe_load_all(GOLDEN.read_text()) if d]
     if got != want:
-        diff = difflib.unified_diff(yaml.safe_dump_all(want, sort_keys=True).splitlines(),
-                                    yaml.safe_dump_all(got, sort_keys=True).splitlines(),
-                                    "golden", "compiled", lineterm="", n=2)
-        pytest.fail("compiled IR differs from tests/pipelines/golden/pipeline_ir.yaml; if the change "
-                    "is intended, regenerate with UPDATE_GOLDEN=1 and review the diff:\n"
-                    + "\n".join(list(diff)[:80]))
+        diff = difflib.unified_diff(
+            yaml.safe_dump_all(want, sort_keys=True).splitlines(),
+            yaml.safe_dump_all(got, sort_keys=True).splitlines(),
+            "golden",
+            "compiled",
+            lineterm="",
+            n=2,
+        )
+        pytest.fail(
+            "compiled IR differs from tests/pipelines/golden/pipeline_ir.yaml; if the change "
+            "is intended, regenerate with UPDATE_GOLDEN=1 and review the diff:\n"
+            + "\n".join(list(diff)[:80])
+        )
     assert not any("sdkVersion" in d for d in want)
 
 
@@ -75,8 +85,10 @@ def test_train_task_asks_for_one_gpu_on_a_gpu_node(ir):
     platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"][executor]
     assert platform["nodeSelector"]["labels"]  # a GPU node label
     assert any(t.get("key") == "nvidia.com/gpu" for t in platform["tolerations"])
-    assert any(m["mountPath"] == "/dev/shm" and m.get("medium") == "Memory"
-               for m in platform["emptyDirMounts"])
+    assert any(
+        m["mountPath"] == "/dev/shm" and m.get("medium") == "Memory"
+        for m in platform["emptyDirMounts"]
+    )
 
 
 def test_only_the_train_task_asks_for_a_gpu(ir):
@@ -93,6 +105,10 @@ def test_every_step_runs_in_the_components_image_with_requests_and_limits(ir):
         container = executor["container"]
         assert container["image"] == COMPONENTS_IMAGE, name
         resources = container.get("resources") or {}
-        for key in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest",
-                    "resourceMemoryLimit"):
+        for key in (
+            "resourceCpuRequest",
+            "resourceCpuLimit",
+            "resourceMemoryRequest",
+            "resourceMemoryLimit",
+        ):
             assert key in resources, f"{name} has no {key}"

@@ -27,7 +27,9 @@ from pipelines.submit import (
     wait_for_run,
 )
 
-pytest.importorskip("pipelines.training", reason="pipelines/training.py (the lead's) is not there yet")
+pytest.importorskip(
+    "pipelines.training", reason="pipelines/training.py (the lead's) is not there yet"
+)
 
 
 class FakeKFPClient:
@@ -76,8 +78,9 @@ def test_cluster_config_uses_a_shared_tracking_server_and_a_relative_work_dir(co
 def test_submit_sends_the_compiled_pipeline_with_the_config(config):
     client = FakeKFPClient("http://kfp.example")
     cfg = cluster_config(config)
-    result = submit_pipeline("http://kfp.example/", cfg, experiment="exp", run_name="r1",
-                             client=client)
+    result = submit_pipeline(
+        "http://kfp.example/", cfg, experiment="exp", run_name="r1", client=client
+    )
 
     assert result.run_id == "run-1"
     assert result.run_url == "http://kfp.example/#/runs/details/run-1"
@@ -96,27 +99,66 @@ def test_cpu_only_drops_gpu_requests_and_caps_resources(config):
     docs = client.runs[0]["documents"]
     resources, platform = _train_executor(docs)
     assert "accelerator" not in resources
-    assert resources["resourceCpuRequest"] in ("2", "500m") and resources["resourceMemoryLimit"] == "6G"
+    assert (
+        resources["resourceCpuRequest"] in ("2", "500m")
+        and resources["resourceMemoryLimit"] == "6G"
+    )
     assert "nodeSelector" not in platform and "tolerations" not in platform
     for executor in docs[0]["deploymentSpec"]["executors"].values():
         assert "accelerator" not in executor["container"].get("resources", {})
 
 
 def test_fit_to_cpu_cluster_keeps_small_requests_and_other_tolerations():
-    docs = [{"deploymentSpec": {"executors": {"e": {"container": {"resources": {
-        "resourceCpuRequest": "500m", "resourceCpuLimit": "8", "resourceMemoryRequest": "512Mi",
-        "resourceMemoryLimit": "32G", "cpuLimit": 8.0,
-        "accelerator": {"resourceType": "nvidia.com/gpu", "resourceCount": "1"}}}}}}},
-            {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {"e": {
-                "nodeSelector": {"labels": {"gpu": "true"}},
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"},
-                                {"key": "spot", "operator": "Exists"}]}}}}}}]
+    docs = [
+        {
+            "deploymentSpec": {
+                "executors": {
+                    "e": {
+                        "container": {
+                            "resources": {
+                                "resourceCpuRequest": "500m",
+                                "resourceCpuLimit": "8",
+                                "resourceMemoryRequest": "512Mi",
+                                "resourceMemoryLimit": "32G",
+                                "cpuLimit": 8.0,
+                                "accelerator": {
+                                    "resourceType": "nvidia.com/gpu",
+                                    "resourceCount": "1",
+                                },
+                            }
+                        }
+                    }
+                }
+            }
+        },
+        {
+            "platforms": {
+                "kubernetes": {
+                    "deploymentSpec": {
+                        "executors": {
+                            "e": {
+                                "nodeSelector": {"labels": {"gpu": "true"}},
+                                "tolerations": [
+                                    {"key": "nvidia.com/gpu", "operator": "Exists"},
+                                    {"key": "spot", "operator": "Exists"},
+                                ],
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ]
     fitted = fit_to_cpu_cluster(docs, max_cpu="2", max_memory="6G")
     assert fitted[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"] == {
-        "resourceCpuRequest": "500m", "resourceCpuLimit": "2", "resourceMemoryRequest": "512Mi",
-        "resourceMemoryLimit": "6G"}
+        "resourceCpuRequest": "500m",
+        "resourceCpuLimit": "2",
+        "resourceMemoryRequest": "512Mi",
+        "resourceMemoryLimit": "6G",
+    }
     assert fitted[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["e"] == {
-        "tolerations": [{"key": "spot", "operator": "Exists"}]}
+        "tolerations": [{"key": "spot", "operator": "Exists"}]
+    }
     assert "accelerator" in docs[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"]
 
 
@@ -137,8 +179,14 @@ def test_wait_times_out():
     client.states = ["RUNNING"] * 10
     now = [0.0]
     with pytest.raises(SubmitError, match="still RUNNING after 5 s"):
-        wait_for_run(client, "r", timeout_s=5, poll_s=3, clock=lambda: now[0],
-                     sleep=lambda s: now.__setitem__(0, now[0] + s))
+        wait_for_run(
+            client,
+            "r",
+            timeout_s=5,
+            poll_s=3,
+            clock=lambda: now[0],
+            sleep=lambda s: now.__setitem__(0, now[0] + s),
+        )
 
 
 def test_a_refused_run_names_the_host(config):
@@ -157,9 +205,20 @@ def test_submit_command(monkeypatch, tmp_path):
     FakeKFPClient.instances.clear()
     app = typer.Typer()
     app.command()(submit)
-    result = CliRunner().invoke(app, ["--host", "http://kfp.example", "--profile", "smoke",
-                                      "--set", "train.epochs=1", "--cpu-only",
-                                      "--experiment", "e2e"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--host",
+            "http://kfp.example",
+            "--profile",
+            "smoke",
+            "--set",
+            "train.epochs=1",
+            "--cpu-only",
+            "--experiment",
+            "e2e",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["run_id"] == "run-1"
     (client,) = FakeKFPClient.instances
@@ -174,20 +233,47 @@ def test_submit_command(monkeypatch, tmp_path):
 def test_deploy_parameter_is_set_when_the_pipeline_declares_it(config, tmp_path):
     """The pipeline's deploy step is off by default (kfp.local); a cluster run turns it on."""
     package = tmp_path / "pipeline.yaml"
-    package.write_text(yaml.safe_dump_all([
-        {"root": {"inputDefinitions": {"parameters": {
-            "config_json": {"parameterType": "STRING"},
-            "deploy_to_kserve": {"parameterType": "BOOLEAN", "defaultValue": False}}}},
-         "deploymentSpec": {"executors": {}}},
-        {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {}}}}}]))
+    package.write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "root": {
+                        "inputDefinitions": {
+                            "parameters": {
+                                "config_json": {"parameterType": "STRING"},
+                                "deploy_to_kserve": {
+                                    "parameterType": "BOOLEAN",
+                                    "defaultValue": False,
+                                },
+                            }
+                        }
+                    },
+                    "deploymentSpec": {"executors": {}},
+                },
+                {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {}}}}},
+            ]
+        )
+    )
     client = FakeKFPClient()
     submit_pipeline("http://kfp", cluster_config(config), package=package, client=client)
-    submit_pipeline("http://kfp", cluster_config(config), package=package, deploy=False,
-                    client=client)
+    submit_pipeline(
+        "http://kfp", cluster_config(config), package=package, deploy=False, client=client
+    )
     assert [r["arguments"]["deploy_to_kserve"] for r in client.runs] == [True, False]
 
     plain = tmp_path / "plain.yaml"
-    plain.write_text(yaml.safe_dump_all([{"root": {"inputDefinitions": {"parameters": {
-        "config_json": {"parameterType": "STRING"}}}}}]))
+    plain.write_text(
+        yaml.safe_dump_all(
+            [
+                {
+                    "root": {
+                        "inputDefinitions": {
+                            "parameters": {"config_json": {"parameterType": "STRING"}}
+                        }
+                    }
+                }
+            ]
+        )
+    )
     submit_pipeline("http://kfp", cluster_config(config), package=plain, client=client)
     assert set(client.runs[-1]["arguments"]) == {"config_json"}

@@ -95,7 +95,7 @@ def test_ready_only_after_load_and_warm_up(tiny_model_dir: Path, settings: Servi
 
 def test_load_fails_clearly_without_a_model(tmp_path: Path) -> None:
     broken = GarbageClassifierModel(NAME, tmp_path)
-    with pytest.raises(ModelLoadError, match="no model.onnx"):
+    with pytest.raises(ModelLoadError, match=r"no model\.onnx"):
         broken.load()
     assert broken.ready is False
 

@@ -10,9 +10,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from support import CLASSES, make_archive, make_image_tree
 
 from components.data.fetch import DataFetchError, fetch_dataset, find_image_root
-from support import CLASSES, make_archive, make_image_tree
 
 
 @pytest.fixture

@@ -13,9 +13,13 @@ from components.data.split import SPLITS, read_manifest, split_dataset, write_ma
 
 def table(per_class: dict[str, int]) -> pd.DataFrame:
     rows = [
-        {"path": f"{label}/{label}{i}.jpg", "label": label,
-         "sha256": hashlib.sha256(f"{label}{i}".encode()).hexdigest()}
-        for label, n in per_class.items() for i in range(n)
+        {
+            "path": f"{label}/{label}{i}.jpg",
+            "label": label,
+            "sha256": hashlib.sha256(f"{label}{i}".encode()).hexdigest(),
+        }
+        for label, n in per_class.items()
+        for i in range(n)
     ]
     return pd.DataFrame(rows)
 

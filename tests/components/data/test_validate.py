@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from support import CLASSES, jpeg_bytes
 
 from components.config import DataConfig
 from components.data.validate import (
@@ -17,7 +18,6 @@ from components.data.validate import (
     validate_dataset,
     write_report,
 )
-from support import CLASSES, jpeg_bytes
 
 CONFIG = DataConfig(min_images_per_class=3, min_side=16)
 
@@ -38,7 +38,7 @@ def test_corrupt_image_is_a_hard_error_naming_the_file(image_tree: Path) -> None
     assert not report.ok
     assert "glass/broken.jpg" in report.errors[0]
     assert "glass/broken.jpg" not in set(kept["path"])
-    with pytest.raises(DataValidationError, match="glass/broken.jpg"):
+    with pytest.raises(DataValidationError, match=r"glass/broken\.jpg"):
         raise_for_errors(report)
 
 
@@ -94,8 +94,9 @@ def test_duplicates_across_classes_are_excluded_and_reported(image_tree: Path) -
 
 
 def test_real_development_archive_finds_the_known_label_conflicts(dev_archive, tmp_path) -> None:
-    from components.data.fetch import fetch_dataset
     from support import DEV_ARCHIVE_SHA256
+
+    from components.data.fetch import fetch_dataset
 
     root = fetch_dataset(str(dev_archive), DEV_ARCHIVE_SHA256, tmp_path / "cache")
     report, kept = validate_dataset(root, DataConfig())
