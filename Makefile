@@ -29,6 +29,9 @@ help:
 	@echo "make bench-train  full-data training benchmark -> bench/results/train.{json,md}"
 	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
 	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
+	@echo "make lint         ruff (lint + format check) and mypy"
+	@echo "make coverage     unit tests with a coverage report -> htmlcov/"
+	@echo "make docs         documentation site -> site/ (mkdocs build --strict)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -11,6 +11,7 @@ images/s, peak memory and the machine. Writes ``bench/results/train[-PROFILE].js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -52,10 +53,8 @@ class MemorySampler(threading.Thread):
                 processes = [self.root, *self.root.children(recursive=True)]
                 sizes = []
                 for p in processes:
-                    try:
+                    with contextlib.suppress(psutil.Error):
                         sizes.append(p.memory_info().rss)
-                    except psutil.Error:
-                        pass
                 self.peak_tree = max(self.peak_tree, sum(sizes))
                 self.peak_single = max(self.peak_single, max(sizes, default=0))
             except psutil.Error:

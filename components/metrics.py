@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+# Class indices: a list, or a NumPy array such as ``logits.argmax(1)``.
+Labels = Sequence[int] | np.ndarray
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+
+def confusion_matrix(y_true: Labels, y_pred: Labels, num_classes: int) -> np.ndarray:
     """Counts ``[true, predicted]`` as an ``int64`` matrix of shape ``[C, C]``."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
@@ -15,8 +19,8 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
 
 
 def classification_metrics(
-    y_true: Sequence[int], y_pred: Sequence[int], class_names: Sequence[str]
-) -> dict[str, object]:
+    y_true: Labels, y_pred: Labels, class_names: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy, macro-F1 and per-class precision, recall, F1 and support.
 
     Returns:

@@ -30,7 +30,7 @@ def expand_paths(paths: Iterable[Path], suffixes: set[str]) -> list[Path]:
 def predict_files(
     classifier: OnnxClassifier, files: list[Path], batch_size: int = 32
 ) -> Iterator[dict[str, object]]:
-    """Yield ``{"path", "label", "score"}`` per file in order, or ``{"path", "error"}`` for a bad one."""
+    """Yield ``{"path", "label", "score"}`` per file, in order; ``{"path", "error"}`` if bad."""
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         records: list[dict[str, object]] = [{"path": str(path)} for path in chunk]

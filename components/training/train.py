@@ -1,4 +1,4 @@
-"""Fine-tune a backbone on the split manifest; keep the checkpoint with the best validation macro-F1."""
+"""Fine-tune a backbone on the split manifest; keep the best checkpoint by validation macro-F1."""
 
 from __future__ import annotations
 
@@ -259,7 +259,8 @@ def train_model(
         history.append({"epoch": epoch, **metrics})
         tqdm.write(
             f"epoch {epoch}/{tc.epochs}: train_loss {metrics['train_loss']:.3f} "
-            f"val_loss {val_loss:.3f} val_acc {val['accuracy']:.3f} val_macro_f1 {val['macro_f1']:.3f} "
+            f"val_loss {val_loss:.3f} val_acc {val['accuracy']:.3f} "
+            f"val_macro_f1 {val['macro_f1']:.3f} "
             f"({epoch_seconds:.0f}s, {metrics['train_images_per_second']:.0f} img/s)"
         )
         if on_epoch is not None:

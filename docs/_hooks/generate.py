@@ -269,6 +269,8 @@ def included_page(source: str, page: str) -> str:
         "time: edit that file.\n\n"
     )
     title, _, rest = text.partition("\n")
-    if not title.startswith("# "):  # no title line: keep everything, let MkDocs name the page
+    if title.startswith("#"):  # the first heading is the page's title, whatever its level
+        title = "# " + title.lstrip("#").strip()
+    else:  # no title line: keep everything, let MkDocs name the page
         title, rest = "", text
     return f"{title}\n\n{note}{_rewrite_links(rest, source, page)}"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import jpeg_bytes
 from containers.container_engine import Engine
+from support import jpeg_bytes
 
 pytestmark = pytest.mark.integration
 
