@@ -9,11 +9,12 @@
    validation and test splits (never seen by the reference): clean, or corrupted at a moderate and a
    severe level (brighter, darker, blur, noise, JPEG artefacts, colour cast), or with a shifted
    class mix (50 % / 80 % of the window from one class, the class rotating over windows).
-3. The class mix is judged from predicted classes. So that the benchmark needs no trained
-   champion, predictions come from a stand-in classifier: a multinomial logistic regression on the
-   monitoring features, trained on the train split (its out-of-fold predictions on the train
-   split are the reference's ``prediction`` column). It is far weaker than the real model, which
-   makes the class-mix figures conservative. ``--model DIR`` uses an exported model instead.
+3. The class mix is judged from predicted classes: the registry's champion (left by
+   ``make run``) by default, or ``--model DIR``. Without either, predictions come from a stand-in
+   classifier: a multinomial logistic regression on the monitoring features, trained on the
+   train split (its out-of-fold predictions on the train split are the reference's
+   ``prediction`` column). It is far weaker than the real model, which
+   makes the class-mix figures conservative.
 4. Each window goes through :func:`monitoring.drift.compute_drift`, the drift job's decision.
 5. The drift job end to end (``run_drift_job``: read the window from SQLite, decide, render the
    Evidently HTML/JSON reports, write metrics) on 10k and 100k logged rows.
@@ -399,6 +400,18 @@ def markdown(result: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def champion_model_dir() -> Path | None:
+    """The default registry's champion (what `make run` leaves), or None when there is none."""
+    from components.config import load_config
+    from components.inference import ModelLoadError
+    from components.model_store import resolve_model_dir
+
+    try:
+        return resolve_model_dir(None, load_config())
+    except ModelLoadError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--window", type=int, default=200)
@@ -406,11 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shifted-windows", type=int, default=40)
     parser.add_argument("--job-rows", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument(
-        "--model", type=Path, default=None, help="exported model instead of the stand-in"
+        "--model",
+        type=Path,
+        default=None,
+        help="exported model; default: the registry's champion (after `make run`), else the stand-in",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = champion_model_dir()
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     start_machine = machine()

@@ -54,8 +54,8 @@ class ServingSettings(BaseModel):
     intra_op_threads: int | None = Field(
         None,
         ge=1,
-        description="ONNX Runtime threads per model call; default: CPUs / workers - 1 "
-        "(at least 1) on CPU, 1 on CUDA.",
+        description="ONNX Runtime threads per model call; default: CPUs / workers on CPU, "
+        "1 on CUDA.",
     )
     decode_threads: int | None = Field(
         None,
@@ -150,16 +150,12 @@ def thread_budget(
     """``(intra_op_threads, decode_threads)`` for one server process.
 
     The CPUs are shared, not multiplied: each of ``workers`` processes gets ``share = cpus /
-    workers``. ONNX Runtime gets ``share - 1`` threads (at least 1): one core stays with the
-    event loop, HTTP parsing and decoding, because ONNX Runtime's idle worker threads spin
-    (busy-wait, its default) and would take that core from them; on 2 CPUs this cut the
-    server's CPU time per image by a third to a half at equal or better throughput
-    (serving/README.md).
-    Model calls are serialised per process by the micro-batcher, so one call owns those threads.
-    Decode threads (``share``) sleep when idle and work while the model waits for its next
-    batch. On CUDA the model needs one host thread.
+    workers``, and both ONNX Runtime and the decode pool get ``share`` threads. That does not
+    oversubscribe: model calls are serialised per process by the micro-batcher, ONNX Runtime's
+    idle threads sleep instead of spinning (``components.inference``), and decoding mostly runs
+    while the model waits for its next batch. On CUDA the model needs one host thread.
     """
     share = max(1, (cpus or available_cpus()) // max(1, workers))
-    intra = settings.intra_op_threads or (1 if cuda else max(1, share - 1))
+    intra = settings.intra_op_threads or (1 if cuda else share)
     decode = settings.decode_threads or share
     return intra, decode

@@ -44,11 +44,11 @@ def test_invalid_settings_say_which_and_where(env, overrides, message) -> None:
         ServingSettings.from_sources(env, **overrides)
 
 
-def test_thread_budget_divides_the_cpus_between_workers_and_keeps_a_core_for_the_server() -> None:
+def test_thread_budget_divides_the_cpus_between_workers() -> None:
     settings = ServingSettings()
-    assert thread_budget(settings, workers=1, cpus=8) == (7, 8)
-    assert thread_budget(settings, workers=2, cpus=8) == (3, 4)
-    assert thread_budget(settings, workers=1, cpus=2) == (1, 2)
+    assert thread_budget(settings, workers=1, cpus=8) == (8, 8)
+    assert thread_budget(settings, workers=2, cpus=8) == (4, 4)
+    assert thread_budget(settings, workers=1, cpus=2) == (2, 2)
     assert thread_budget(settings, workers=4, cpus=2) == (1, 1)
     assert thread_budget(settings, workers=1, cuda=True, cpus=8) == (1, 8)
     explicit = ServingSettings(intra_op_threads=3, decode_threads=2)
