@@ -34,24 +34,16 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from monitoring.accuracy import live_accuracy
-from monitoring.features import EMBEDDING_COLUMNS, FEATURE_COLUMNS
+from monitoring.features import EMBEDDING_COLUMNS, FEATURE_COLUMNS, SCALAR_FEATURES
 
 if TYPE_CHECKING:
     from evidently import Report
 
 log = logging.getLogger(__name__)
 
-MONITORED_FEATURES: tuple[str, ...] = (
-    "brightness",
-    "contrast",
-    "saturation",
-    "sharpness",
-    "noise",
-    "blockiness",
-    "red_green",
-    "yellow_blue",
-)
+#: Image size is reported but does not vote: photos legitimately come in many sizes.
 INFO_FEATURES: tuple[str, ...] = ("width", "height")
+MONITORED_FEATURES: tuple[str, ...] = tuple(f for f in SCALAR_FEATURES if f not in INFO_FEATURES)
 CLASS_COLUMN = "predicted_class"
 REPORT_ROWS = 10_000
 EMBEDDING = "embedding"
@@ -254,18 +246,15 @@ def compute_drift(
     info: dict[str, ColumnDrift] = {}
     components: dict[str, ColumnDrift] = {}
     embedding_share = None
+
+    def feature_drift(name: str, kind: str) -> ColumnDrift:
+        method, threshold = settings.feature_method, settings.feature_threshold
+        score, drifted = _stat_test(ref[name], cur[name], method, threshold, categorical=False)
+        return ColumnDrift(name, kind, method, threshold, score, drifted)
+
     if window:
         for name in settings.features:
-            score, drifted = _stat_test(
-                ref[name],
-                cur[name],
-                settings.feature_method,
-                settings.feature_threshold,
-                categorical=False,
-            )
-            columns[name] = ColumnDrift(
-                name, "feature", settings.feature_method, settings.feature_threshold, score, drifted
-            )
+            columns[name] = feature_drift(name, "feature")
         if class_source is not None:
             predicted = cur[CLASS_COLUMN].dropna().astype(str)
             if len(predicted):
@@ -311,16 +300,7 @@ def compute_drift(
                 embedding_share >= settings.embedding_share,
             )
         for name in settings.info_features:
-            score, drifted = _stat_test(
-                ref[name],
-                cur[name],
-                settings.feature_method,
-                settings.feature_threshold,
-                categorical=False,
-            )
-            info[name] = ColumnDrift(
-                name, "info", settings.feature_method, settings.feature_threshold, score, drifted
-            )
+            info[name] = feature_drift(name, "info")
     share = sum(c.drifted for c in columns.values()) / len(columns) if columns else 0.0
     enough = window >= settings.min_window
     detected = enough and share >= settings.drift_share
