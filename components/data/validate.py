@@ -8,6 +8,7 @@ the table of images that go on to the split.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,7 +96,7 @@ def _describe(path: Path, root: Path, config: DataConfig) -> dict[str, object]:
         "error": None,
     }
     try:
-        with Image.open(path) as header:
+        with Image.open(io.BytesIO(data)) as header:
             row["format"] = header.format
         image = decode_image(
             data, allowed_formats=config.allowed_formats, max_pixels=config.max_pixels
