@@ -5,6 +5,11 @@ model in a dedicated thread (so the event loop keeps accepting and decoding requ
 every caller its slice of the result. While a call runs, new requests queue up and form the next
 batch, so under load batches grow by themselves; ``max_wait_s`` only decides how long an
 under-full batch waits for company when the model is idle (0: never, the lowest latency).
+
+A submission is either pixels or a function that produces them (:data:`Deferred`), which the
+model thread calls just before the model call: for a lone request on an idle model that saves a
+thread hand-off (decoding elsewhere first gains nothing when there is nothing to overlap with).
+If that function raises, only its caller gets the error; the rest of the batch runs.
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+Deferred = Callable[[], np.ndarray]
+"""Produces one submission's pixels (``uint8 [N, H, W, 3]``) on the model thread."""
+
 
 @dataclass
 class _Item:
-    pixels: np.ndarray
+    pixels: np.ndarray | Deferred
+    images: int
     future: asyncio.Future[np.ndarray]
 
 
@@ -63,20 +72,39 @@ class MicroBatcher:
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
 
-    async def submit(self, pixels: np.ndarray) -> np.ndarray:
-        """Run the model on ``pixels`` (``[N, H, W, 3]``) together with concurrent submissions."""
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no model call running: a submission now runs at once."""
+        return not self._pending and not self._running
+
+    async def submit(self, pixels: np.ndarray | Deferred, images: int = 1) -> np.ndarray:
+        """Run the model on ``pixels`` together with concurrent submissions.
+
+        Args:
+            pixels: ``uint8 [N, H, W, 3]``, or a :data:`Deferred` producing them.
+            images: ``N`` for a :data:`Deferred` (at most ``max_batch_size``); ignored otherwise.
+
+        Returns:
+            One result row per image. Whatever ``pixels`` or the model raised is raised here.
+        """
+        if callable(pixels):
+            return await self._enqueue(pixels, images)
         if len(pixels) > self.max_batch_size:
             parts = [
                 pixels[i : i + self.max_batch_size]
                 for i in range(0, len(pixels), self.max_batch_size)
             ]
             return np.concatenate(await asyncio.gather(*(self.submit(p) for p in parts)))
+        return await self._enqueue(pixels, len(pixels))
+
+    async def _enqueue(self, pixels: np.ndarray | Deferred, images: int) -> np.ndarray:
         loop = asyncio.get_running_loop()
         self._ensure_worker(loop)
-        item = _Item(pixels, loop.create_future())
+        item = _Item(pixels, images, loop.create_future())
         self._pending.append(item)
-        self._pending_images += len(pixels)
+        self._pending_images += images
         assert self._wakeup is not None
         self._wakeup.set()
         return await item.future
@@ -136,7 +164,7 @@ class MicroBatcher:
         batch: list[_Item] = []
         size = 0
         while self._pending:
-            n = len(self._pending[0].pixels)
+            n = self._pending[0].images
             if batch and size + n > self.max_batch_size:
                 break
             item = self._pending.popleft()
@@ -149,26 +177,55 @@ class MicroBatcher:
 
     async def _run(self, batch: list[_Item]) -> None:
         assert self._loop is not None
-        pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([i.pixels for i in batch])
         start = time.perf_counter()
+        self._running = True
         try:
-            results = await self._loop.run_in_executor(self._executor, self._run_batch, pixels)
+            results, inputs = await self._loop.run_in_executor(
+                self._executor, self._call_model, [item.pixels for item in batch]
+            )
         except asyncio.CancelledError:  # close() while the model ran
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(RuntimeError("the model server is shutting down"))
             raise
         except Exception as e:  # the model failed: every caller of this batch gets the error
-            logger.exception("model call on a batch of %d images failed", len(pixels))
+            images = sum(item.images for item in batch)
+            logger.exception("model call on a batch of %d images failed", images)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(e)
             return
-        if self._on_batch is not None:
-            self._on_batch(len(pixels), time.perf_counter() - start)
+        finally:
+            self._running = False
+        if self._on_batch is not None and results is not None:
+            self._on_batch(len(results), time.perf_counter() - start)
         offset = 0
-        for item in batch:
-            n = len(item.pixels)
+        for item, pixels in zip(batch, inputs, strict=True):
+            if isinstance(pixels, Exception):
+                if not item.future.done():
+                    item.future.set_exception(pixels)
+                continue
+            assert results is not None  # some pixels were produced, so the model ran
             if not item.future.done():
-                item.future.set_result(results[offset : offset + n])
-            offset += n
+                item.future.set_result(results[offset : offset + len(pixels)])
+            offset += len(pixels)
+
+    def _call_model(
+        self, inputs: list[np.ndarray | Deferred]
+    ) -> tuple[np.ndarray | None, list[np.ndarray | Exception]]:
+        """On the model thread: produce deferred pixels, then one model call on all of them.
+
+        Returns:
+            The model's rows (None when no submission had pixels) and, per submission, its
+            pixels or the exception its :data:`Deferred` raised.
+        """
+        produced: list[np.ndarray | Exception] = []
+        for pixels in inputs:
+            try:
+                produced.append(pixels() if callable(pixels) else pixels)
+            except Exception as e:  # that caller's problem (e.g. a corrupt image), not the batch's
+                produced.append(e)
+        arrays = [p for p in produced if not isinstance(p, Exception)]
+        if not arrays:
+            return None, produced
+        return self._run_batch(arrays[0] if len(arrays) == 1 else np.concatenate(arrays)), produced

@@ -4,7 +4,8 @@ Request flow (KServe's ``Model.__call__`` runs preprocess -> predict -> postproc
 
 * ``preprocess`` reads the images out of the payload (:mod:`serving.payload`) and decodes them
   once, with the shared preprocessing, in a small thread pool (Pillow releases the GIL), so the
-  event loop stays free;
+  event loop stays free; a lone image arriving while the model is idle is instead decoded on the
+  model thread right before its model call (one thread hand-off less, nothing to overlap with);
 * ``predict`` hands the pixels to the :class:`~serving.batcher.MicroBatcher`, which runs ONNX
   Runtime in its own thread on batches of concurrent requests;
 * ``postprocess`` turns probabilities into labels in the protocol of the request (v1 dict or v2
@@ -22,6 +23,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from PIL import Image
 
 from components.inference import ModelLoadError, OnnxClassifier, Prediction, default_providers
 from components.preprocessing import InvalidImageError
-from serving.batcher import MicroBatcher
+from serving.batcher import Deferred, MicroBatcher
 from serving.errors import InputRejected
 from serving.metrics import serving_metrics
 from serving.payload import (
@@ -71,7 +73,7 @@ class _Work:
     request_id: str
     protocol: str  # "v1", "v2" (REST) or "grpc"
     inputs: list[bytes] | np.ndarray
-    pixels: np.ndarray
+    pixels: np.ndarray | Deferred
     request: InferRequest | None = None
     probabilities: np.ndarray | None = None
 
@@ -298,11 +300,15 @@ class GarbageClassifierModel(Model):
             inputs = v1_images(payload, self.settings)
             payload = None
             request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        assert self._batcher is not None
+        pixels: np.ndarray | Deferred
         if isinstance(inputs, np.ndarray):
             pixels = await self._fit(classifier, inputs)
+        elif len(inputs) == 1 and self._batcher.idle:
+            pixels = partial(self._decode_now, classifier, inputs)
         else:
             pixels = await self._decode(classifier, inputs)
-        self._metrics.request_images.labels(self.name, protocol).observe(len(pixels))
+        self._metrics.request_images.labels(self.name, protocol).observe(len(inputs))
         return _Work(request_id, protocol, inputs, pixels, payload)
 
     async def predict(
@@ -313,7 +319,7 @@ class GarbageClassifierModel(Model):
     ) -> _Work:
         """Run the model on the request's pixels, batched with concurrent requests."""
         assert self._batcher is not None
-        payload.probabilities = await self._batcher.submit(payload.pixels)
+        payload.probabilities = await self._batcher.submit(payload.pixels, len(payload.inputs))
         return payload
 
     async def postprocess(
@@ -390,20 +396,37 @@ class GarbageClassifierModel(Model):
     async def _decode(self, classifier: OnnxClassifier, images: list[bytes]) -> np.ndarray:
         """Decode and resize encoded images in the decode pool, in parallel chunks."""
         out = np.empty((len(images), classifier.height, classifier.width, 3), dtype=np.uint8)
-        s = self.settings
-
-        def decode_range(start: int, stop: int) -> None:
-            for i in range(start, stop):
-                try:
-                    out[i] = classifier.preprocess(
-                        images[i], allowed_formats=s.allowed_formats, max_pixels=s.max_image_pixels
-                    )
-                except InvalidImageError as e:
-                    where = f"image {i}: " if len(images) > 1 else ""
-                    raise InputRejected(f"{where}{e}", e.reason) from e
-
-        await self._in_chunks(len(images), decode_range)
+        await self._in_chunks(len(images), partial(self._decode_into, classifier, images, out))
         return out
+
+    def _decode_now(self, classifier: OnnxClassifier, images: list[bytes]) -> np.ndarray:
+        """Decode and resize encoded images in the calling thread."""
+        out = np.empty((len(images), classifier.height, classifier.width, 3), dtype=np.uint8)
+        self._decode_into(classifier, images, out, 0, len(images))
+        return out
+
+    def _decode_into(
+        self,
+        classifier: OnnxClassifier,
+        images: list[bytes],
+        out: np.ndarray,
+        start: int,
+        stop: int,
+    ) -> None:
+        """Decode ``images[start:stop]`` into ``out[start:stop]``.
+
+        Raises:
+            InputRejected: An image is not a valid, allowed image (the message names which).
+        """
+        s = self.settings
+        for i in range(start, stop):
+            try:
+                out[i] = classifier.preprocess(
+                    images[i], allowed_formats=s.allowed_formats, max_pixels=s.max_image_pixels
+                )
+            except InvalidImageError as e:
+                where = f"image {i}: " if len(images) > 1 else ""
+                raise InputRejected(f"{where}{e}", e.reason) from e
 
     async def _fit(self, classifier: OnnxClassifier, pixels: np.ndarray) -> np.ndarray:
         """Resize a pixel tensor to the model's input size (no-op when it already is)."""

@@ -152,8 +152,8 @@ def thread_budget(
     The CPUs are shared, not multiplied: each of ``workers`` processes gets ``share = cpus /
     workers``, and both ONNX Runtime and the decode pool get ``share`` threads. That does not
     oversubscribe: model calls are serialised per process by the micro-batcher, ONNX Runtime's
-    idle threads sleep instead of spinning (``components.inference``), and decoding mostly runs
-    while the model waits for its next batch. On CUDA the model needs one host thread.
+    threads stop spinning when a call returns (``components.inference``), and decoding mostly
+    runs while the model waits for its next batch. On CUDA the model needs one host thread.
     """
     share = max(1, (cpus or available_cpus()) // max(1, workers))
     intra = settings.intra_op_threads or (1 if cuda else share)

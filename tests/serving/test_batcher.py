@@ -121,6 +121,67 @@ def test_a_model_error_reaches_every_caller_of_the_batch_and_the_next_batch_runs
     assert recovered.item() == 3
 
 
+def test_deferred_pixels_are_produced_on_the_model_thread(executor) -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, executor=executor)
+    threads = []
+
+    def decode() -> np.ndarray:
+        threads.append(threading.current_thread())
+        return images(7)
+
+    result = asyncio.run(batcher.submit(decode, images=1))
+    assert result.item() == 7
+    assert threads == [executor.submit(threading.current_thread).result()]
+    assert model.batches == [1]
+
+
+def test_a_failing_deferred_submission_fails_only_its_own_caller(executor) -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, executor=executor)
+
+    def corrupt() -> np.ndarray:
+        raise ValueError("not an image")
+
+    async def scenario():
+        model.release.clear()  # hold the first call so that the next three share one batch
+        first = asyncio.ensure_future(batcher.submit(images(1)))
+        await asyncio.sleep(0.05)
+        rest = [
+            asyncio.ensure_future(batcher.submit(images(2))),
+            asyncio.ensure_future(batcher.submit(corrupt, images=1)),
+            asyncio.ensure_future(batcher.submit(lambda: images(4, 5), images=2)),
+        ]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        return await first, await asyncio.gather(*rest, return_exceptions=True)
+
+    first, (good, failed, deferred) = asyncio.run(scenario())
+    assert first.item() == 1
+    assert good.item() == 2
+    assert isinstance(failed, ValueError)
+    assert deferred.ravel().tolist() == [4, 5]
+    assert model.batches == [1, 3]
+
+
+def test_idle_only_while_nothing_is_queued_or_running(executor) -> None:
+    model = RecordingModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, executor=executor)
+
+    async def scenario():
+        states = [batcher.idle]
+        model.release.clear()
+        call = asyncio.ensure_future(batcher.submit(images(1)))
+        await asyncio.sleep(0.05)
+        states.append(batcher.idle)
+        model.release.set()
+        await call
+        states.append(batcher.idle)
+        return states
+
+    assert asyncio.run(scenario()) == [True, False, True]
+
+
 def test_a_caller_that_goes_away_does_not_disturb_the_others(executor) -> None:
     model = RecordingModel()
     batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0, executor=executor)

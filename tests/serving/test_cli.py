@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import sys
@@ -77,3 +78,26 @@ def test_two_rest_workers_each_serve_the_model(
                 assert predict.status_code == 200, predict.text
                 metadata = client.get("/v2/models/garbage-classifier").json()
                 assert "classes" in metadata["parameters"]  # our route, not KServe's generic one
+
+
+@pytest.fixture
+def restore_event_loop_policy():
+    yield
+    asyncio.set_event_loop_policy(None)
+
+
+@pytest.mark.usefixtures("restore_event_loop_policy")
+def test_event_loop_flag_holds_for_one_worker() -> None:
+    import uvloop
+
+    from serving.server import use_event_loop
+
+    assert use_event_loop("asyncio") == "asyncio"
+    assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    assert use_event_loop("auto", workers=2) == "uvloop"  # uvicorn applies it to its workers
+    assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    assert use_event_loop("auto") == "uvloop"
+    assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    loop = asyncio.get_event_loop()  # KServe asks for it before asyncio.run
+    assert isinstance(loop, uvloop.Loop)
+    loop.close()

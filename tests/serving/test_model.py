@@ -9,6 +9,7 @@ import json
 import pickle
 import re
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +359,34 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_rows(
     assert sum(calls) == len(sample_images)
     assert len(calls) < len(sample_images)
     batching.stop()
+
+
+def test_a_lone_image_is_decoded_on_the_model_thread_and_concurrent_ones_in_the_pool(
+    tiny_model_dir, reference, sample_images
+) -> None:
+    serving = GarbageClassifierModel(NAME, tiny_model_dir, ServingSettings(max_batch_size=32))
+    serving.load()
+    threads: list[str] = []
+    preprocess = serving.classifier.preprocess
+
+    def recording_preprocess(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return preprocess(*args, **kwargs)
+
+    serving.classifier.preprocess = recording_preprocess
+
+    async def lone_then_concurrent():
+        lone = await serving(v1_body(sample_images[:1]))
+        together = await asyncio.gather(*(serving(v1_body([image])) for image in sample_images))
+        return lone, together
+
+    (lone, _), together = asyncio.run(lone_then_concurrent())
+    serving.stop()
+    assert threads[0].startswith("garbage-onnx")
+    assert any(name.startswith("garbage-decode") for name in threads[1:])
+    expected = reference.predict_bytes(sample_images)
+    assert lone["predictions"][0]["label"] == expected[0].label
+    assert [r["predictions"][0]["label"] for r, _ in together] == [p.label for p in expected]
 
 
 def test_on_prediction_hook_gets_inputs_and_outputs_and_cannot_break_serving(
