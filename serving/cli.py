@@ -96,6 +96,14 @@ def serve(
             "(env GARBAGE_SERVE_ALLOWED_FORMATS, default JPEG,PNG)."
         ),
     ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="uvicorn's access log line per request (env GARBAGE_SERVE_ACCESS_LOG, "
+            "default off: about 0.15 ms of event-loop CPU per request).",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="Project config YAML (MLflow tracking URI, work dir)."),
@@ -133,6 +141,7 @@ def serve(
             max_payload_bytes=max_payload_bytes,
             max_image_pixels=max_image_pixels,
             allowed_formats=allowed_formats,
+            access_log=access_log,
         )
     except SettingsError as e:
         raise typer.BadParameter(str(e)) from e

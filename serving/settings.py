@@ -76,6 +76,11 @@ class ServingSettings(BaseModel):
     allowed_formats: tuple[str, ...] = Field(
         ("JPEG", "PNG"), min_length=1, description="Accepted encoded formats (Pillow names)."
     )
+    access_log: bool = Field(
+        False,
+        description="uvicorn's access log line per request. Off by default: it costs the event "
+        "loop about 0.15 ms per request and /metrics counts requests anyway.",
+    )
 
     @field_validator("allowed_formats", mode="before")
     @classmethod

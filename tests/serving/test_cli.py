@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -69,15 +70,21 @@ def test_module_entry_point_reports_a_missing_model(tmp_path: Path) -> None:
 def test_two_rest_workers_each_serve_the_model(
     tiny_model_dir: Path, sample_images, run_server, tmp_path: Path
 ) -> None:
-    """With --workers 2 KServe spawns REST processes; each reloads the model and gets our routes."""
+    """With --workers 2 KServe spawns REST processes; each reloads the model and gets our routes.
+
+    The workers get the serving settings too: here the access log, off by default, is on.
+    """
     body = {"instances": [{"b64": base64.b64encode(sample_images[0]).decode()}]}
-    with run_server(tiny_model_dir, ["--workers", "2"], tmp_path / "server.log") as server:
+    flags = ["--workers", "2", "--access_log", "true"]
+    with run_server(tiny_model_dir, flags, tmp_path / "server.log") as server:
         for _ in range(4):
             with httpx.Client(base_url=server.base) as client:  # new connections, any worker
                 predict = client.post("/v1/models/garbage-classifier:predict", json=body)
                 assert predict.status_code == 200, predict.text
                 metadata = client.get("/v2/models/garbage-classifier").json()
                 assert "classes" in metadata["parameters"]  # our route, not KServe's generic one
+        log = server.log.read_text()
+    assert log.count("garbage-classifier%3Apredict HTTP/1.1") == 4
 
 
 @pytest.fixture
@@ -101,3 +108,36 @@ def test_event_loop_flag_holds_for_one_worker() -> None:
     loop = asyncio.get_event_loop()  # KServe asks for it before asyncio.run
     assert isinstance(loop, uvloop.Loop)
     loop.close()
+
+
+@pytest.fixture
+def restore_access_logger():
+    access = logging.getLogger("uvicorn.access")
+    handlers, propagate = list(access.handlers), access.propagate
+    yield access
+    access.handlers, access.propagate = handlers, propagate
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_request_logs_stay_only_when_asked_for(restore_access_logger, asked: bool) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from timing_asgi import TimingClient, TimingMiddleware
+
+    from serving.server import quiet_request_logs
+
+    timings = []
+
+    class Recorder(TimingClient):
+        def timing(self, metric_name, timing, tags) -> None:
+            timings.append(metric_name)
+
+    app = FastAPI()
+    app.add_api_route("/ping", lambda: {"ok": True})
+    app.add_middleware(TimingMiddleware, client=Recorder())
+    restore_access_logger.addHandler(logging.NullHandler())
+    quiet_request_logs(app, latency_log=asked, access_log=asked)
+    with TestClient(app) as client:  # runs the start-up hooks
+        assert client.get("/ping").json() == {"ok": True}
+    assert bool(timings) is asked
+    assert restore_access_logger.hasHandlers() is asked

@@ -281,6 +281,18 @@ def _metric(server, name: str, **labels: str) -> float:
     return total
 
 
+def test_no_log_line_per_request_unless_asked_for(server, images) -> None:
+    """Access and latency log lines are off by default (the two-worker test turns access on)."""
+    body = {"instances": [{"b64": _b64(images[0])}]}
+    for _ in range(3):
+        assert httpx.post(f"{server.base}/v1/models/{NAME}:predict", json=body).status_code == 200
+    log = server.log.read_text()
+    assert "Application startup complete" in log  # the server logs, just not per request
+    assert ":predict HTTP/1.1" not in log
+    assert "preprocess_ms" not in log
+    assert "kserve.io" not in log  # KServe's timing middleware
+
+
 def test_metrics_expose_kserve_and_garbage_series(server, images) -> None:
     httpx.post(
         f"{server.base}/v1/models/{NAME}:predict", json={"instances": [{"b64": _b64(images[0])}]}
