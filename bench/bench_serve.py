@@ -115,7 +115,8 @@ def in_process(
     """Latency and throughput of ``OnnxClassifier`` called directly, per intra-op thread count.
 
     ``None`` is OnnxClassifier's default (all CPUs: what ``garbage predict`` uses); the server's
-    own count is measured too, so that the targets compare against the better of the two.
+    own count is measured too when it differs, so that the targets compare against the better of
+    the two.
     """
     from components.inference import OnnxClassifier
 
@@ -516,7 +517,10 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in report["in_process"]:
-        threads = f"{row['threads']}{' (default)' if row['default_threads'] else ' (server)'}"
+        role = "default" if row["default_threads"] else "server"
+        if row["threads"] == report["server_threads"]["intra_op"] and row["default_threads"]:
+            role = "default = server"
+        threads = f"{row['threads']} ({role})"
         lines.append(
             f"| {row['call']} | {threads} | {row['batch']} | {row['p50_ms']:.2f} | "
             f"{row['p99_ms']:.2f} | {row['images_per_s']:.1f} | {row['cpu_ms_per_image']:.2f} |"
@@ -566,7 +570,9 @@ def markdown(report: dict[str, Any]) -> str:
         "predict_bytes includes decoding, as garbage predict does. Concurrency-1 cases alternate "
         f"{PAIRED_PHASE_S} s phases of server requests with phases of in-process predict_bytes "
         "(server's thread count) in the load generator, and their latency target compares with "
-        "that side-by-side in-process p50; requests/s counts the server phases only. The "
+        "that side-by-side in-process p50; requests/s counts the server phases only (an "
+        "in-process p50 well above its value in the other cases means other work loaded the "
+        "machine during that case, which inflates the server's overhead too). The "
         "throughput target compares with the best in-process batch-32 predict_bytes figure.",
     ]
     return "\n".join(lines) + "\n"
@@ -640,8 +646,10 @@ def main() -> int:
     del probe
     print("in-process ...", file=sys.stderr, flush=True)
     report["server_threads"] = server_threads(args.server_arg)
+    server_intra = report["server_threads"]["intra_op"]
+    same = server_intra == (os.cpu_count() or 1)  # OnnxClassifier's default
     report["in_process"] = in_process(
-        model_dir, images, args.in_process_seconds, [None, report["server_threads"]["intra_op"]]
+        model_dir, images, args.in_process_seconds, [None] if same else [None, server_intra]
     )
     report["server_settings"] = list(args.server_arg)
     report["duration_s"], report["warmup_s"] = args.duration, args.warmup
