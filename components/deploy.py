@@ -357,19 +357,7 @@ class InferenceServiceDeployer:
             return DeployResult(
                 name, namespace, storage_uri, previous_uri, False, canary_percent, _url(current)
             )
-        patched = self._patch(
-            name,
-            namespace,
-            {
-                "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
-                "spec": {
-                    "predictor": {
-                        "canaryTrafficPercent": canary_percent,
-                        "model": {"storageUri": storage_uri},
-                    }
-                },
-            },
-        )
+        patched = self._point_to(name, namespace, storage_uri, canary_percent)
         try:
             final = self.wait_ready(
                 name, namespace, timeout_s, after_generation=_generation(patched)
@@ -400,6 +388,12 @@ class InferenceServiceDeployer:
             raise DeployError(
                 f"InferenceService {namespace}/{name} had no storageUri to roll back to"
             )
+        return self._point_to(name, namespace, storage_uri, canary_percent)
+
+    def _point_to(
+        self, name: str, namespace: str, storage_uri: str, canary_percent: int | None
+    ) -> dict[str, Any]:
+        """Patch the predictor to serve ``storage_uri`` with that canary share (None: all)."""
         return self._patch(
             name,
             namespace,
