@@ -483,10 +483,13 @@ def _grpc_bytes(
     datatype: str = "BYTES",
     shape: list[int] | None = None,
 ) -> pb.ModelInferRequest:
-    tensor = pb.ModelInferRequest.InferInputTensor(
-        name=name, datatype=datatype, shape=shape or [len(elements)]
-    )
     raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    return _grpc_tensor(name, datatype, shape or [len(elements)], raw)
+
+
+def _grpc_tensor(name: str, datatype: str, shape: list[int], raw: bytes) -> pb.ModelInferRequest:
+    """One input tensor with raw contents exactly as given (no length prefixes)."""
+    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
     return pb.ModelInferRequest(model_name=NAME, inputs=[tensor], raw_input_contents=[raw])
 
 
@@ -508,41 +511,17 @@ GRPC_CASES: list[tuple[str, Callable, str]] = [
     ("wrong-tensor-name", lambda b, p: _grpc_bytes([p], name="img"), "unknown input 'img'"),
     (
         "wrong-dtype",
-        lambda b, p: pb.ModelInferRequest(
-            model_name=NAME,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name="image", datatype="FP32", shape=[1, 1, 1, 3]
-                )
-            ],
-            raw_input_contents=[b"\0" * 12],
-        ),
+        lambda b, p: _grpc_tensor("image", "FP32", [1, 1, 1, 3], b"\0" * 12),
         "must have datatype UINT8",
     ),
     (
         "wrong-shape",
-        lambda b, p: pb.ModelInferRequest(
-            model_name=NAME,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name="image", datatype="UINT8", shape=[1, 2, 2, 3]
-                )
-            ],
-            raw_input_contents=[b"\0" * 5],
-        ),
+        lambda b, p: _grpc_tensor("image", "UINT8", [1, 2, 2, 3], b"\0" * 5),
         "has 5 bytes of data",
     ),
     (
         "malformed-bytes-tensor",
-        lambda b, p: pb.ModelInferRequest(
-            model_name=NAME,
-            inputs=[
-                pb.ModelInferRequest.InferInputTensor(
-                    name="image_bytes", datatype="BYTES", shape=[1]
-                )
-            ],
-            raw_input_contents=[b"\xff\xff\x00\x00abc"],
-        ),
+        lambda b, p: _grpc_tensor("image_bytes", "BYTES", [1], b"\xff\xff\x00\x00abc"),
         "malformed BYTES tensor",
     ),
 ]
