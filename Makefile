@@ -29,7 +29,7 @@ help:
 	@echo "make bench-train  full-data training benchmark -> bench/results/train.{json,md}"
 	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
 	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
-	@echo "make lint         ruff (lint + format check) and mypy"
+	@echo "make lint         ruff (lint + format check), mypy, import contracts (lint-imports)"
 	@echo "make coverage     unit tests with a coverage report -> htmlcov/"
 	@echo "make docs         documentation site -> site/ (mkdocs build --strict)"
 
@@ -93,11 +93,12 @@ kind-down:
 # --- quality gates and documentation (CONTRIBUTING.md) -------------------------------------------
 .PHONY: lint format coverage docs docs-serve
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy on the packages; .ci/run runs it before the tests
+lint: $(STAMP)  ## ruff (lint + format check), mypy, import contracts; .ci/run runs it before the tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/mypy docs/_hooks
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)  ## apply ruff's formatting and its safe fixes
 	$(BIN)/ruff format .

@@ -95,10 +95,10 @@ def machine() -> dict[str, object]:
 
 def load_data() -> tuple[Path, pd.DataFrame]:
     """Fetch, validate and split the dataset as the pipeline does."""
-    from components.config import load_config
-    from components.data.fetch import fetch_dataset
-    from components.data.split import split_dataset
-    from components.data.validate import raise_for_errors, validate_dataset
+    from garbage.core.config import load_config
+    from garbage.training.data.fetch import fetch_dataset
+    from garbage.training.data.split import split_dataset
+    from garbage.training.data.validate import raise_for_errors, validate_dataset
 
     os.environ.setdefault("GARBAGE_DATA_SOURCE", str(DEV_ARCHIVE))
     os.environ.setdefault("GARBAGE_DATA_SHA256", DEV_SHA256)
@@ -135,13 +135,13 @@ def pool_features(
     root: Path, pool: pd.DataFrame, model_dir: Path | None, seed: int
 ) -> pd.DataFrame:
     """Features (and, with a model, predictions) of every pool image, clean and corrupted."""
-    from components.preprocessing import decode_image
+    from garbage.core.preprocessing import decode_image
     from monitoring.features import pixel_features
 
     rng = np.random.default_rng(seed)
     model = None
     if model_dir is not None:
-        from components.inference import OnnxClassifier
+        from garbage.core.classifier import OnnxClassifier
 
         model = OnnxClassifier.load(model_dir, device="cpu")
     rows, pixels = [], []
@@ -173,7 +173,7 @@ def pool_features(
 
 def reference_predictions(root: Path, reference: pd.DataFrame, model_dir: Path) -> list[str]:
     """The exported model's predictions on the reference images."""
-    from components.inference import OnnxClassifier
+    from garbage.core.classifier import OnnxClassifier
 
     model = OnnxClassifier.load(model_dir, device="cpu")
     labels: list[str] = []
@@ -402,9 +402,9 @@ def markdown(result: dict[str, object]) -> str:
 
 def champion_model_dir() -> Path | None:
     """The default registry's champion (what `make run` leaves), or None when there is none."""
-    from components.config import load_config
-    from components.inference import ModelLoadError
-    from components.model_store import resolve_model_dir
+    from garbage.core.classifier import ModelLoadError
+    from garbage.core.config import load_config
+    from garbage.core.model_uri import resolve_model_dir
 
     try:
         return resolve_model_dir(None, load_config())

@@ -77,15 +77,15 @@ def load_images(archive: Path, count: int) -> list[bytes]:
 
 def default_model(cache: Path) -> Path:
     """An exported model at the default config's input size, built once into ``cache``."""
-    from components.config import load_config
+    from garbage.core.config import load_config
 
     config = load_config(environ={})
     out = cache / f"serve-model-{config.model.image_height}x{config.model.image_width}"
     if (out / "export" / "model.onnx").is_file():
         return out / "export"
-    from components.export import export_onnx
-    from components.model import build_model
-    from components.training.train import save_checkpoint
+    from garbage.training.export import export_onnx
+    from garbage.training.model import build_model
+    from garbage.training.train import save_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(config.model.backbone, len(config.data.classes), pretrained=True)
@@ -118,7 +118,7 @@ def in_process(
     own count is measured too when it differs, so that the targets compare against the better of
     the two.
     """
-    from components.inference import OnnxClassifier
+    from garbage.core.classifier import OnnxClassifier
 
     rows = []
     n = len(images)
@@ -419,7 +419,7 @@ def _process_cpu_s(pid: int) -> float:
 
 def loadgen(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every protocol x concurrency case, one after the other."""
-    from components.inference import OnnxClassifier
+    from garbage.core.classifier import OnnxClassifier
 
     images = load_images(Path(spec["archive"]), spec["images"])
     reference = OnnxClassifier.load(
@@ -631,7 +631,7 @@ def main() -> int:
     }
     model_dir = (args.model or default_model(REPO / "work" / "bench")).resolve()
     images = load_images(DEV_ARCHIVE, args.images)
-    from components.inference import OnnxClassifier
+    from garbage.core.classifier import OnnxClassifier
 
     probe = OnnxClassifier.load(model_dir, device="cpu", intra_op_threads=1)
     report["model"] = {

@@ -84,7 +84,7 @@ def run_metrics(work_dir: Path, profile: str, overrides: list[str]) -> dict[str,
     import mlflow
     from mlflow import MlflowClient
 
-    from components.config import load_config
+    from garbage.core.config import load_config
 
     config = load_config(profile=profile, overrides=[*overrides, f"work_dir={work_dir}"])
     mlflow.set_tracking_uri(config.mlflow_tracking_uri)

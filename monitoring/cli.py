@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from components.config import TRASHNET_CLASSES
+from garbage.core.names import TRASHNET_CLASSES
 from monitoring.defaults import DEFAULT_DB_URL
 
 DEFAULT_OUT = Path("work/monitoring/drift")

@@ -25,8 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from components.config import TRASHNET_CLASSES
-from components.preprocessing import DEFAULT_MAX_PIXELS, InvalidImageError, decode_image
+from garbage.core.names import TRASHNET_CLASSES
+from garbage.core.preprocessing import DEFAULT_MAX_PIXELS, InvalidImageError, decode_image
 from monitoring.accuracy import live_accuracy, parse_window
 from monitoring.events import CloudEventError, InferenceEvent, parse_cloudevents
 from monitoring.features import pixel_features

@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from components.preprocessing import to_model_input
+from garbage.core.preprocessing import to_model_input
 
 FEATURE_SIZE = (112, 112)  # (height, width) at which pixel statistics are measured
 EMBEDDING_DIM = 16

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.config import TRASHNET_CLASSES
-from components.preprocessing import InvalidImageError, decode_image
+from garbage.core.names import TRASHNET_CLASSES
+from garbage.core.predict import expand_paths
+from garbage.core.preprocessing import InvalidImageError, decode_image
 from monitoring.accuracy import parse_window
 from monitoring.drift import DriftSettings, compute_drift, write_reports
 from monitoring.features import FEATURE_COLUMNS, pixel_features
@@ -27,7 +28,6 @@ from monitoring.store import InferenceStore
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 WINDOW_COLUMNS = ("ts", *FEATURE_COLUMNS, "feature_error", "prediction", "score", "true_label")
 
 
@@ -49,9 +49,7 @@ def features_from_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise DriftJobError(f"--images {folder} is not a folder")
-    files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    files = expand_paths([folder])
     rows, pixels, unreadable = [], [], 0
     for path in files:
         try:
@@ -72,13 +70,9 @@ def features_from_folder(
         )
     frame = pd.DataFrame(rows)
     if model_dir is not None:
-        from components.inference import OnnxClassifier
+        from garbage.core.classifier import OnnxClassifier
 
-        model = OnnxClassifier.load(Path(model_dir), device="cpu")
-        predictions = []
-        for start in range(0, len(pixels), 64):
-            batch = np.stack([model.fit_pixels(p) for p in pixels[start : start + 64]])
-            predictions.extend(model.to_predictions(model.predict_pixels(batch)))
+        predictions = OnnxClassifier.load(Path(model_dir), device="cpu").predict_images(pixels, 64)
         frame["prediction"] = [p.label for p in predictions]
         frame["score"] = [p.score for p in predictions]
     frame.attrs["unreadable"] = unreadable

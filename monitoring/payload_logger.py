@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from garbage.core.names import MODEL_NAME
 from monitoring.events import binary_headers
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class PayloadLogger:
         self,
         url: str,
         *,
-        inference_service: str = "garbage-classifier",
+        inference_service: str = MODEL_NAME,
         namespace: str = "",
         component: str = "predictor",
         endpoint: str = "",

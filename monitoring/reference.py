@@ -14,30 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.preprocessing import InvalidImageError, decode_image
+from garbage.core.classifier import OnnxClassifier
+from garbage.core.model_uri import ModelUriError, download, is_local
+from garbage.core.preprocessing import InvalidImageError, decode_image
 from monitoring.features import FEATURE_COLUMNS, FEATURE_VERSION, pixel_features
 
 META_COLUMNS = ("path", "label", "split", "sha256")
 PREDICTION_BATCH = 64
-MLFLOW_PREFIXES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
 class ReferenceProfileError(ValueError):
     """The manifest, the images or a reference file are not usable; the message says why."""
-
-
-def _predict(model_dir: Path, images: list[np.ndarray]) -> tuple[list[str], list[float]]:
-    from components.inference import OnnxClassifier
-
-    model = OnnxClassifier.load(model_dir, device="cpu")
-    labels: list[str] = []
-    scores: list[float] = []
-    for start in range(0, len(images), PREDICTION_BATCH):
-        batch = np.stack([model.fit_pixels(p) for p in images[start : start + PREDICTION_BATCH]])
-        for prediction in model.to_predictions(model.predict_pixels(batch)):
-            labels.append(prediction.label)
-            scores.append(prediction.score)
-    return labels, scores
 
 
 def build_reference(
@@ -98,7 +85,10 @@ def build_reference(
         axis=1,
     )
     if model_dir is not None:
-        table["prediction"], table["score"] = _predict(Path(model_dir), pixels)
+        model = OnnxClassifier.load(Path(model_dir), device="cpu")
+        predictions = model.predict_images(pixels, PREDICTION_BATCH)
+        table["prediction"] = [p.label for p in predictions]
+        table["score"] = [p.score for p in predictions]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".csv":
@@ -155,15 +145,11 @@ def resolve_reference(location: str | Path, download_dir: Path) -> Path:
         ReferenceProfileError: Nothing downloadable at the URI, or no reference file in it.
     """
     text = str(location)
-    if not text.startswith(MLFLOW_PREFIXES):
+    if is_local(text):
         return Path(text)
     try:
-        import mlflow
-
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(download_dir))
-        )
-    except Exception as e:  # mlflow raises many unrelated types for a missing artifact
+        local = download(text, None, download_dir)
+    except ModelUriError as e:
         raise ReferenceProfileError(
             f"cannot download the reference profile from {text}: {e}"
         ) from e

@@ -2,28 +2,64 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
+from datetime import datetime
+from graphlib import TopologicalSorter
 from pathlib import Path
+from typing import TextIO
 
-from components.config import Config
+from kfp.dsl.graph_component import GraphComponent
+
+from garbage.core.config import Config
+from pipelines.console import StepConsole
 
 
-def run_locally(config: Config) -> Path:
-    """Execute :func:`pipelines.training.garbage_pipeline` with ``kfp.local.SubprocessRunner``.
+class PipelineFailed(RuntimeError):
+    """A step of the local run failed; the message names it, its log and its last lines."""
+
+
+def pipeline_steps(pipeline: GraphComponent) -> dict[str, str]:
+    """Task name to display name of every step, in the order the steps depend on each other.
+
+    Steps inside condition groups (the cluster-only deploy) are left out: they run only on a
+    cluster.
+    """
+    spec = pipeline.pipeline_spec
+    tasks = {
+        name: task
+        for name, task in spec.root.dag.tasks.items()
+        if not spec.components[task.component_ref.name].HasField("dag")
+    }
+    graph = {name: set(task.dependent_tasks) & set(tasks) for name, task in tasks.items()}
+    return {name: tasks[name].task_info.name for name in TopologicalSorter(graph).static_order()}
+
+
+def run_locally(config: Config, out: TextIO | None = None) -> Path:
+    """Execute the pipeline with ``kfp.local.SubprocessRunner``.
 
     Steps run as subprocesses of this interpreter (no containers, no per-step virtualenv); their
-    artifacts land under ``<work_dir>/kfp``. Tracking goes to ``config.mlflow_tracking_uri``.
+    artifacts land under ``<work_dir>/kfp``, their full logs under ``<work_dir>/kfp/logs/<time>``.
+    ``out`` (default: standard output) shows one line per step, its progress and its outcome.
+    Tracking goes to ``config.mlflow_tracking_uri``.
 
     Returns:
         The path of the promotion gate's Markdown decision.
+
+    Raises:
+        PipelineFailed: A step failed.
     """
     from kfp import local
 
-    from pipelines.training import garbage_pipeline
+    from pipelines.training import CPU_CLUSTER, build_pipeline
 
+    out = out or sys.stdout
     pipeline_root = (config.work_dir / "kfp").resolve()
-    pipeline_root.mkdir(parents=True, exist_ok=True)
+    log_dir = pipeline_root / "logs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    pipeline = build_pipeline(CPU_CLUSTER)  # kfp.local ignores resources either way
+    steps = pipeline_steps(pipeline)
     # Progress bars in step logs: redraw rarely, since the logs are not a terminal.
     os.environ.setdefault("TQDM_MININTERVAL", "15")
     # Cluster-only settings (GPU, resources) and the components image are ignored by design here.
@@ -34,5 +70,17 @@ def run_locally(config: Config) -> Path:
         pipeline_root=str(pipeline_root),
         raise_on_error=True,
     )
-    task = garbage_pipeline(config_json=config.model_dump_json())
+    out.write(f"pipeline {pipeline.name}: {len(steps)} steps; full logs in {log_dir}\n")
+    console = StepConsole(log_dir, steps, out)
+    try:
+        with contextlib.redirect_stdout(console):
+            task = pipeline(config_json=config.model_dump_json())
+    except RuntimeError as e:
+        failed = console.failed or "a step"
+        lines = "\n".join(f"    {line}" for line in console.tail())
+        raise PipelineFailed(
+            f"pipeline failed in {failed}; its log: {console.log_of(failed)}\nlast lines:\n{lines}"
+        ) from e
+    finally:
+        console.close()
     return Path(task.outputs["Output"].path)

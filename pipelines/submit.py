@@ -1,6 +1,6 @@
 """Submit the training pipeline to a Kubeflow Pipelines cluster.
 
-The pipeline is compiled (``pipelines.training.compile_pipeline``), optionally fitted to a cluster
+The pipeline is compiled (``pipelines.training.compile_pipeline``) for a GPU cluster, or for one
 without GPUs (``cpu_only``: kind, CI), and started with ``kfp.Client`` as a run in an experiment.
 On a cluster every step runs in its own pod, so the run's config must point at a shared MLflow
 tracking server: :func:`cluster_config` sets the in-cluster one unless the config names another.
@@ -8,7 +8,6 @@ tracking server: :func:`cluster_config` sets the in-cluster one unless the confi
 
 from __future__ import annotations
 
-import copy
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,21 +17,21 @@ from typing import Any
 
 import yaml
 
-from components.config import Config
+from garbage.core.config import Config
+from garbage.core.names import MODEL_NAME
 
 #: MLflow tracking server of the manifests' stack (manifests/base/mlflow), as pods see it.
 CLUSTER_TRACKING_URI = "http://mlflow.garbage-mlflow.svc.cluster.local:5000"
-DEFAULT_EXPERIMENT = "garbage-classifier"
+DEFAULT_EXPERIMENT = MODEL_NAME
 #: The service account the run's pods use; manifests/base/rbac lets it deploy and nothing more.
 DEFAULT_SERVICE_ACCOUNT = "garbage-pipeline"
-GPU_RESOURCE_PREFIX = "nvidia.com/"
 #: Pipeline parameter that turns the final KServe deploy step on (off under ``kfp.local``).
 DEPLOY_PARAMETER = "deploy_to_kserve"
 FINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELING", "ERROR")
 
 
 class SubmitError(RuntimeError):
-    """The pipeline could not be compiled, adapted or submitted."""
+    """The pipeline could not be compiled or submitted."""
 
 
 @dataclass(frozen=True)
@@ -64,64 +63,18 @@ def cluster_config(config: Config, tracking_uri: str | None = None) -> Config:
     return config.model_copy(update=update)
 
 
-def fit_to_cpu_cluster(
-    documents: list[dict[str, Any]], max_cpu: str = "2", max_memory: str = "6G"
-) -> list[dict[str, Any]]:
-    """A copy of compiled IR documents that schedules on a cluster without GPUs (kind, CI).
+def compile_package(out_path: Path, config: Config, cpu_only: bool = False) -> Path:
+    """Compile the pipeline to ``out_path`` for a GPU cluster, or a CPU-only one (``cpu_only``).
 
-    Drops every accelerator request and the GPU node selectors and tolerations, and caps CPU and
-    memory requests and limits at ``max_cpu``/``max_memory`` so a small node can run the steps.
-    Training then falls back to the CPU (the config's ``train.device: auto``).
+    Raises:
+        SubmitError: The KFP compiler refused the pipeline.
     """
-    docs = copy.deepcopy(documents)
-    for doc in docs:
-        executors = (doc.get("deploymentSpec") or {}).get("executors") or {}
-        for executor in executors.values():
-            resources = (executor.get("container") or {}).get("resources")
-            if not resources:
-                continue
-            resources.pop("accelerator", None)
-            for key in list(resources):
-                if key in ("resourceCpuRequest", "resourceCpuLimit"):
-                    resources[key] = _min_quantity(resources[key], max_cpu)
-                elif key in ("resourceMemoryRequest", "resourceMemoryLimit"):
-                    resources[key] = _min_quantity(resources[key], max_memory)
-                elif key in ("cpuRequest", "cpuLimit", "memoryRequest", "memoryLimit"):
-                    resources.pop(key)  # deprecated numeric twins of the resource* fields
-        platform = ((doc.get("platforms") or {}).get("kubernetes") or {}).get("deploymentSpec")
-        for executor in ((platform or {}).get("executors") or {}).values():
-            executor.pop("nodeSelector", None)
-            tolerations = [
-                t
-                for t in executor.get("tolerations") or []
-                if not str(t.get("key", "")).startswith(GPU_RESOURCE_PREFIX)
-            ]
-            if tolerations:
-                executor["tolerations"] = tolerations
-            else:
-                executor.pop("tolerations", None)
-            for mount in executor.get("emptyDirMounts") or []:
-                if mount.get("sizeLimit"):
-                    mount["sizeLimit"] = _min_quantity(mount["sizeLimit"], "1Gi")
-    return docs
+    from pipelines.training import CPU_CLUSTER, GPU_CLUSTER, compile_pipeline
 
-
-def compile_package(
-    out_path: Path, cpu_only: bool = False, compile_fn: Callable[[Path], Path] | None = None
-) -> Path:
-    """Compile the pipeline to ``out_path`` (fitted to a CPU cluster when ``cpu_only``)."""
-    if compile_fn is None:
-        from pipelines.training import compile_pipeline
-
-        compile_fn = compile_pipeline
     try:
-        path = compile_fn(out_path)
+        return compile_pipeline(out_path, config, CPU_CLUSTER if cpu_only else GPU_CLUSTER)
     except Exception as e:  # the KFP compiler raises many types for a broken pipeline
         raise SubmitError(f"cannot compile the pipeline: {e}") from e
-    if cpu_only:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        path.write_text(yaml.safe_dump_all(fit_to_cpu_cluster(docs), sort_keys=False))
-    return path
 
 
 def submit_pipeline(
@@ -151,7 +104,7 @@ def submit_pipeline(
         run_name: Run display name; default: pipeline name and time.
         namespace: Kubeflow profile namespace (multi-user installs only).
         service_account: Kubernetes service account of the run's pods.
-        cpu_only: Fit the pipeline to a cluster without GPUs (see :func:`fit_to_cpu_cluster`).
+        cpu_only: Build the pipeline for a cluster without GPUs (``training.CPU_CLUSTER``).
         package: An already compiled pipeline YAML; default: compile now.
         enable_caching: Override the steps' caching (None keeps the pipeline's settings).
         wait: Wait for the run to finish and raise when it did not succeed.
@@ -172,13 +125,14 @@ def submit_pipeline(
             client = kfp.Client(host=host, existing_token=existing_token, **extra)
         except Exception as e:  # connection and auth errors come from several libraries
             raise SubmitError(f"cannot connect to Kubeflow Pipelines at {host}: {e}") from e
+    if package is not None and cpu_only:
+        raise SubmitError(
+            "--cpu-only chooses the cluster when the pipeline is compiled; compile the package "
+            "with `garbage pipeline compile --cpu-only`, or submit without --package"
+        )
     with tempfile.TemporaryDirectory(prefix="garbage-submit-") as tmp:
         if package is None:
-            package = compile_package(Path(tmp) / "pipeline.yaml", cpu_only=cpu_only)
-        elif cpu_only:
-            docs = [d for d in yaml.safe_load_all(Path(package).read_text()) if d]
-            package = Path(tmp) / "pipeline.yaml"
-            package.write_text(yaml.safe_dump_all(fit_to_cpu_cluster(docs), sort_keys=False))
+            package = compile_package(Path(tmp) / "pipeline.yaml", config, cpu_only=cpu_only)
         arguments: dict[str, Any] = {"config_json": config.model_dump_json()}
         if DEPLOY_PARAMETER in pipeline_parameters(Path(package)):
             arguments[DEPLOY_PARAMETER] = deploy
@@ -236,30 +190,3 @@ def wait_for_run(
         if clock() >= deadline:
             raise SubmitError(f"run {run_id} still {state or 'pending'} after {timeout_s:g} s")
         sleep(poll_s)
-
-
-_SUFFIXES = {
-    "": 1,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "m": 1e-3,
-}
-
-
-def _quantity(value: str | float) -> float:
-    text = str(value).strip()
-    for suffix in sorted(_SUFFIXES, key=len, reverse=True):
-        if suffix and text.endswith(suffix):
-            return float(text[: -len(suffix)]) * _SUFFIXES[suffix]
-    return float(text)
-
-
-def _min_quantity(value: str, cap: str) -> str:
-    """The smaller of two Kubernetes quantities, as written."""
-    return str(value) if _quantity(value) <= _quantity(cap) else cap

@@ -34,8 +34,8 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
-from components.inference import ModelLoadError, OnnxClassifier, Prediction, default_providers
-from components.preprocessing import InvalidImageError
+from garbage.core.classifier import ModelLoadError, OnnxClassifier, Prediction, default_providers
+from garbage.core.preprocessing import InvalidImageError
 from serving.batcher import Deferred, MicroBatcher
 from serving.errors import InputRejected
 from serving.metrics import serving_metrics
@@ -57,7 +57,7 @@ PredictionHook = Callable[[str, "list[bytes] | np.ndarray", "list[Prediction]"],
 """``async on_prediction(request_id, inputs, predictions)``, called after each answered request.
 
 ``inputs`` is what the client sent: the encoded image files (``list[bytes]``) or the ``uint8
-[N, H, W, 3]`` tensor; ``predictions`` has one :class:`~components.inference.Prediction` per
+[N, H, W, 3]`` tensor; ``predictions`` has one :class:`~garbage.core.classifier.Prediction` per
 image. It runs as a background task once the response is ready, so the response does not wait
 for it, and an exception in it is logged and never reaches the client. This is where payload
 logging (e.g. CloudEvents to a monitoring sink) plugs in; with ``workers > 1`` it must pickle (a
@@ -111,6 +111,9 @@ class GarbageClassifierModel(Model):
         self._infer_pool: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._metrics = serving_metrics()
+        #: Run on the model in each worker process after it is rebuilt there (``--workers > 1``):
+        #: the server's routes and start-up hooks. A module-level function, so that it pickles.
+        self.worker_setup: WorkerSetup | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -200,8 +203,6 @@ class GarbageClassifierModel(Model):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """With ``--workers > 1`` KServe sends the model to each worker process: reload it there."""
-        from serving.server import restore_in_worker
-
         return restore_in_worker, (
             self.name,
             str(self.model_dir),
@@ -209,6 +210,7 @@ class GarbageClassifierModel(Model):
             self.workers,
             self.on_prediction,
             self.enable_latency_logging,  # set by kserve.ModelServer before it spawns workers
+            self.worker_setup,
         )
 
     # -- description -------------------------------------------------------------------------
@@ -453,3 +455,37 @@ class GarbageClassifierModel(Model):
                 for k in range(chunks)
             )
         )
+
+
+WorkerSetup = Callable[[GarbageClassifierModel], None]
+"""Prepares a rebuilt model in a KServe worker process (see :func:`restore_in_worker`)."""
+
+
+def restore_in_worker(
+    name: str,
+    model_dir: str,
+    settings: dict[str, Any],
+    workers: int,
+    on_prediction: PredictionHook | None,
+    latency_logging: bool,
+    setup: WorkerSetup | None,
+) -> GarbageClassifierModel:
+    """Rebuild the model in a KServe REST worker process (``--workers > 1``).
+
+    KServe unpickles the model in the new process before that process starts answering its
+    parent's liveness pings (5 s timeout), so the model is only created here; ``setup`` (the
+    server's) makes it load at the worker's application start-up, and uvicorn accepts
+    connections after that.
+    """
+    model = GarbageClassifierModel(
+        name,
+        Path(model_dir),
+        ServingSettings(**settings),
+        workers=workers,
+        on_prediction=on_prediction,
+    )
+    model.enable_latency_logging = latency_logging
+    model.worker_setup = setup
+    if setup is not None:
+        setup(model)
+    return model

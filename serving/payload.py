@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
-from components.inference import INPUT_NAME
+from garbage.core.classifier import INPUT_NAME
 from serving.errors import InputRejected
 from serving.settings import ServingSettings
 

@@ -80,9 +80,7 @@ def install_routes(app: FastAPI, model: GarbageClassifierModel) -> None:
     routes = app.router.routes
     routes[:] = [r for r in routes if getattr(r, "path", None) not in paths]
     for path, (method, endpoint) in paths.items():
-        app.add_api_route(
-            path, endpoint, methods=[method], response_model=None, tags=["garbage-classifier"]
-        )
+        app.add_api_route(path, endpoint, methods=[method], response_model=None, tags=[model.name])
         routes.insert(0, routes.pop())
 
 

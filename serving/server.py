@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.inference import ModelLoadError
+from garbage.core.classifier import ModelLoadError
+from garbage.core.names import MODEL_NAME
 from serving.model import GarbageClassifierModel, PredictionHook
-from serving.settings import DEFAULT_MODEL_NAME, ServingSettings, SettingsError
+from serving.settings import ServingSettings, SettingsError, setting_flags
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -73,6 +74,7 @@ def serve_model(
     from serving.rest import install_routes
 
     install_routes(model_server.app, model)
+    model.worker_setup = set_up_worker
     use_event_loop(server_options.get("event_loop", model_server.args.event_loop), workers)
     quiet_request_logs(
         model_server.app,
@@ -142,38 +144,23 @@ def quiet_request_logs(app: FastAPI, *, latency_log: bool, access_log: bool) -> 
     app.router.on_startup.append(quiet)
 
 
-def restore_in_worker(
-    name: str,
-    model_dir: str,
-    settings: dict[str, Any],
-    workers: int,
-    on_prediction: PredictionHook | None,
-    latency_logging: bool,
-) -> GarbageClassifierModel:
-    """Rebuild the model in a KServe REST worker process (``--workers > 1``) and route to it.
+def set_up_worker(model: GarbageClassifierModel) -> None:
+    """In a KServe REST worker process (``--workers > 1``): route to the rebuilt model.
 
-    KServe unpickles the model in the new process before that process starts answering its
-    parent's liveness pings (5 s timeout), so the model is only created here and loaded at the
-    worker's application start-up; uvicorn accepts connections after that.
+    The model is loaded at the worker's application start-up, so that the worker answers its
+    parent's liveness pings while the model loads (see ``serving.model.restore_in_worker``).
     """
     from kserve import model_server
 
     from serving.rest import install_routes
 
-    model = GarbageClassifierModel(
-        name,
-        Path(model_dir),
-        ServingSettings(**settings),
-        workers=workers,
-        on_prediction=on_prediction,
-    )
-    model.enable_latency_logging = latency_logging
     install_routes(model_server.app, model)
     model_server.app.router.on_startup.append(model.load)
     quiet_request_logs(
-        model_server.app, latency_log=latency_logging, access_log=model.settings.access_log
+        model_server.app,
+        latency_log=model.enable_latency_logging,
+        access_log=model.settings.access_log,
     )
-    return model
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,30 +173,26 @@ def _parser() -> argparse.ArgumentParser:
         "Every setting also reads GARBAGE_SERVE_<NAME> from the environment.",
     )
     parser.set_defaults(
-        model_name=os.environ.get("GARBAGE_SERVE_MODEL_NAME", DEFAULT_MODEL_NAME),
+        model_name=os.environ.get("GARBAGE_SERVE_MODEL_NAME", MODEL_NAME),
         enable_latency_logging=False,  # KServe's default is on: 3 log lines per request
     )
     parser.add_argument(
         "--model_dir",
         default=os.environ.get("GARBAGE_SERVE_MODEL_DIR", DEFAULT_MODEL_DIR),
-        help="Model folder (KServe's /mnt/models layout too), .onnx file, or MLflow "
-        "URI such as models:/garbage-classifier@champion.",
+        help="Model folder (KServe's /mnt/models layout too) or .onnx file; an MLflow URI "
+        "(models:/garbage-classifier@champion) where MLflow is installed (not in the serving "
+        "image).",
     )
     parser.add_argument(
         "--config",
         default=None,
         help="Project config YAML (for MLflow URIs: tracking URI, work dir).",
     )
-    for name, field in ServingSettings.model_fields.items():
-        if name == "model_name":
-            continue
-        kind = {
-            "max_batch_wait_ms": float,
-            "device": str,
-            "allowed_formats": str,
-            "access_log": str,  # true / false, parsed by the settings model
-        }.get(name, int)
-        parser.add_argument(f"--{name}", type=kind, default=None, help=field.description)
+    for flag in setting_flags():
+        if flag.name != "model_name":  # KServe's own --model_name
+            # A switch takes a value here, as KServe's flags do: --access_log true.
+            kind = str if flag.type is bool else flag.type
+            parser.add_argument(f"--{flag.name}", type=kind, default=None, help=flag.help)
     return parser
 
 
@@ -253,8 +236,8 @@ def resolve(
     Raises:
         ModelLoadError: Nothing usable there (the message says what to do).
     """
-    from components.config import ConfigError, load_config
-    from components.model_store import resolve_model_dir
+    from garbage.core.config import ConfigError, load_config
+    from garbage.core.model_uri import resolve_model_dir
 
     try:
         config = load_config(config_path, overrides=overrides, profile=profile)

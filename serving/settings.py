@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import math
 import os
+import types
+import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from components.preprocessing import DEFAULT_MAX_PIXELS
+from garbage.core.names import MODEL_NAME
+from garbage.core.preprocessing import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "GARBAGE_SERVE_"
-DEFAULT_MODEL_NAME = "garbage-classifier"
 
 
 class SettingsError(ValueError):
@@ -32,7 +35,7 @@ class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str = Field(
-        DEFAULT_MODEL_NAME,
+        MODEL_NAME,
         min_length=1,
         pattern=r"^[A-Za-z0-9._-]+$",
         description="The model's name on the wire (URL paths, gRPC).",
@@ -119,6 +122,43 @@ class ServingSettings(BaseModel):
             raise SettingsError(f"invalid serving settings: {problems}") from e
 
 
+@dataclass(frozen=True)
+class SettingFlag:
+    """One serving setting as a command-line flag; both command lines build theirs from these.
+
+    ``garbage serve`` spells it ``--max-batch-size`` (``--access-log/--no-access-log`` for a
+    switch), ``python -m serving`` ``--max_batch_size`` (KServe's style, ``--access_log true``).
+    """
+
+    name: str
+    type: type
+    help: str
+
+
+def setting_flags() -> list[SettingFlag]:
+    """Every :class:`ServingSettings` field as a flag, its help naming its variable and default."""
+    flags = []
+    for name, field in ServingSettings.model_fields.items():
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        elif isinstance(default, bool):
+            default = "on" if default else "off"
+        shown = "" if default is None else f", default {default}"
+        help_text = f"{field.description} (env {ENV_PREFIX}{name.upper()}{shown})"
+        flags.append(SettingFlag(name, _flag_type(field.annotation), help_text))
+    return flags
+
+
+def _flag_type(annotation: Any) -> type:
+    """``int | None`` -> int; ``Literal[...]`` and ``tuple[str, ...]`` -> str (validated later)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if annotation in (int, float, bool, str):
+        return annotation
+    return str
+
+
 def available_cpus() -> int:
     """CPUs this process may use: the affinity mask, capped by a cgroup (v2 or v1) CPU quota.
 
@@ -157,7 +197,7 @@ def thread_budget(
     The CPUs are shared, not multiplied: each of ``workers`` processes gets ``share = cpus /
     workers``, and both ONNX Runtime and the decode pool get ``share`` threads. That does not
     oversubscribe: model calls are serialised per process by the micro-batcher, ONNX Runtime's
-    threads stop spinning when a call returns (``components.inference``), and decoding mostly
+    threads stop spinning when a call returns (``garbage.core.classifier``), and decoding mostly
     runs while the model waits for its next batch. On CUDA the model needs one host thread.
     """
     share = max(1, (cpus or available_cpus()) // max(1, workers))

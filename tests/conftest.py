@@ -19,7 +19,7 @@ from support import (  # noqa: F401
     make_image_tree,
 )
 
-from components.config import Config, load_config
+from garbage.core.config import Config, load_config
 
 
 @pytest.fixture
@@ -47,9 +47,9 @@ def dev_archive() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An exported (untrained-head) EfficientNet-Lite0 at 64x64: real graph, real metadata."""
-    from components.export import export_onnx
-    from components.model import build_model
-    from components.training.train import save_checkpoint
+    from garbage.training.export import export_onnx
+    from garbage.training.model import build_model
+    from garbage.training.train import save_checkpoint
 
     config = load_config(profile="smoke", environ={})
     base = tmp_path_factory.mktemp("tiny-model")

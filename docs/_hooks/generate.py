@@ -2,8 +2,8 @@
 
 * ``reference/cli.md``: the ``garbage`` command line, from the typer application.
 * ``reference/config.md`` and ``reference/config.schema.json``: the configuration schema, from
-  the pydantic model ``components.config.Config`` (types, defaults, bounds, descriptions) and the
-  profiles in ``components/configs/``.
+  the pydantic model ``garbage.core.config.Config`` (types, defaults, bounds, descriptions) and the
+  profiles in ``garbage/core/configs/``.
 * ``reference/api/<package>.md``: one mkdocstrings section per module of each package, so a new
   module appears in the API reference without editing the site.
 * ``operations/*.md`` and ``contributing.md``: the READMEs of ``serving/``, ``monitoring/``,
@@ -26,13 +26,16 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("components", "pipelines", "serving", "monitoring")
+PACKAGES = ("garbage", "components", "pipelines", "serving", "monitoring", "cli")
 PACKAGE_TITLES = {
-    "components": "The ML logic as plain functions: config, data, preprocessing, model, training, "
-    "evaluation, export, inference, registry, deploy.",
-    "pipelines": "KFP components and pipeline, local runner, cluster submission, the CLI.",
+    "garbage": "The ML library: the light core (config, preprocessing, the ONNX classifier, the "
+    "wire protocol, model URIs), the training side (data, model, training, evaluation, export, "
+    "registry) and the KServe deploy client.",
+    "components": "The pipeline's Kubeflow Pipelines components, one per step.",
+    "pipelines": "The pipeline definition, compilation, the local runner, cluster submission.",
     "serving": "The KServe model server.",
     "monitoring": "Payload logging, collector, features, drift detection, metrics.",
+    "cli": "The `garbage` command line: where the packages are wired together.",
 }
 # Repository file -> page of the site that shows it.
 INCLUDED = {
@@ -66,14 +69,14 @@ def cli_reference() -> str:
     import typer.main
     from typer.cli import get_docs_for_click
 
-    from pipelines.cli import app
+    from cli.app import app
 
     command = typer.main.get_command(app)
     docs = get_docs_for_click(
         obj=command, ctx=typer.Context(command), name="garbage", title="Command line: garbage"
     )
     intro = (
-        "Generated at build time from the typer application `pipelines.cli:app` "
+        "Generated at build time from the typer application `cli.app:app` "
         "(entry point `garbage`). Every command also answers `--help`.\n\n"
     )
     title, _, rest = docs.partition("\n")
@@ -81,8 +84,8 @@ def cli_reference() -> str:
 
 
 def config_schema() -> dict[str, Any]:
-    """The JSON schema of :class:`components.config.Config`."""
-    from components.config import Config
+    """The JSON schema of :class:`garbage.core.config.Config`."""
+    from garbage.core.config import Config
 
     return Config.model_json_schema()
 
@@ -144,7 +147,7 @@ def _rows(
 
 def config_reference() -> str:
     """Markdown tables of every configuration key, grouped by section."""
-    from components import config as config_module
+    from garbage.core import config as config_module
 
     schema = config_schema()
     defs = schema.get("$defs", {})
@@ -153,7 +156,7 @@ def config_reference() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated at build time from the pydantic model `components.config.Config` "
+        "Generated at build time from the pydantic model `garbage.core.config.Config` "
         "([JSON schema](config.schema.json)). A config is validated once, where it enters the "
         "system, and logged with every run. Layers, lowest first: the profile "
         "(`--profile default|gpu|smoke`), a YAML file (`--config my.yaml`), environment "
@@ -193,10 +196,10 @@ def config_reference() -> str:
     lines += [
         "## Profiles",
         "",
-        "Shipped in `components/configs/`; `--profile NAME` picks one.",
+        "Shipped in `garbage/core/configs/`; `--profile NAME` picks one.",
         "",
     ]
-    for profile in sorted((ROOT / "components" / "configs").glob("*.yaml")):
+    for profile in sorted((ROOT / "garbage" / "core" / "configs").glob("*.yaml")):
         lines += [f"### `{profile.stem}`", "", "```yaml", profile.read_text().rstrip(), "```", ""]
     return "\n".join(lines)
 

@@ -139,7 +139,7 @@ def served(
 def test_container_prediction_matches_in_process_classifier(
     served: str, tiny_model_dir: Path
 ) -> None:
-    from components.inference import OnnxClassifier
+    from garbage.core.classifier import OnnxClassifier
 
     images = [jpeg_bytes((60, 160, 90), seed=1), jpeg_bytes((40, 90, 200), size=(200, 150), seed=2)]
     status, body = _http(

@@ -39,7 +39,7 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 def test_config_reference_documents_every_key_with_its_default(generate):
-    from components.config import Config
+    from garbage.core.config import Config
 
     page = generate.config_reference()
     keys = _leaf_keys(Config)
@@ -55,7 +55,7 @@ def test_config_reference_documents_every_key_with_its_default(generate):
 def test_cli_reference_documents_every_command(generate):
     import typer.main
 
-    from pipelines.cli import app
+    from cli.app import app
 
     def names(command, prefix: str) -> list[str]:
         found = [prefix]

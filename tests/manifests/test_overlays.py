@@ -63,12 +63,12 @@ def test_payload_logger_points_at_the_monitoring_collector(rendered):
 
 def test_names_the_code_relies_on(rendered):
     """Names the code relies on exist in the manifests, with the rights the code needs."""
-    from components import deploy
+    from garbage import deploy
+    from garbage.core.names import MODEL_NAME
     from pipelines import submit
-    from pipelines.deploy_step import ARTIFACTS_DESTINATION
 
     docs = rendered["base"]
-    isvc = _one(docs, "InferenceService", deploy.DEFAULT_NAME)
+    isvc = _one(docs, "InferenceService", MODEL_NAME)
     assert isvc["metadata"]["namespace"] == deploy.DEFAULT_NAMESPACE
     model = isvc["spec"]["predictor"]["model"]
     assert (
@@ -79,7 +79,7 @@ def test_names_the_code_relies_on(rendered):
     runtime = _one(docs, "ServingRuntime", deploy.RUNTIME)
     assert deploy.MODEL_FORMAT in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
 
-    # the run's service account may do exactly what components/deploy.py does
+    # the run's service account may do exactly what garbage/deploy.py does
     _one(docs, "ServiceAccount", submit.DEFAULT_SERVICE_ACCOUNT)
     binding = _one(docs, "RoleBinding", "garbage-pipeline-deployer")
     assert binding["metadata"]["namespace"] == deploy.DEFAULT_NAMESPACE
@@ -98,5 +98,5 @@ def test_names_the_code_relies_on(rendered):
         f".svc.cluster.local:{mlflow['spec']['ports'][0]['port']}"
     ) == submit.CLUSTER_TRACKING_URI
     args = _one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert f"--artifacts-destination={ARTIFACTS_DESTINATION}" in args
+    assert f"--artifacts-destination={deploy.ARTIFACTS_DESTINATION}" in args
     assert "--serve-artifacts" in args

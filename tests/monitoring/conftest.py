@@ -19,7 +19,7 @@ from typing import Self
 import pandas as pd
 import pytest
 
-from components.config import load_config
+from garbage.core.config import load_config
 
 # Test modules import the helpers as a top-level module; make this folder importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,9 +33,9 @@ def dev_dataset(
     dev_archive: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, pd.DataFrame]:
     """The extracted dev archive and its split manifest (validated and split like the pipeline)."""
-    from components.data.fetch import fetch_dataset
-    from components.data.split import split_dataset
-    from components.data.validate import validate_dataset
+    from garbage.training.data.fetch import fetch_dataset
+    from garbage.training.data.split import split_dataset
+    from garbage.training.data.validate import validate_dataset
 
     cache = tmp_path_factory.mktemp("data-cache")
     root = fetch_dataset(str(dev_archive), DEV_SHA256, cache)

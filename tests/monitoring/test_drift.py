@@ -19,7 +19,7 @@ import typer
 from PIL import ImageEnhance, ImageFilter
 from typer.testing import CliRunner
 
-from components.preprocessing import decode_image
+from garbage.core.preprocessing import decode_image
 from monitoring.cli import collector, drift
 from monitoring.drift import CLASS_COLUMN, DriftSettings, compute_drift, write_reports
 from monitoring.features import pixel_features

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from components.preprocessing import decode_image
+from garbage.core.preprocessing import decode_image
 from monitoring.features import (
     EMBEDDING_COLUMNS,
     FEATURE_COLUMNS,

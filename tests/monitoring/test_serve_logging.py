@@ -18,7 +18,7 @@ from monitoring.payload_logger import CloudEventsHook, encode_request
 from monitoring.payloads import parse_request
 
 SERVE = (
-    "import typer; from serving.cli import serve; app = typer.Typer(); app.command()(serve); "
+    "import typer; from cli.serve import serve; app = typer.Typer(); app.command()(serve); "
     "app.command('noop')(lambda: None); app()"
 )
 

@@ -11,8 +11,8 @@ from mlflow import MlflowClient
 from support import DEV_ARCHIVE_SHA256
 from typer.testing import CliRunner
 
-from components.config import load_config
-from pipelines.cli import app
+from cli.app import app
+from garbage.core.config import load_config
 
 
 @pytest.mark.integration

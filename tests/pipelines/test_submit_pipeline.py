@@ -1,4 +1,4 @@
-"""``garbage pipeline submit``: compile, fit to the cluster, create the run through a KFP client.
+"""``garbage pipeline submit``: compile for the cluster, create the run through a KFP client.
 
 ``FakeKFPClient`` is a FAKE of ``kfp.Client``: a Kubeflow Pipelines API server needs Kubernetes,
 which cannot run on the development and CI machines. It records what ``submit`` sends (the
@@ -17,18 +17,13 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from components.config import Config, load_config
+from garbage.core.config import Config, load_config
 from pipelines.submit import (
     CLUSTER_TRACKING_URI,
     SubmitError,
     cluster_config,
-    fit_to_cpu_cluster,
     submit_pipeline,
     wait_for_run,
-)
-
-pytest.importorskip(
-    "pipelines.training", reason="pipelines/training.py (the lead's) is not there yet"
 )
 
 
@@ -108,58 +103,13 @@ def test_cpu_only_drops_gpu_requests_and_caps_resources(config):
         assert "accelerator" not in executor["container"].get("resources", {})
 
 
-def test_fit_to_cpu_cluster_keeps_small_requests_and_other_tolerations():
-    docs = [
-        {
-            "deploymentSpec": {
-                "executors": {
-                    "e": {
-                        "container": {
-                            "resources": {
-                                "resourceCpuRequest": "500m",
-                                "resourceCpuLimit": "8",
-                                "resourceMemoryRequest": "512Mi",
-                                "resourceMemoryLimit": "32G",
-                                "cpuLimit": 8.0,
-                                "accelerator": {
-                                    "resourceType": "nvidia.com/gpu",
-                                    "resourceCount": "1",
-                                },
-                            }
-                        }
-                    }
-                }
-            }
-        },
-        {
-            "platforms": {
-                "kubernetes": {
-                    "deploymentSpec": {
-                        "executors": {
-                            "e": {
-                                "nodeSelector": {"labels": {"gpu": "true"}},
-                                "tolerations": [
-                                    {"key": "nvidia.com/gpu", "operator": "Exists"},
-                                    {"key": "spot", "operator": "Exists"},
-                                ],
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    ]
-    fitted = fit_to_cpu_cluster(docs, max_cpu="2", max_memory="6G")
-    assert fitted[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"] == {
-        "resourceCpuRequest": "500m",
-        "resourceCpuLimit": "2",
-        "resourceMemoryRequest": "512Mi",
-        "resourceMemoryLimit": "6G",
-    }
-    assert fitted[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["e"] == {
-        "tolerations": [{"key": "spot", "operator": "Exists"}]
-    }
-    assert "accelerator" in docs[0]["deploymentSpec"]["executors"]["e"]["container"]["resources"]
+def test_a_precompiled_package_cannot_be_refitted_for_a_cpu_cluster(config, tmp_path):
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("{}")
+    with pytest.raises(SubmitError, match="compile the package with `garbage pipeline compile"):
+        submit_pipeline(
+            "http://kfp", config, package=package, cpu_only=True, client=FakeKFPClient()
+        )
 
 
 def test_wait_reports_a_failed_run(config):
@@ -199,7 +149,7 @@ def test_a_refused_run_names_the_host(config):
 def test_submit_command(monkeypatch, tmp_path):
     import kfp
 
-    from pipelines.cluster_cli import submit
+    from cli.pipeline import submit
 
     monkeypatch.setattr(kfp, "Client", FakeKFPClient)
     FakeKFPClient.instances.clear()

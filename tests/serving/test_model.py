@@ -21,7 +21,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from components.inference import ModelLoadError, OnnxClassifier
+from garbage.core.classifier import ModelLoadError, OnnxClassifier
 from serving.errors import InputRejected
 from serving.model import GarbageClassifierModel
 from serving.settings import ServingSettings
@@ -435,6 +435,9 @@ def test_model_pickles_for_worker_processes(model, sample_images) -> None:
     """KServe sends the model to --workers processes; there it loads at application start-up."""
     from kserve import model_server
 
+    from serving.server import set_up_worker
+
+    model.worker_setup = set_up_worker  # what serve_model does before KServe spawns workers
     copy = pickle.loads(pickle.dumps(model))
     assert copy is not model and copy.ready is False
     assert copy.load in model_server.app.router.on_startup

@@ -27,7 +27,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from components.inference import OnnxClassifier
+from garbage.core.classifier import OnnxClassifier
 
 pytestmark = pytest.mark.integration
 

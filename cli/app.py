@@ -1,0 +1,24 @@
+"""The ``garbage`` application: every command group, registered in one place."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import data, pipeline
+from cli.deploy import deploy
+from cli.predict import predict
+from cli.serve import serve
+from monitoring.cli import collector, drift
+
+app = typer.Typer(
+    help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(pipeline.app, name="pipeline")
+app.command("predict")(predict)
+app.command("serve")(serve)
+app.command("collector")(collector)
+app.command("drift")(drift)
+app.command("deploy")(deploy)

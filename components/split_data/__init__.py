@@ -1,0 +1,5 @@
+"""The `split data` component."""
+
+from components.split_data.component import split_data
+
+__all__ = ["split_data"]

@@ -1,0 +1,5 @@
+"""The `validate data` component."""
+
+from components.validate_data.component import validate_data
+
+__all__ = ["validate_data"]

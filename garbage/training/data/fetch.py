@@ -1,0 +1,133 @@
+"""Fetch a dataset archive by URL or local path, verify its checksum, extract it into a cache."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from garbage.core.config import ENV_DATA_SHA256, ENV_DATA_SOURCE
+
+_CHUNK = 1 << 20
+_COMPLETE_MARKER = ".extracted-sha256"
+
+
+class DataFetchError(RuntimeError):
+    """The archive could not be downloaded, read, verified or extracted."""
+
+
+def sha256_of(path: Path) -> str:
+    """Return the hex sha256 digest of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _download(url: str, destination: Path) -> None:
+    partial = destination.with_suffix(destination.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"download {destination.name}"
+            ) as bar:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        partial.unlink(missing_ok=True)
+        raise DataFetchError(
+            f"cannot download {url}: {e}. On a machine without internet access, point "
+            f"{ENV_DATA_SOURCE} at a local copy of the archive "
+            f"(and {ENV_DATA_SHA256} at its sha256)."
+        ) from e
+    partial.replace(destination)
+
+
+def _archive_path(source: str, sha256: str, cache_dir: Path) -> Path:
+    name = Path(source.rstrip("/").split("?")[0]).name or "dataset.tar.gz"
+    return cache_dir / "archives" / f"{sha256[:12]}-{name}"
+
+
+def _extract(archive: Path, destination: Path) -> None:
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(staging, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataFetchError(f"cannot extract {archive}: {e}") from e
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.replace(destination)
+
+
+def find_image_root(extracted: Path) -> Path:
+    """Return the folder whose sub-folders are the classes (archives often wrap it in a folder)."""
+    root = extracted
+    while True:
+        children = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(children) == 1 and children[0].is_dir() and any(children[0].iterdir()):
+            inner = [p for p in children[0].iterdir() if not p.name.startswith(".")]
+            if inner and all(p.is_dir() for p in inner):
+                root = children[0]
+                continue
+        return root
+
+
+def fetch_dataset(source: str, sha256: str, cache_dir: Path) -> Path:
+    """Make the dataset available locally and return the folder that holds its class folders.
+
+    Nothing is downloaded or extracted again when the cached archive and tree are present and valid.
+
+    Args:
+        source: http(s) URL or local path of a ``.tar.gz`` archive.
+        sha256: Expected sha256 of the archive.
+        cache_dir: Cache folder (archives and extracted trees).
+
+    Raises:
+        DataFetchError: The source is missing or unreachable, or its checksum does not match.
+    """
+    cache_dir = Path(cache_dir)
+    sha256 = sha256.lower()
+    extracted = cache_dir / "extracted" / sha256[:16]
+    marker = extracted / _COMPLETE_MARKER
+    if marker.is_file() and marker.read_text().strip() == sha256:
+        return find_image_root(extracted)
+
+    archive = _archive_path(source, sha256, cache_dir)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    if not (archive.is_file() and sha256_of(archive) == sha256):
+        if _is_url(source):
+            _download(source, archive)
+        else:
+            local = Path(source).expanduser()
+            if not local.is_file():
+                raise DataFetchError(
+                    f"data source {source!r} is neither an http(s) URL nor an existing file; "
+                    f"set {ENV_DATA_SOURCE} to the archive's URL or path."
+                )
+            shutil.copyfile(local, archive)
+    actual = sha256_of(archive)
+    if actual != sha256:
+        archive.unlink(missing_ok=True)
+        raise DataFetchError(
+            f"checksum mismatch for {source}: expected sha256 {sha256}, got {actual}. "
+            f"If the source is right, set {ENV_DATA_SHA256}={actual}; "
+            f"otherwise fix {ENV_DATA_SOURCE}."
+        )
+    _extract(archive, extracted)
+    marker.write_text(sha256 + "\n")
+    return find_image_root(extracted)

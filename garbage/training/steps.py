@@ -1,0 +1,282 @@
+"""The pipeline's steps as plain functions on a config and paths.
+
+Each KFP component in ``components/`` is a thin wrapper over one of these, and the CLI and
+tests call them directly, so the same code runs in tests, in ``kfp.local`` and in containers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from garbage.core.config import Config
+from garbage.training.data.fetch import fetch_dataset
+from garbage.training.data.split import read_manifest, split_dataset, split_summary, write_manifest
+from garbage.training.data.validate import raise_for_errors, validate_dataset, write_report
+
+TABLE_FILENAME = "images.csv"
+MANIFEST_FILENAME = "manifest.csv"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def fetch_step(config: Config, out_dir: Path) -> dict[str, Any]:
+    """Fetch and extract the archive (cached) and copy its class folders into ``out_dir``."""
+    root = fetch_dataset(config.data.source, config.data.sha256, config.data_cache_dir)
+    if out_dir.resolve() != root.resolve():
+        shutil.copytree(root, out_dir, dirs_exist_ok=True)
+    files = sum(1 for p in out_dir.rglob("*") if p.is_file())
+    return {"source": config.data.source, "sha256": config.data.sha256, "files": files}
+
+
+def validate_step(config: Config, images_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Validate the images, write the reports and the kept-image table; raise on hard errors."""
+    report, kept = validate_dataset(images_dir, config.data)
+    write_report(report, out_dir)
+    kept.to_csv(out_dir / TABLE_FILENAME, index=False)
+    raise_for_errors(report)
+    return json.loads(report.to_json())
+
+
+def split_step(config: Config, table_csv: Path, manifest_csv: Path) -> dict[str, Any]:
+    """Split the kept images into train/val/test and write the manifest CSV."""
+    manifest = split_dataset(pd.read_csv(table_csv, dtype={"sha256": str}), config.split)
+    write_manifest(manifest, manifest_csv)
+    return split_summary(manifest)
+
+
+def manifest_items(manifest: pd.DataFrame, split: str, classes: list[str]) -> list[tuple[str, int]]:
+    """``(path, class index)`` pairs of one split."""
+    index = {c: i for i, c in enumerate(classes)}
+    rows = manifest[manifest["split"] == split]
+    return [(p, index[label]) for p, label in zip(rows["path"], rows["label"], strict=True)]
+
+
+def train_step(
+    config: Config, images_dir: Path, manifest_csv: Path, out_dir: Path, run_name: str | None = None
+) -> dict[str, Any]:
+    """Train with MLflow tracking; write ``best.pt`` and ``history.json`` into ``out_dir``.
+
+    Returns:
+        ``run_id``, ``best_epoch``, ``best_val_macro_f1``, ``device``, ``train_images_per_second``.
+    """
+    import mlflow
+
+    from garbage.training.registry import configure_tracking
+    from garbage.training.train import train_model
+
+    manifest = read_manifest(manifest_csv)
+    experiment_id = configure_tracking(config)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params(flatten(config.model_dump(mode="json")))
+        mlflow.log_dict(config.model_dump(mode="json"), "config/resolved_config.json")
+        mlflow.log_dict(split_summary(manifest), "data/split_summary.json")
+        mlflow.log_artifact(str(manifest_csv), "data")
+        mlflow.set_tags({"data.sha256": config.data.sha256, "data.source": config.data.source})
+        result = train_model(
+            config,
+            images_dir,
+            manifest_items(manifest, "train", config.data.classes),
+            manifest_items(manifest, "val", config.data.classes),
+            out_dir,
+            on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
+        )
+        summary = {
+            "run_id": run.info.run_id,
+            "best_epoch": result.best_epoch,
+            "best_val_macro_f1": result.best_val_macro_f1,
+            "device": result.device,
+            "train_images_per_second": result.train_images_per_second,
+            "train_seconds": result.seconds,
+        }
+        mlflow.log_metrics(
+            {
+                "best_val_macro_f1": result.best_val_macro_f1,
+                "train_images_per_second_avg": result.train_images_per_second,
+            }
+        )
+        mlflow.set_tag("device", result.device)
+        (out_dir / "history.json").write_text(json.dumps(result.history, indent=2))
+        (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_step(
+    config: Config,
+    checkpoint: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
+    """Evaluate the checkpoint on the test split and log the metrics and plots to the run."""
+    import mlflow
+
+    from garbage.training.evaluate import evaluate_checkpoint
+    from garbage.training.registry import configure_tracking
+
+    metrics = evaluate_checkpoint(checkpoint, images_dir, read_manifest(manifest_csv), out_dir)
+    configure_tracking(config)
+    with mlflow.start_run(run_id=run_id):
+        flat = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+        for name, values in metrics["per_class"].items():
+            flat[f"test_recall_{name}"] = values["recall"]
+            flat[f"test_f1_{name}"] = values["f1"]
+        mlflow.log_metrics(flat)
+        mlflow.log_artifacts(str(out_dir), "evaluation")
+    return metrics
+
+
+def export_step(
+    config: Config,
+    checkpoint: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+) -> dict[str, Any]:
+    """Export to ONNX, checking parity on random and real test images."""
+    import mlflow
+
+    from garbage.core.preprocessing import decode_image, to_model_input
+    from garbage.training.export import export_onnx
+    from garbage.training.registry import configure_tracking
+
+    manifest = read_manifest(manifest_csv)
+    sample = manifest[manifest["split"] == "test"]["path"].head(16)
+    h, w = config.model.image_height, config.model.image_width
+    parity = [to_model_input(decode_image((images_dir / p).read_bytes()), h, w) for p in sample]
+    metadata = export_onnx(
+        checkpoint, out_dir, parity, {"mlflow_run_id": run_id, "data_sha256": config.data.sha256}
+    )
+    configure_tracking(config)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metric("onnx_parity_max_abs_diff", metadata["parity_max_abs_diff"])
+    return metadata
+
+
+def score_on_split(
+    classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
+) -> dict[str, Any]:
+    """Metrics of an ONNX classifier on one split of the manifest."""
+    from garbage.training.metrics import classification_metrics
+
+    rows = manifest[manifest["split"] == split]
+    predictions = classifier.predict_bytes([(images_dir / p).read_bytes() for p in rows["path"]])
+    index = {c: i for i, c in enumerate(classifier.classes)}
+    unknown = set(rows["label"]) - set(index)
+    if unknown:
+        raise ValueError(f"the model does not know the classes {sorted(unknown)}")
+    return classification_metrics(
+        [index[label] for label in rows["label"]],
+        [index[p.label] for p in predictions],
+        classifier.classes,
+    )
+
+
+def register_step(
+    config: Config,
+    export_dir: Path,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_id: str,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """Register the exported model and move the champion alias if it passes the gate.
+
+    The candidate and the current champion are scored by the same ONNX evaluator on this run's
+    test set, so the comparison is fair even when the champion was trained on other data.
+    ``reference`` (the monitoring reference profile, a file or a folder) is stored with the model
+    version.
+    Writes ``decision.json`` and ``decision.md`` into ``out_dir``.
+    """
+    import mlflow
+
+    from garbage.core.classifier import OnnxClassifier
+    from garbage.core.model_uri import champion_uri, resolve_model_dir
+    from garbage.training.registry import (
+        champion_version,
+        configure_tracking,
+        decide_promotion,
+        log_onnx_model,
+        record_decision,
+        register_model,
+        set_champion,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configure_tracking(config)
+    manifest = read_manifest(manifest_csv)
+    metric = config.registry.gate_metric
+    candidate = score_on_split(OnnxClassifier.load(export_dir, device="cpu"), images_dir, manifest)
+    previous = champion_version(config)
+    champion_score = None
+    note = ""
+    if previous is not None:
+        champion = OnnxClassifier.load(
+            resolve_model_dir(champion_uri(config), config), device="cpu"
+        )
+        if champion.classes == config.data.classes:
+            champion_score = score_on_split(champion, images_dir, manifest)[metric]
+        else:
+            note = (
+                f" (champion v{previous} predicts other classes {champion.classes}; not comparable)"
+            )
+    decision = decide_promotion(
+        metric,
+        candidate[metric],
+        champion_score,
+        config.registry.min_improvement,
+        config.registry.min_metric,
+        previous,
+    )
+    metadata = json.loads((export_dir / "metadata.json").read_text())
+    with mlflow.start_run(run_id=run_id):
+        model_uri = log_onnx_model(export_dir, metadata, reference)
+        version = register_model(
+            config,
+            model_uri,
+            {
+                "run_id": run_id,
+                "data_sha256": config.data.sha256,
+                f"test_{metric}": f"{candidate[metric]:.4f}",
+                "test_accuracy": f"{candidate['accuracy']:.4f}",
+            },
+        )
+        record_decision(config, version, decision)
+        if decision.promote:
+            set_champion(config, version, decision)
+        mlflow.log_dict(decision.to_dict(), "gate/decision.json")
+        mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
+    result = {
+        **decision.to_dict(),
+        "reason": decision.reason + note,
+        "version": version,
+        "model_name": config.registry.model_name,
+        "model_uri": model_uri,
+        "champion_uri": champion_uri(config),
+    }
+    (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
+    verdict = "promoted to champion" if decision.promote else "not promoted"
+    (out_dir / "decision.md").write_text(
+        f"# Promotion gate: version {version} {verdict}\n\n{result['reason']}\n\n"
+        f"| | {metric} on this test set |\n| --- | ---: |\n| candidate v{version} | "
+        f"{candidate[metric]:.4f} |\n| champion {('v' + previous) if previous else '(none)'} | "
+        f"{'-' if champion_score is None else f'{champion_score:.4f}'} |\n"
+    )
+    return result

@@ -1,0 +1,160 @@
+"""The promotion gate and the MLflow registry, on the embedded store and a real server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from support import CLASSES, jpeg_bytes
+
+from garbage.core.classifier import OnnxClassifier
+from garbage.core.config import Config
+from garbage.core.model_uri import resolve_model_dir
+from garbage.training.data.split import write_manifest
+from garbage.training.registry import champion_version, configure_tracking, decide_promotion
+from garbage.training.steps import register_step
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "margin", "floor", "promote", "words"),
+    [
+        (0.80, None, 0.0, 0.0, True, "no champion yet"),
+        (0.85, 0.80, 0.01, 0.0, True, "beats champion"),
+        (0.80, 0.80, 0.0, 0.0, False, "does not beat"),
+        (0.805, 0.80, 0.01, 0.0, False, "the champion stays"),
+        (0.70, 0.60, 0.0, 0.75, False, "below the floor"),
+        (0.50, None, 0.0, 0.75, False, "below the floor"),
+    ],
+)
+def test_gate_decisions(candidate, champion, margin, floor, promote, words) -> None:
+    decision = decide_promotion("macro_f1", candidate, champion, margin, floor, "3")
+    assert decision.promote is promote
+    assert words in decision.reason
+
+
+def test_no_champion_is_none(smoke_config: Config) -> None:
+    configure_tracking(smoke_config)
+    assert champion_version(smoke_config) is None
+
+
+def assert_same_model(downloaded: Path, exported: Path) -> None:
+    """The registry's copy carries the same metadata and gives the same outputs."""
+    a, b = OnnxClassifier.load(downloaded), OnnxClassifier.load(exported)
+    assert a.metadata == b.metadata
+    pixels = np.stack([a.preprocess(jpeg_bytes((40 * i, 90, 200), seed=i)) for i in range(4)])
+    assert np.array_equal(a.logits(pixels), b.logits(pixels))
+
+
+def _manifest(image_tree: Path, tmp_path: Path) -> Path:
+    rows = [
+        {"path": f"{c}/{c}{i}.jpg", "label": c, "sha256": f"{c}{i}", "split": "test"}
+        for c in CLASSES
+        for i in range(3)
+    ]
+    return write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+
+
+def _register_twice(config: Config, model_dir: Path, image_tree: Path, tmp_path: Path):
+    manifest = _manifest(image_tree, tmp_path)
+    experiment = configure_tracking(config)
+    decisions = []
+    for i in range(2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            run_id = run.info.run_id
+        decisions.append(
+            register_step(config, model_dir, image_tree, manifest, tmp_path / f"gate{i}", run_id)
+        )
+    return decisions
+
+
+def test_register_and_gate_on_the_embedded_store(
+    smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    first, second = _register_twice(smoke_config, tiny_model_dir, image_tree, tmp_path)
+    assert first["promote"] and first["version"] == "1"
+    assert not second["promote"] and second["version"] == "2"
+    assert "does not beat champion v1" in second["reason"]
+    assert champion_version(smoke_config) == "1"
+    assert (
+        (tmp_path / "gate1" / "decision.md")
+        .read_text()
+        .startswith("# Promotion gate: version 2 not promoted")
+    )
+    assert (smoke_config.work_dir / "mlflow.db").is_file()
+    assert_same_model(resolve_model_dir(None, smoke_config), tiny_model_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` process on loopback with its own SQLite store and artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    # The child keeps its own handle of the log file; the parent closes its copy at once.
+    with (root / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
+            time.sleep(1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_register_and_gate_against_a_real_mlflow_server(
+    mlflow_server: str, smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    config = smoke_config.model_copy(
+        update={
+            "registry": smoke_config.registry.model_copy(update={"tracking_uri": mlflow_server})
+        }
+    )
+    first, second = _register_twice(config, tiny_model_dir, image_tree, tmp_path)
+    assert first["promote"] and not second["promote"]
+    assert champion_version(config) == first["version"]
+    assert not (config.work_dir / "mlflow.db").exists()  # nothing went to the embedded store
+    assert_same_model(
+        resolve_model_dir("models:/garbage-classifier@champion", config), tiny_model_dir
+    )
