@@ -22,7 +22,7 @@ from typing import TextIO
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TASK_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
 TASK_FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
-TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (?P<task>\S+)")
+TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (?P<task>[^\s:]+):? (?P<why>.*)")
 TASK_RETRIED = re.compile(r"Task (?P<task>\S+) failed \(attempt (?P<attempt>\d+)/(?P<of>\d+)\)")
 #: How often a terminal that is not a TTY (a CI log) gets the running step's latest line.
 HEARTBEAT_S = 30.0
@@ -58,7 +58,6 @@ class StepConsole(io.TextIOBase):
         self._started = 0.0
         self._shown = 0.0
         self._partial = ""
-        self._latest = ""
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.failed: str | None = None
 
@@ -117,9 +116,7 @@ class StepConsole(io.TextIOBase):
             return
         skipped = TASK_SKIPPED.search(line)
         if skipped:
-            self._say(
-                f"{self._label(skipped['task'])} skipped ({line.split('(', 1)[-1].rstrip(')')})"
-            )
+            self._say(f"{self._label(skipped['task'])} skipped: {skipped['why'].strip('(). ')}")
             return
         if self._task is not None and line.strip() and not started:
             self._progress(line.strip())
@@ -128,7 +125,6 @@ class StepConsole(io.TextIOBase):
         self._end_task(None)
         self._task = task
         self._started = self._shown = self._clock()
-        self._latest = ""
         self._tail.clear()
         self._file = self.log_of(task).open("a", encoding="utf-8")
         if self.live:
@@ -153,12 +149,9 @@ class StepConsole(io.TextIOBase):
 
     def _progress(self, line: str) -> None:
         self._tail.append(line)
-        self._latest = line
         now = self._clock()
         if self.live:
-            if now - self._shown >= 0.1:
-                self._shown = now
-                self._status(f"{self._label(self._task or '')} {line}")
+            self._status(f"{self._label(self._task or '')} {line}")
         elif now - self._shown >= HEARTBEAT_S:
             self._shown = now
             self._say(f"{self._label(self._task or '')} ... {line}")

@@ -147,12 +147,18 @@ def _rows(
 
 def config_reference() -> str:
     """Markdown tables of every configuration key, grouped by section."""
-    from garbage.core import config as config_module
+    from garbage.core.config import (
+        ENV_DATA_SHA256,
+        ENV_DATA_SOURCE,
+        ENV_TRACKING_URI,
+        ENV_WORK_DIR,
+        Config,
+    )
 
     schema = config_schema()
     defs = schema.get("$defs", {})
     # The model's own defaults (default factories included), not the profiles' values.
-    defaults = config_module.Config().model_dump(mode="json")
+    defaults = Config().model_dump(mode="json")
     lines = [
         "# Configuration reference",
         "",
@@ -164,10 +170,10 @@ def config_reference() -> str:
         "",
         "| environment variable | sets |",
         "| --- | --- |",
-        f"| `{config_module.ENV_DATA_SOURCE}` | `data.source` |",
-        f"| `{config_module.ENV_DATA_SHA256}` | `data.sha256` |",
-        f"| `{config_module.ENV_WORK_DIR}` | `work_dir` |",
-        f"| `{config_module.ENV_TRACKING_URI}` | the MLflow tracking URI "
+        f"| `{ENV_DATA_SOURCE}` | `data.source` |",
+        f"| `{ENV_DATA_SHA256}` | `data.sha256` |",
+        f"| `{ENV_WORK_DIR}` | `work_dir` |",
+        f"| `{ENV_TRACKING_URI}` | the MLflow tracking URI "
         "(over `registry.tracking_uri`) |",
         "",
     ]

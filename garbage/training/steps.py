@@ -19,7 +19,6 @@ from garbage.training.data.split import read_manifest, split_dataset, split_summ
 from garbage.training.data.validate import raise_for_errors, validate_dataset, write_report
 
 TABLE_FILENAME = "images.csv"
-MANIFEST_FILENAME = "manifest.csv"
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

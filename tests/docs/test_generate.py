@@ -14,8 +14,6 @@ import pytest
 from pydantic import BaseModel
 from support import REPO_ROOT
 
-pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]'")
-
 
 @pytest.fixture(scope="module")
 def generate() -> ModuleType:

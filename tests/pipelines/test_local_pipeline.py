@@ -28,6 +28,15 @@ def test_pipeline_runs_end_to_end_and_leaves_a_champion(
     )
     assert result.exit_code == 0, result.output
     assert "version 1 promoted to champion" in result.stdout
+    # What a person reads: a line per step and the gate's decision; the step logs go to files.
+    shown = result.stdout.splitlines()
+    assert len(shown) < 60
+    for number, step in enumerate(["fetch data", "validate data", "split data", "train"], 1):
+        assert any(line.startswith(f"[{number}/8] {step} done in") for line in shown), step
+    assert "[8/8] register and promote done in" in result.stdout
+    assert "executor_input" not in result.stdout
+    (logs,) = (work / "kfp" / "logs").iterdir()
+    assert "executor_input" in (logs / "train-model.log").read_text()
 
     config = load_config(profile="smoke", overrides=[f"work_dir={work}"])
     uri = config.mlflow_tracking_uri

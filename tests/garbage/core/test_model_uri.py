@@ -2,11 +2,55 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from garbage.core.model_uri import ModelUriError, require_storage_uri, resolve_storage_uri
+from garbage.core.classifier import ModelLoadError
+from garbage.core.config import Config
+from garbage.core.model_uri import (
+    ModelUriError,
+    champion_uri,
+    require_storage_uri,
+    resolve_model_dir,
+    resolve_storage_uri,
+)
+
+
+def test_local_folders_and_files_resolve_to_the_folder_of_model_onnx(
+    tiny_model_dir: Path, tmp_path: Path, smoke_config: Config
+) -> None:
+    nested = tmp_path / "mlflow-layout" / "artifacts"  # what an MLflow download looks like
+    shutil.copytree(tiny_model_dir, nested)
+    assert resolve_model_dir(str(tiny_model_dir), smoke_config) == tiny_model_dir
+    assert resolve_model_dir(str(tiny_model_dir / "model.onnx"), smoke_config) == tiny_model_dir
+    assert resolve_model_dir(str(tmp_path / "mlflow-layout"), smoke_config) == nested
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_model_dir(str(tmp_path / "nothing"), smoke_config)
+
+
+def test_the_champion_of_an_empty_work_dir_says_how_to_get_one(smoke_config: Config) -> None:
+    assert champion_uri(smoke_config) == "models:/garbage-classifier@champion"
+    with pytest.raises(ModelUriError, match="Run `make run`"):
+        resolve_model_dir(None, smoke_config)
+    assert not (smoke_config.work_dir / "mlflow.db").exists()  # looking up creates no registry
+
+
+def test_an_mlflow_uri_without_mlflow_fails_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, smoke_config: Config
+) -> None:
+    """Where MLflow is not installed (the serving image), MLflow URIs say what to use instead."""
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` raises ImportError
+    for uri in ("models:/garbage-classifier@champion", "runs:/abc/model"):
+        with pytest.raises(ModelUriError) as raised:
+            resolve_model_dir(uri, smoke_config)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "MLflow is not installed" in message and "local model folder" in message
+    with pytest.raises(ModelUriError, match="MLflow is not installed"):
+        resolve_storage_uri("models:/garbage-classifier/1")
 
 
 @pytest.mark.parametrize(
