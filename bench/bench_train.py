@@ -4,7 +4,7 @@
 
 Runs the pipeline as a user would, in a fresh work dir (so the promotion gate starts empty),
 while sampling the memory of the whole process tree. Reports test accuracy, macro-F1 and
-per-class recall (from MLflow), wall time per stage (from kfp.local's task log), training
+per-class recall (from MLflow), wall time per stage (from the steps' kfp.local logs), training
 images/s, peak memory and the machine. Writes ``bench/results/train[-PROFILE].json`` and ``.md``.
 """
 
@@ -180,14 +180,15 @@ def main() -> int:
     sampler.start()
     log_lines = []
     assert process.stdout is not None
-    for line in process.stdout:
+    for line in process.stdout:  # a line per step, its progress and outcome
         log_lines.append(line)
-        if TASK_LINE.match(re.sub(r"\x1b\[[0-9;]*m", "", line)) or "epoch " in line:
-            print(line.rstrip()[:160], flush=True)
+        print(line.rstrip()[:160], flush=True)
     code = process.wait()
     wall = time.perf_counter() - started
     sampler.stop.set()
-    log = "".join(log_lines)
+    # Each step's full log, in the order the steps ran (their first line is kfp.local's).
+    step_logs = sorted((work_dir / "kfp" / "logs").glob("*/*.log"), key=lambda p: p.stat().st_mtime)
+    log = "".join(log_lines) + "".join(p.read_text() for p in step_logs)
     RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.profile == "default" else f"-{args.profile}"
     (RESULTS / f"train{suffix}.log").write_text(log)
