@@ -11,6 +11,7 @@ import typer
 
 from cli.options import ConfigOption, ProfileOption, SetOption, fail, load
 from garbage.core.config import Config, ConfigError, load_config
+from pipelines.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
 
 app = typer.Typer(help="Run, compile and submit the training pipeline.", no_args_is_help=True)
 
@@ -87,9 +88,9 @@ def submit(
             "(kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80).",
         ),
     ],
-    experiment: Annotated[str, typer.Option(help="Experiment to file the run under.")] = (
-        "garbage-classifier"
-    ),
+    experiment: Annotated[
+        str, typer.Option(help="Experiment to file the run under.")
+    ] = DEFAULT_EXPERIMENT,
     config: ConfigOption = None,
     profile: ClusterProfileOption = None,
     set_: SetOption = None,
@@ -100,7 +101,7 @@ def submit(
     ] = None,
     service_account: Annotated[
         str, typer.Option(help="Service account of the run's pods (manifests/base/rbac).")
-    ] = "garbage-pipeline",
+    ] = DEFAULT_SERVICE_ACCOUNT,
     cpu_only: CpuOnlyOption = False,
     package: Annotated[
         Path | None,

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pytest
 import typer
 import yaml
+from kubernetes.utils import parse_quantity
 from typer.testing import CliRunner
 
 from garbage.core.config import Config, load_config
@@ -100,7 +101,11 @@ def test_cpu_only_drops_gpu_requests_and_caps_resources(config):
     )
     assert "nodeSelector" not in platform and "tolerations" not in platform
     for executor in docs[0]["deploymentSpec"]["executors"].values():
-        assert "accelerator" not in executor["container"].get("resources", {})
+        resources = executor["container"].get("resources", {})
+        assert "accelerator" not in resources
+        # every step fits a small node: at most 2 CPUs and 6 GB
+        assert parse_quantity(resources["resourceCpuLimit"]) <= 2
+        assert parse_quantity(resources["resourceMemoryLimit"]) <= parse_quantity("6G")
 
 
 def test_a_precompiled_package_cannot_be_refitted_for_a_cpu_cluster(config, tmp_path):
