@@ -24,6 +24,10 @@ TASK_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
 TASK_FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
 TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (?P<task>[^\s:]+):? (?P<why>.*)")
 TASK_RETRIED = re.compile(r"Task (?P<task>\S+) failed \(attempt (?P<attempt>\d+)/(?P<of>\d+)\)")
+#: Lines of the KFP executor itself (its input, with the whole config, and where it wrote its
+#: output): in the step's log, never shown as the step's progress.
+EXECUTOR_LINE = re.compile(r"^\s*\[KFP Executor ")
+EXECUTOR_INPUT = "Got executor_input:"
 #: How often a terminal that is not a TTY (a CI log) gets the running step's latest line.
 HEARTBEAT_S = 30.0
 TAIL_LINES = 20
@@ -59,6 +63,7 @@ class StepConsole(io.TextIOBase):
         self._shown = 0.0
         self._partial = ""
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._executor_input: str | None = None  # the closing line of the JSON being skipped
         self.failed: str | None = None
 
     def writable(self) -> bool:
@@ -118,14 +123,27 @@ class StepConsole(io.TextIOBase):
         if skipped:
             self._say(f"{self._label(skipped['task'])} skipped: {skipped['why'].strip('(). ')}")
             return
-        if self._task is not None and line.strip() and not started:
+        if self._task is not None and not started and self._is_progress(line):
             self._progress(line.strip())
+
+    def _is_progress(self, line: str) -> bool:
+        """Whether ``line`` is the step's own output (not blank, not the executor's)."""
+        if self._executor_input is not None:
+            if line.rstrip() == self._executor_input:
+                self._executor_input = None
+            return False
+        if EXECUTOR_INPUT in line:
+            # The JSON follows, indented like the executor's line; it ends with its brace.
+            self._executor_input = line[: len(line) - len(line.lstrip())] + "}"
+            return False
+        return bool(line.strip()) and not EXECUTOR_LINE.match(line)
 
     def _begin_task(self, task: str) -> None:
         self._end_task(None)
         self._task = task
         self._started = self._shown = self._clock()
         self._tail.clear()
+        self._executor_input = None
         self._file = self.log_of(task).open("a", encoding="utf-8")
         if self.live:
             self._status(f"{self._label(task)} ...")

@@ -45,13 +45,19 @@ def finished(task: str, outcome: status.Status) -> str:
 def run(console: StepConsole, clock: Clock) -> None:
     console.write("12:00:00.000 - INFO - Running pipeline: 'garbage-classifier-train'\n")
     console.write(started("fetch-data"))
-    console.write('    [KFP Executor] Got executor_input:\n    {"inputs": {"config_json": "{}"}}\n')
+    console.write(
+        "    [KFP Executor 2026-12-01 22:14:40,861 INFO]: Got executor_input:\n"
+        "    {\n"
+        '        "inputs": {"parameterValues": {"config_json": "{}"}}\n'
+        "    }\n"
+    )
     clock.now += 3.2
     console.write(finished("fetch-data", status.Status.SUCCESS))
     console.write(started("train-model"))
     clock.now += HEARTBEAT_S + 1
     console.write("    epoch 1/2:  50%|#####     | 1/2 [00:01<00:01]\r")
     console.write("    epoch 1/2: train_loss 1.20 val_macro_f1 0.61\n")
+    console.write("    [KFP Executor 2026-12-01 22:14:55,417 INFO]: Wrote executor output file\n")
     clock.now += 10
     console.write(finished("train-model", status.Status.SUCCESS))
     console.close()
@@ -68,6 +74,7 @@ def test_each_step_gets_a_line_and_its_own_log(tmp_path: Path) -> None:
     ]
     fetch_log = (tmp_path / "fetch-data.log").read_text()
     assert "Got executor_input" in fetch_log and "\x1b[" not in fetch_log
+    assert '"config_json"' in fetch_log
     assert "val_macro_f1 0.61" in (tmp_path / "train-model.log").read_text()
     assert "Running pipeline" in (tmp_path / "pipeline.log").read_text()
 
@@ -77,6 +84,7 @@ def test_a_terminal_shows_the_latest_line_of_the_running_step_in_place(tmp_path:
     run(StepConsole(tmp_path, STEPS, terminal, clock=clock), clock)
     text = terminal.getvalue()
     assert "\r\x1b[2K[2/2] train epoch 1/2: train_loss 1.20 val_macro_f1 0.61" in text
+    assert "KFP Executor" not in text and "config_json" not in text and "}" not in text
     finals = [part for part in text.split("\r\x1b[2K") if part.endswith("\n")]
     assert finals == ["[1/2] fetch data done in 3.2 s\n", "[2/2] train done in 41.0 s\n"]
 
@@ -103,7 +111,8 @@ def test_a_step_skipped_by_its_condition_says_so(tmp_path: Path) -> None:
     terminal = Terminal(tty=False)
     console = StepConsole(tmp_path, STEPS, terminal)
     console.write(
-        "12:00:00.000 - INFO - Skipping conditional task deploy-model (condition evaluated to False)\n"
+        "12:00:00.000 - INFO - Skipping conditional task deploy-model "
+        "(condition evaluated to False)\n"
     )
     console.write(
         "12:00:00.000 - INFO - Skipping task register-model: upstream task(s) ['train-model'] "
