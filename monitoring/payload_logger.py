@@ -13,7 +13,6 @@ and background tasks post them with a short timeout, counting failures instead o
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -25,6 +24,7 @@ import httpx
 import numpy as np
 
 from garbage.core.names import MODEL_NAME
+from garbage.core.protocol import v1_request, v1_response, v2_pixels_body
 from monitoring.events import binary_headers
 
 log = logging.getLogger(__name__)
@@ -210,22 +210,9 @@ def encode_request(inputs: list[bytes] | np.ndarray) -> tuple[bytes, str]:
     the raw pixels), which is far smaller than JSON numbers.
     """
     if isinstance(inputs, np.ndarray):
-        pixels = np.ascontiguousarray(inputs, dtype=np.uint8)
-        header = {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": list(pixels.shape),
-                    "datatype": "UINT8",
-                    "parameters": {"binary_data_size": pixels.nbytes},
-                }
-            ]
-        }
-        return json.dumps(header).encode() + pixels.tobytes(), "application/octet-stream"
-    instances = [
-        {"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}} for data in inputs
-    ]
-    return json.dumps({"instances": instances}).encode(), "application/json"
+        body, _ = v2_pixels_body(inputs)
+        return body, "application/octet-stream"
+    return json.dumps(v1_request(inputs)).encode(), "application/json"
 
 
 class CloudEventsHook:
@@ -265,5 +252,5 @@ class CloudEventsHook:
         if not emitter.running:
             await emitter.start()
         body, content_type = await asyncio.to_thread(encode_request, inputs)
-        response = json.dumps({"predictions": [p.to_dict() for p in predictions]}).encode()
+        response = json.dumps(v1_response(p.to_dict() for p in predictions)).encode()
         emitter.log(body, response, inference_id=request_id, content_type=content_type)

@@ -14,18 +14,32 @@ Request payloads (one image per item, in order):
 Response payloads: v1 ``{"predictions": [...]}`` with per-item objects (``label``/``class``,
 ``score``, ``probabilities``), labels, class indices or probability lists; v2 ``{"outputs": [...]}``
 with a ``BYTES`` label tensor and/or a ``[N, C]`` probability tensor and/or a ``[N]`` score tensor.
+
+The wire format (base64, ``BYTES`` serialisation, the binary extension) is
+:mod:`garbage.core.protocol`'s; the readers here accept more shapes than the model server does,
+since logged payloads may come from other clients and servers.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from garbage.core.protocol import (
+    BYTES_INPUT,
+    OUTPUT_LABEL,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_SCORE,
+    PIXELS_INPUT,
+    ProtocolError,
+    decode_b64,
+    split_leading_json,
+    tensor_chunks,
+    unpack_bytes_tensor,
+)
 
 MAX_ITEMS = 1024
 
@@ -71,34 +85,14 @@ class ResponsePayload:
     model_version: str = ""
 
 
-def _split_binary(body: bytes) -> tuple[object, bytes]:
-    """Parse the leading JSON document; return it and whatever bytes follow (binary extension)."""
-    text = body.decode("latin-1")  # 1 char == 1 byte, so the index is a byte offset
-    stripped = len(text) - len(text.lstrip())
-    try:
-        obj, end = json.JSONDecoder().raw_decode(text, stripped)
-    except json.JSONDecodeError as e:
-        raise PayloadError(f"the payload is not JSON: {e.msg} at byte {e.pos}") from e
-    header = body[:end]
-    try:
-        obj = json.loads(header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PayloadError(f"the JSON header is not valid UTF-8 JSON: {e}") from e
-    return obj, body[end:]
-
-
-def _b64(value: str) -> bytes:
-    return base64.b64decode(value.strip(), validate=True)
-
-
 def _image_from_b64(value: object) -> ImageItem:
     if not isinstance(value, str):
         return ImageItem(
             error="bad_instance", message=f"expected a base64 string, got {type(value).__name__}"
         )
     try:
-        return ImageItem(data=_b64(value))
-    except (binascii.Error, ValueError):
+        return ImageItem(data=decode_b64(value.strip(), "the image"))
+    except ProtocolError:
         return ImageItem(error="bad_base64", message="the image is not valid base64")
 
 
@@ -120,7 +114,7 @@ def _pixels(value: object, shape: Sequence[int] | None = None) -> ImageItem:
 
 def _v1_instance(instance: object) -> ImageItem:
     if isinstance(instance, dict):
-        for key in ("image_bytes", "image", "bytes"):
+        for key in (BYTES_INPUT, PIXELS_INPUT, "bytes"):
             if key in instance:
                 inner = instance[key]
                 if isinstance(inner, dict) and "b64" in inner:
@@ -132,7 +126,7 @@ def _v1_instance(instance: object) -> ImageItem:
             return _image_from_b64(instance["b64"])
         return ImageItem(
             error="bad_instance",
-            message=f"instance keys {sorted(instance)[:5]} hold no image (use image_bytes.b64)",
+            message=f"instance keys {sorted(instance)[:5]} hold no image (use {BYTES_INPUT}.b64)",
         )
     if isinstance(instance, str):
         return _image_from_b64(instance)
@@ -152,43 +146,21 @@ def _flatten(values: object) -> list[object]:
     return [values]
 
 
-def _binary_bytes_elements(raw: bytes) -> list[bytes]:
-    items, offset = [], 0
-    while offset + 4 <= len(raw):
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise PayloadError("a BYTES element in the binary data overruns the payload")
-        items.append(raw[offset : offset + length])
-        offset += length
-    return items
+def _tensors(tensors: list[object], kind: str) -> list[dict[str, Any]]:
+    objects = [tensor for tensor in tensors if isinstance(tensor, dict)]
+    if len(objects) != len(tensors):
+        raise PayloadError(f"each v2 {kind} must be an object with name, shape, datatype and data")
+    return objects
 
 
 def _v2_inputs(inputs: list[object], binary: bytes) -> list[ImageItem]:
-    offset = 0
-    chunks: list[tuple[dict, bytes | None]] = []
-    for tensor in inputs:
-        if not isinstance(tensor, dict):
-            raise PayloadError(
-                "each v2 input must be an object with name, shape, datatype and data"
-            )
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            part = binary[offset : offset + int(size)]
-            if len(part) != int(size):
-                raise PayloadError(
-                    f"input {tensor.get('name')!r} announces {size} binary bytes; fewer follow"
-                )
-            offset += int(size)
-            chunks.append((tensor, part))
-        else:
-            chunks.append((tensor, None))
-    for tensor, chunk in chunks:
+    tensors = _tensors(inputs, "input")
+    for tensor, chunk in zip(tensors, tensor_chunks(tensors, binary), strict=True):
         datatype = str(tensor.get("datatype", "")).upper()
         shape = [int(s) for s in tensor.get("shape") or []]
         if datatype == "BYTES":
             if chunk is not None:
-                return [ImageItem(data=b) for b in _binary_bytes_elements(chunk)]
+                return [ImageItem(data=b) for b in unpack_bytes_tensor(chunk)]
             return [_image_from_b64(v) for v in _flatten(tensor.get("data", []))]
         if datatype == "UINT8":
             if chunk is not None:
@@ -221,11 +193,18 @@ def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
     Raises:
         PayloadError: Not a v1/v2 image request, or more than :data:`MAX_ITEMS` items.
     """
+    try:
+        return _request(body, content_type)
+    except ProtocolError as e:
+        raise PayloadError(str(e)) from e
+
+
+def _request(body: bytes, content_type: str) -> RequestPayload:
     if content_type.lower().startswith("image/"):
         return RequestPayload("raw", [ImageItem(data=body)])
     if not body:
         raise PayloadError("the request payload is empty")
-    obj, binary = _split_binary(body)
+    obj, binary = split_leading_json(body)
     if not isinstance(obj, dict):
         raise PayloadError(
             "the request payload must be a JSON object with 'instances' (v1) or 'inputs' (v2)"
@@ -249,11 +228,19 @@ def parse_request(body: bytes, content_type: str = "") -> RequestPayload:
 def _prediction(value: object, classes: Sequence[str]) -> PredictionItem:
     if isinstance(value, dict):
         label = next(
-            (value[k] for k in ("label", "class", "predicted_label", "prediction") if k in value),
+            (
+                value[k]
+                for k in (OUTPUT_LABEL, "class", "predicted_label", "prediction")
+                if k in value
+            ),
             None,
         )
-        score = next((value[k] for k in ("score", "confidence", "probability") if k in value), None)
-        probs = next((value[k] for k in ("probabilities", "probs", "scores") if k in value), None)
+        score = next(
+            (value[k] for k in (OUTPUT_SCORE, "confidence", "probability") if k in value), None
+        )
+        probs = next(
+            (value[k] for k in (OUTPUT_PROBABILITIES, "probs", "scores") if k in value), None
+        )
         probabilities = None
         if isinstance(probs, dict):
             probabilities = {str(k): float(v) for k, v in probs.items()}
@@ -294,21 +281,14 @@ def _v2_outputs(
     labels: list[str] | None = None
     scores: np.ndarray | None = None
     probs: np.ndarray | None = None
-    offset = 0
-    for tensor in outputs:
-        if not isinstance(tensor, dict):
-            raise PayloadError("each v2 output must be an object")
+    tensors = _tensors(outputs, "output")
+    for tensor, chunk in zip(tensors, tensor_chunks(tensors, binary, "output"), strict=True):
         name = str(tensor.get("name", "")).lower()
         datatype = str(tensor.get("datatype", "")).upper()
         shape = [int(s) for s in tensor.get("shape") or []]
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
-        chunk = None
-        if size is not None:
-            chunk = binary[offset : offset + int(size)]
-            offset += int(size)
         if datatype == "BYTES":
             values = (
-                [b.decode("utf-8", "replace") for b in _binary_bytes_elements(chunk)]
+                [b.decode("utf-8", "replace") for b in unpack_bytes_tensor(chunk)]
                 if chunk is not None
                 else [str(v) for v in _flatten(tensor.get("data", []))]
             )
@@ -367,9 +347,16 @@ def parse_response(body: bytes, classes: Sequence[str]) -> ResponsePayload:
     Raises:
         PayloadError: Not a v1 (``predictions``) or v2 (``outputs``) response.
     """
+    try:
+        return _response(body, classes)
+    except ProtocolError as e:
+        raise PayloadError(str(e)) from e
+
+
+def _response(body: bytes, classes: Sequence[str]) -> ResponsePayload:
     if not body:
         raise PayloadError("the response payload is empty")
-    obj, binary = _split_binary(body)
+    obj, binary = split_leading_json(body)
     if not isinstance(obj, dict):
         raise PayloadError("the response payload must be a JSON object")
     if "predictions" in obj:

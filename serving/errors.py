@@ -1,12 +1,18 @@
 """The one error type for a client's mistake, carrying a short reason tag for metrics.
 
 It subclasses KServe's :class:`kserve.errors.InvalidInput`, so KServe's own handlers map it to
-HTTP 400 (REST) and ``INVALID_ARGUMENT`` (gRPC) with the message as the error text.
+HTTP 400 (REST) and ``INVALID_ARGUMENT`` (gRPC) with the message as the error text. The wire
+format's own :class:`~garbage.core.protocol.ProtocolError` becomes one in :func:`as_rejection`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from kserve.errors import InvalidInput
+
+from garbage.core.protocol import ProtocolError
 
 # Reason tags, the values of the ``reason`` label of ``garbage_rejected_requests_total``.
 REASONS = (
@@ -33,3 +39,16 @@ class InputRejected(InvalidInput):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+@contextmanager
+def as_rejection() -> Iterator[None]:
+    """Raise a :class:`ProtocolError` of the block as :class:`InputRejected`: same message, tag.
+
+    Raises:
+        InputRejected: The block raised a ``ProtocolError``.
+    """
+    try:
+        yield
+    except ProtocolError as e:
+        raise InputRejected(str(e), e.reason) from e

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,19 +35,19 @@ from PIL import Image
 
 from garbage.core.classifier import ModelLoadError, OnnxClassifier, Prediction, default_providers
 from garbage.core.preprocessing import InvalidImageError
-from serving.batcher import Deferred, MicroBatcher
-from serving.errors import InputRejected
-from serving.metrics import serving_metrics
-from serving.payload import (
+from garbage.core.protocol import (
     BYTES_INPUT,
     OUTPUT_LABEL,
     OUTPUT_PROBABILITIES,
     OUTPUT_SCORE,
     PIXELS_INPUT,
-    grpc_payload_bytes,
-    v1_images,
-    v2_images,
+    classes_parameter,
+    v1_response,
 )
+from serving.batcher import Deferred, MicroBatcher
+from serving.errors import InputRejected
+from serving.metrics import serving_metrics
+from serving.payload import grpc_payload_bytes, v1_images, v2_images
 from serving.settings import ServingSettings, thread_budget
 
 logger = logging.getLogger(__name__)
@@ -344,7 +343,7 @@ class GarbageClassifierModel(Model):
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         if result.request is None:
-            return {"predictions": [p.to_dict() for p in predictions]}
+            return v1_response(p.to_dict() for p in predictions)
         return self._v2_response(classifier, result, predictions)
 
     def _v2_response(
@@ -370,7 +369,7 @@ class GarbageClassifierModel(Model):
                 [n, len(classifier.classes)],
                 "FP32",
                 data=np.ascontiguousarray(work.probabilities, dtype=np.float32),
-                parameters={"classes": json.dumps(classifier.classes)},
+                parameters=classes_parameter(classifier.classes),
             ),
         ]
         return InferResponse(

@@ -10,32 +10,34 @@ Accepted inputs (see serving/README.md):
   is base64 text (JSON cannot carry raw bytes); one that arrives as bytes (gRPC
   ``bytes_contents``/``raw_input_contents``, or REST's binary-data extension) is the raw file.
 
+The wire format itself (names, base64, ``BYTES`` serialisation, the binary extension) is
+:mod:`garbage.core.protocol`'s; this module adds serving's checks and KServe's request types.
 Every problem raises :class:`serving.errors.InputRejected` with a message saying what is wrong.
 """
 
 from __future__ import annotations
 
-import binascii
 import math
-import struct
-from base64 import b64decode
 from typing import Any
 
 import numpy as np
 import orjson
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
-from garbage.core.classifier import INPUT_NAME
-from serving.errors import InputRejected
+from garbage.core.protocol import (
+    BYTES_INPUT,
+    OUTPUT_NAMES,
+    PIXELS_INPUT,
+    decode_b64,
+    split_at_header_length,
+    tensor_chunks,
+    unpack_bytes_tensor,
+    v1_instance_b64,
+)
+from serving.errors import InputRejected, as_rejection
 from serving.settings import ServingSettings
 
-BYTES_INPUT = "image_bytes"
-PIXELS_INPUT = INPUT_NAME
-OUTPUT_LABEL = "label"
-OUTPUT_SCORE = "score"
-OUTPUT_PROBABILITIES = "probabilities"
-OUTPUT_NAMES = (OUTPUT_LABEL, OUTPUT_SCORE, OUTPUT_PROBABILITIES)
-
+_V1_INSTANCE = f'{{"{BYTES_INPUT}": {{"b64": "<base64 JPEG or PNG>"}}}}'
 _INPUT_HINT = (
     f"send exactly one input: '{BYTES_INPUT}' (BYTES, shape [N], encoded JPEG/PNG files) "
     f"or '{PIXELS_INPUT}' (UINT8, shape [N, H, W, 3], RGB pixels)"
@@ -50,9 +52,7 @@ def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
     """
     if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
         raise InputRejected(
-            'the body must be a JSON object {"instances": [{"image_bytes": {"b64": '
-            '"<base64 JPEG or PNG>"}}, ...]}',
-            "bad_request",
+            f'the body must be a JSON object {{"instances": [{_V1_INSTANCE}, ...]}}', "bad_request"
         )
     instances = body["instances"]
     if not instances:
@@ -60,14 +60,11 @@ def v1_images(body: Any, settings: ServingSettings) -> list[bytes]:
     _check_count(len(instances), settings)
     images = []
     for index, instance in enumerate(instances):
-        if isinstance(instance, dict) and isinstance(instance.get("image_bytes"), dict):
-            instance = instance["image_bytes"]
-        if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
-            raise InputRejected(
-                f'instance {index} must be {{"image_bytes": {{"b64": "<base64 JPEG or PNG>"}}}}',
-                "bad_request",
-            )
-        images.append(_b64(instance["b64"], f"instance {index}"))
+        text = v1_instance_b64(instance)
+        if text is None:
+            raise InputRejected(f"instance {index} must be {_V1_INSTANCE}", "bad_request")
+        with as_rejection():
+            images.append(decode_b64(text, f"instance {index}"))
     return images
 
 
@@ -119,29 +116,17 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
 
     Args:
         body: The request body.
-        json_length: The ``Inference-Header-Content-Length`` header, when binary data follows.
+        json_length: The :data:`~garbage.core.protocol.INFERENCE_HEADER` header, when binary
+            data follows.
         model_name: The model's name, stored in the request.
 
     Raises:
         InputRejected: Malformed JSON, wrong structure or binary sizes that do not add up.
     """
-    if json_length is None:
-        end = len(body)
-    else:
-        try:
-            end = int(json_length)
-        except ValueError:
-            raise InputRejected(
-                f"Inference-Header-Content-Length must be an integer, got {json_length!r}",
-                "bad_request",
-            ) from None
-        if not 0 < end <= len(body):
-            raise InputRejected(
-                f"Inference-Header-Content-Length {end} is outside the body's {len(body)} bytes",
-                "bad_request",
-            )
+    with as_rejection():
+        header, binary = split_at_header_length(body, json_length)
     try:
-        doc = orjson.loads(body[:end])
+        doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
         raise InputRejected(f"the body is not valid JSON: {e}", "malformed_json") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
@@ -150,19 +135,9 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
             '"data"}]}',
             "bad_request",
         )
-    inputs: list[InferInput] = []
-    raws: list[bytes | None] = []
-    offset = end
-    for index, spec in enumerate(doc["inputs"]):
-        tensor, raw, offset = _rest_input(spec, index, body, offset)
-        inputs.append(tensor)
-        raws.append(raw)
-    if offset != len(body):
-        raise InputRejected(
-            f"{len(body) - offset} bytes follow the JSON that no input's binary_data_size "
-            "accounts for",
-            "bad_request",
-        )
+    inputs = [_rest_input(spec, index) for index, spec in enumerate(doc["inputs"])]
+    with as_rejection():
+        raws = tensor_chunks(doc["inputs"], binary)
     request_id = doc.get("id")
     parameters = doc.get("parameters")
     if request_id is not None and not isinstance(request_id, str):
@@ -179,9 +154,7 @@ def parse_v2_rest(body: bytes, json_length: str | None, model_name: str) -> Infe
     )
 
 
-def _rest_input(
-    spec: Any, index: int, body: bytes, offset: int
-) -> tuple[InferInput, bytes | None, int]:
+def _rest_input(spec: Any, index: int) -> InferInput:
     if not isinstance(spec, dict):
         raise InputRejected(f"input {index} must be an object", "bad_request")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
@@ -197,20 +170,7 @@ def _rest_input(
         if not isinstance(spec["data"], list):
             raise InputRejected(f"input '{name}': 'data' must be a list", "bad_request")
         tensor.data = spec["data"]
-        return tensor, None, offset
-    size = parameters.get("binary_data_size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InputRejected(
-            f"input '{name}' has neither 'data' nor an integer parameters.binary_data_size",
-            "bad_request",
-        )
-    if offset + size > len(body):
-        raise InputRejected(
-            f"input '{name}' declares binary_data_size {size} but only {len(body) - offset} bytes "
-            "remain in the body",
-            "bad_request",
-        )
-    return tensor, body[offset : offset + size], offset + size
+    return tensor
 
 
 def _requested_outputs(outputs: Any) -> list[RequestedOutput] | None:
@@ -242,13 +202,6 @@ def _expect_datatype(tensor: InferInput, datatype: str) -> None:
         )
 
 
-def _b64(text: str, where: str) -> bytes:
-    try:
-        return b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InputRejected(f"{where} is not valid base64: {e}", "invalid_base64") from e
-
-
 def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes]:
     shape = list(tensor.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or shape[0] < 1:
@@ -260,7 +213,8 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
     _check_count(count, settings)
     raw = tensor._raw_data  # binary extension / gRPC raw_input_contents (no public accessor)
     if raw is not None:
-        elements = _split_bytes_tensor(raw)
+        with as_rejection():
+            elements = unpack_bytes_tensor(raw)
     else:
         elements = tensor.data or []
         if elements and isinstance(elements[0], list):  # nested JSON for shape [N, 1]
@@ -272,9 +226,12 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
     images = []
     for index, element in enumerate(elements):
         if isinstance(element, str):
-            images.append(
-                _b64(element, f"element {index} of '{BYTES_INPUT}' (JSON BYTES are base64)")
-            )
+            with as_rejection():
+                images.append(
+                    decode_b64(
+                        element, f"element {index} of '{BYTES_INPUT}' (JSON BYTES are base64)"
+                    )
+                )
         elif isinstance(element, bytes):
             images.append(element)
         else:
@@ -284,28 +241,6 @@ def _encoded_images(tensor: InferInput, settings: ServingSettings) -> list[bytes
                 "bad_tensor_data",
             )
     return images
-
-
-def _split_bytes_tensor(raw: bytes) -> list[bytes]:
-    """Elements of a serialised BYTES tensor (4-byte little-endian length, then the bytes)."""
-    elements: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InputRejected(
-                "malformed BYTES tensor: a length prefix is cut off", "bad_tensor_data"
-            )
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InputRejected(
-                f"malformed BYTES tensor: element {len(elements)} claims {length} bytes but "
-                f"{len(raw) - offset} remain",
-                "bad_tensor_data",
-            )
-        elements.append(raw[offset : offset + length])
-        offset += length
-    return elements
 
 
 def _pixel_tensor(tensor: InferInput, settings: ServingSettings) -> np.ndarray:

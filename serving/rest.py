@@ -29,12 +29,12 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from kserve.errors import ModelNotReady
 
+from garbage.core.protocol import INFERENCE_HEADER
 from serving.errors import InputRejected
 from serving.metrics import serving_metrics
 from serving.model import GarbageClassifierModel
 from serving.payload import parse_v2_rest
 
-INFERENCE_HEADER = "inference-header-content-length"
 DRAIN_FACTOR = 4
 """An over-limit body is read (and dropped) up to this many times the limit, so that the client
 gets the 400 instead of a connection reset; beyond that the server stops reading."""

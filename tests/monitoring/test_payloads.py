@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from monitoring_helpers import make_jpeg, v1_request, v1_response
 
+from garbage.core.protocol import pack_bytes_tensor
 from monitoring.payloads import PayloadError, parse_request, parse_response
 
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
@@ -193,3 +194,66 @@ def test_v2_response_probabilities_only() -> None:
 def test_bad_response() -> None:
     with pytest.raises(PayloadError, match="neither"):
         parse_response(b'{"result": 1}', CLASSES)
+
+
+def test_v2_json_body_with_trailing_whitespace(jpeg: bytes) -> None:
+    body = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "data": [base64.b64encode(jpeg).decode()],
+                }
+            ]
+        }
+    ).encode()
+    assert [i.data for i in parse_request(body + b"\r\n").items] == [jpeg]
+
+
+def test_v2_binary_response_labels_scores_and_probabilities() -> None:
+    labels = pack_bytes_tensor([b"metal", b"paper"])
+    scores = np.array([0.7, 0.8], dtype=np.float32).tobytes()
+    probs = np.array([[0, 0, 0.7, 0.3, 0, 0], [0, 0, 0.2, 0.8, 0, 0]], dtype=np.float32).tobytes()
+    header = json.dumps(
+        {
+            "outputs": [
+                {"name": n, "shape": s, "datatype": d, "parameters": {"binary_data_size": len(b)}}
+                for n, s, d, b in [
+                    ("label", [2], "BYTES", labels),
+                    ("score", [2], "FP32", scores),
+                    ("probabilities", [2, 6], "FP32", probs),
+                ]
+            ]
+        }
+    ).encode()
+    items = parse_response(header + labels + scores + probs, CLASSES).items
+    assert [(p.label, round(p.score, 3)) for p in items] == [("metal", 0.7), ("paper", 0.8)]
+    assert round(items[1].probabilities["metal"], 3) == 0.2
+
+
+@pytest.mark.parametrize(
+    ("size", "tail", "message"),
+    [
+        (7, pack_bytes_tensor([b"ab"]), "declares binary_data_size 7 but only 6 bytes remain"),
+        (6, b"\x05\x00\x00\x00ab", "element 0 claims 5 bytes but 2 remain"),
+        (8, pack_bytes_tensor([b"ab"]) + b"\x01\x00", "a length prefix is cut off"),
+        (8, pack_bytes_tensor([b"abcd"]) + b"xyz", "3 bytes follow the JSON"),
+    ],
+)
+def test_binary_data_that_does_not_add_up(size: int, tail: bytes, message: str) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
+    with pytest.raises(PayloadError, match=message):
+        parse_request(header + tail, "application/octet-stream")

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.errors import InputRejected
+from garbage.core.protocol import ProtocolError, pack_bytes_tensor
+from serving.errors import InputRejected, as_rejection
 from serving.payload import parse_v2_rest, v2_images
 from serving.settings import ServingSettings, SettingsError, _cgroup_cpu_quota, thread_budget
 
@@ -182,3 +183,51 @@ def test_v2_rest_decoder_rejects_malformed_bodies(body, length, kind, message) -
     with pytest.raises(InputRejected, match=message) as caught:
         parse_v2_rest(body, length, NAME)
     assert caught.value.kind == kind
+
+
+def test_protocol_errors_become_rejections_with_the_same_reason_and_message() -> None:
+    with pytest.raises(InputRejected) as caught, as_rejection():
+        raise ProtocolError("element 2 claims 9 bytes but 1 remain", "bad_tensor_data")
+    assert str(caught.value) == "element 2 claims 9 bytes but 1 remain"
+    assert caught.value.kind == "bad_tensor_data"
+    assert isinstance(caught.value.__cause__, ProtocolError)
+    with pytest.raises(InputRejected, match="as it was") as caught, as_rejection():
+        raise InputRejected("as it was", "bad_shape")
+    assert caught.value.kind == "bad_shape" and caught.value.__cause__ is None
+
+
+def test_binary_bytes_tensor_with_an_empty_element_keeps_every_element() -> None:
+    raw = pack_bytes_tensor([b"", b"\xff\xd8 jpeg", b""])
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image_bytes",
+                    "shape": [3],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    request = parse_v2_rest(head + raw, str(len(head)), NAME)
+    assert v2_images(request, ServingSettings()) == [b"", b"\xff\xd8 jpeg", b""]
+
+
+def test_binary_data_without_a_header_length_is_not_guessed() -> None:
+    pixels = np.zeros((1, 1, 1, 3), dtype=np.uint8)
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1, 1, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": 3},
+                }
+            ]
+        }
+    ).encode()
+    with pytest.raises(InputRejected, match="not valid JSON") as caught:
+        parse_v2_rest(head + pixels.tobytes(), None, NAME)
+    assert caught.value.kind == "malformed_json"
