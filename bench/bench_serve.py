@@ -30,7 +30,6 @@ import base64
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tarfile
@@ -43,9 +42,17 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from garbage.core.names import MODEL_NAME  # noqa: E402
+from garbage.core.protocol import (  # noqa: E402
+    BINARY_DATA_SIZE,
+    BYTES_INPUT,
+    INFERENCE_HEADER,
+    pack_bytes_tensor,
+    v1_request,
+)
+
 DEV_ARCHIVE = REPO.parent / "shared" / "data" / "trashnet-112-dev.tar.gz"
 RESULTS = REPO / "bench" / "results"
-MODEL_NAME = "garbage-classifier"
 PROTOCOLS = ("rest-v1", "rest-v2-json", "rest-v2-binary", "grpc")
 TARGET_LATENCY_OVERHEAD_MS = 2.0
 TARGET_BATCHED_FRACTION = 0.70
@@ -229,16 +236,14 @@ def _requests(protocol: str, images: list[bytes]) -> list[tuple[bytes | Any, dic
     out = []
     for image in images:
         if protocol == "rest-v1":
-            body = json.dumps(
-                {"instances": [{"image_bytes": {"b64": base64.b64encode(image).decode()}}]}
-            )
+            body = json.dumps(v1_request([image]))
             out.append((body.encode(), {"content-type": "application/json"}))
         elif protocol == "rest-v2-json":
             body = json.dumps(
                 {
                     "inputs": [
                         {
-                            "name": "image_bytes",
+                            "name": BYTES_INPUT,
                             "shape": [1],
                             "datatype": "BYTES",
                             "data": [base64.b64encode(image).decode()],
@@ -248,15 +253,15 @@ def _requests(protocol: str, images: list[bytes]) -> list[tuple[bytes | Any, dic
             )
             out.append((body.encode(), {"content-type": "application/json"}))
         elif protocol == "rest-v2-binary":
-            raw = struct.pack("<I", len(image)) + image
+            raw = pack_bytes_tensor([image])
             head = json.dumps(
                 {
                     "inputs": [
                         {
-                            "name": "image_bytes",
+                            "name": BYTES_INPUT,
                             "shape": [1],
                             "datatype": "BYTES",
-                            "parameters": {"binary_data_size": len(raw)},
+                            "parameters": {BINARY_DATA_SIZE: len(raw)},
                         }
                     ]
                 }
@@ -266,7 +271,7 @@ def _requests(protocol: str, images: list[bytes]) -> list[tuple[bytes | Any, dic
                     head + raw,
                     {
                         "content-type": "application/octet-stream",
-                        "inference-header-content-length": str(len(head)),
+                        INFERENCE_HEADER: str(len(head)),
                     },
                 )
             )
@@ -274,14 +279,14 @@ def _requests(protocol: str, images: list[bytes]) -> list[tuple[bytes | Any, dic
             from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 
             tensor = pb.ModelInferRequest.InferInputTensor(
-                name="image_bytes", datatype="BYTES", shape=[1]
+                name=BYTES_INPUT, datatype="BYTES", shape=[1]
             )
             out.append(
                 (
                     pb.ModelInferRequest(
                         model_name=MODEL_NAME,
                         inputs=[tensor],
-                        raw_input_contents=[struct.pack("<I", len(image)) + image],
+                        raw_input_contents=[pack_bytes_tensor([image])],
                     ),
                     {},
                 )
