@@ -25,6 +25,8 @@ from components.split_data import split_data
 from components.train_model import train_model
 from components.validate_data import validate_data
 from garbage.core.config import Config
+from garbage.core.names import MODEL_NAME
+from garbage.deploy import ARTIFACTS_DESTINATION, DEFAULT_NAMESPACE
 
 PIPELINE_NAME = "garbage-classifier-train"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -150,6 +152,9 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
                         config_json=config_json,
                         model_uri=register.outputs["model_uri"],
                         promoted=register.outputs["promoted"],
+                        name=MODEL_NAME,
+                        namespace=DEFAULT_NAMESPACE,
+                        artifacts_destination=ARTIFACTS_DESTINATION,
                         canary_percent=canary_percent,
                     ),
                     memory="1G",

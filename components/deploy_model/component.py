@@ -5,8 +5,6 @@ which may read, create and patch InferenceServices in the serving namespace and 
 """
 
 from components.image import component
-from garbage.core.names import MODEL_NAME
-from garbage.deploy import ARTIFACTS_DESTINATION, DEFAULT_NAMESPACE
 
 
 @component
@@ -14,11 +12,11 @@ def deploy_model(
     config_json: str,
     model_uri: str,
     promoted: bool,
-    name: str = MODEL_NAME,
-    namespace: str = DEFAULT_NAMESPACE,
+    name: str,
+    namespace: str,
+    artifacts_destination: str,
     canary_percent: int = 0,
     timeout_s: int = 600,
-    artifacts_destination: str = ARTIFACTS_DESTINATION,
 ) -> str:
     """Point the InferenceService at the new champion and wait until it is Ready.
 
@@ -29,12 +27,14 @@ def deploy_model(
         config_json: The run config (for the MLflow tracking server).
         model_uri: The registered model's URI (``models:/...``) or its storage URI (``s3://...``).
         promoted: The gate's verdict; False skips the deploy.
-        name: InferenceService name (also the model name on the wire).
-        namespace: Serving namespace.
+        name: InferenceService name (also the model name on the wire); the pipeline passes
+            ``garbage.core.names.MODEL_NAME``.
+        namespace: Serving namespace (``garbage.deploy.DEFAULT_NAMESPACE``).
         canary_percent: 1-99 sends that share of traffic to the new revision (Serverless mode
             only); 0 rolls it out fully.
         timeout_s: Seconds to wait for Ready.
-        artifacts_destination: The MLflow server's artifact bucket, to map proxied artifact URIs.
+        artifacts_destination: The MLflow server's artifact bucket, to map proxied artifact URIs
+            (``garbage.deploy.ARTIFACTS_DESTINATION``).
 
     Returns:
         The storage URI now served, or "" when nothing was deployed.

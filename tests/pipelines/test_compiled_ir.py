@@ -110,3 +110,25 @@ def test_every_step_runs_in_the_components_image_with_requests_and_limits(ir):
             "resourceMemoryLimit",
         ):
             assert key in resources, f"{name} has no {key}"
+
+
+def test_the_deploy_task_publishes_the_model_the_library_names(ir):
+    from garbage.core.names import MODEL_NAME
+    from garbage.deploy import ARTIFACTS_DESTINATION, DEFAULT_NAMESPACE
+
+    (deploy,) = [
+        task
+        for component in ir[0]["components"].values()
+        for name, task in (component.get("dag") or {}).get("tasks", {}).items()
+        if name == "deploy-model"
+    ]
+    constants = {
+        key: value["runtimeValue"]["constant"]
+        for key, value in deploy["inputs"]["parameters"].items()
+        if "runtimeValue" in value
+    }
+    assert constants == {
+        "name": MODEL_NAME,
+        "namespace": DEFAULT_NAMESPACE,
+        "artifacts_destination": ARTIFACTS_DESTINATION,
+    }

@@ -1,0 +1,81 @@
+"""``deploy_model`` against a FAKE Kubernetes API server, credentials from KUBECONFIG as in a pod.
+
+``FakeKubernetesAPI`` (``tests/fake_kubernetes.py``) is a FAKE: no Kubernetes API server can run
+on the development and CI machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fake_kubernetes import NAME, NEW, NS, OLD, FakeKubernetesAPI
+
+from components.deploy_model import deploy_model
+from garbage.core.config import Config
+from garbage.core.names import MODEL_NAME
+from garbage.deploy import ARTIFACTS_DESTINATION, DEFAULT_NAMESPACE, DeployError
+
+#: What the pipeline passes (pipelines/training.py).
+TARGET = {
+    "name": MODEL_NAME,
+    "namespace": DEFAULT_NAMESPACE,
+    "artifacts_destination": ARTIFACTS_DESTINATION,
+}
+
+
+def test_kfp_deploy_step_deploys_only_a_promoted_model(
+    kube: FakeKubernetesAPI, smoke_config: Config
+) -> None:
+    """The KFP component's function, run as the pod runs it (credentials from KUBECONFIG)."""
+    from components.image import COMPONENTS_IMAGE
+
+    assert deploy_model.component_spec.implementation.container.image == COMPONENTS_IMAGE
+    kube.seed(OLD)
+    kube.behaviour[NEW] = "ready"
+    config_json = smoke_config.model_dump_json()
+
+    assert (
+        deploy_model.python_func(config_json=config_json, model_uri=NEW, promoted=False, **TARGET)
+        == ""
+    )
+    assert kube.requests == []
+    assert (
+        deploy_model.python_func(
+            config_json=config_json, model_uri=NEW, promoted=True, timeout_s=30, **TARGET
+        )
+        == NEW
+    )
+    assert kube.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == NEW
+    # canary_percent 0 (the default) is a full rollout: no traffic split
+    (patch,) = kube.calls("PATCH")
+    assert patch["body"]["spec"]["predictor"]["canaryTrafficPercent"] is None
+
+
+def test_a_model_that_fails_to_load_fails_the_step_and_is_rolled_back(
+    kube: FakeKubernetesAPI, smoke_config: Config
+) -> None:
+    kube.seed(OLD)
+    kube.behaviour[NEW] = "fail"
+    with pytest.raises(DeployError, match=f"Rolled back to {OLD}"):
+        deploy_model.python_func(
+            config_json=smoke_config.model_dump_json(),
+            model_uri=NEW,
+            promoted=True,
+            timeout_s=30,
+            **TARGET,
+        )
+    assert kube.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == OLD
+
+
+def test_a_local_model_folder_is_refused_before_any_request(
+    kube: FakeKubernetesAPI, smoke_config: Config, tmp_path: Path
+) -> None:
+    with pytest.raises(DeployError, match="not one KServe can download"):
+        deploy_model.python_func(
+            config_json=smoke_config.model_dump_json(),
+            model_uri=str(tmp_path),
+            promoted=True,
+            **TARGET,
+        )
+    assert kube.requests == []

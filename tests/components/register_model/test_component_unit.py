@@ -1,0 +1,98 @@
+"""``register_model``: register in MLflow, promote through the gate, publish the decision.
+
+Both registrations go to the shared store (the only ones there): the first finds no champion
+and is promoted, the second (the same model) does not beat it and is not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from kfp import dsl
+from mlflow import MlflowClient
+
+from components.register_model import register_model
+from garbage.core.config import Config
+
+
+@pytest.fixture(scope="module")
+def registrations(
+    tmp_path_factory: pytest.TempPathFactory,
+    config_json: str,
+    trained: dict[str, Any],
+    fetched: dsl.Dataset,
+    manifest: dsl.Dataset,
+    exported: dsl.Model,
+    reference: dsl.Dataset,
+) -> list[tuple[Any, dsl.Markdown]]:
+    results = []
+    for _ in range(2):
+        folder = tmp_path_factory.mktemp("register")
+        decision = dsl.Markdown(name="decision", uri=str(folder / "decision"), metadata={})
+        gate = register_model.python_func(
+            config_json=config_json,
+            run_id=trained["run_id"],
+            images=fetched,
+            manifest=manifest,
+            onnx_model=exported,
+            reference=reference,
+            decision=decision,
+        )
+        results.append((gate, decision))
+    return results
+
+
+def _client(config: Config) -> MlflowClient:
+    uri = config.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_the_first_model_is_registered_and_promoted(
+    registrations: list[tuple[Any, dsl.Markdown]],
+    pipeline_config: Config,
+    trained: dict[str, Any],
+) -> None:
+    gate, decision = registrations[0]
+    assert gate._fields == ("promoted", "version", "model_uri")
+    assert gate.promoted is True and gate.version == "1"
+    assert gate.model_uri.startswith("models:/")
+    assert decision.metadata == {"promoted": True, "version": "1"}
+    text = Path(decision.path).read_text()
+    assert text.startswith("# Promotion gate: version 1 promoted to champion")
+    assert "no champion yet" in text
+    saved = json.loads(Path(decision.path + ".d", "decision.json").read_text())
+    assert saved["promote"] is True and saved["model_uri"] == gate.model_uri
+
+    champion = _client(pipeline_config).get_model_version_by_alias(
+        pipeline_config.registry.model_name, pipeline_config.registry.champion_alias
+    )
+    assert str(champion.version) == "1" and champion.run_id == trained["run_id"]
+
+
+def test_the_registered_model_carries_its_metadata_and_reference(
+    registrations: list[tuple[Any, dsl.Markdown]], pipeline_config: Config, tmp_path: Path
+) -> None:
+    gate, _ = registrations[0]
+    mlflow.set_tracking_uri(pipeline_config.mlflow_tracking_uri)
+    downloaded = Path(mlflow.artifacts.download_artifacts(gate.model_uri, dst_path=str(tmp_path)))
+    files = {p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*") if p.is_file()}
+    assert {"model.onnx", "metadata.json", "reference/reference.parquet"} <= files
+
+
+def test_an_equal_model_is_registered_but_not_promoted(
+    registrations: list[tuple[Any, dsl.Markdown]], pipeline_config: Config
+) -> None:
+    gate, decision = registrations[1]
+    assert gate.promoted is False and gate.version == "2"
+    assert decision.metadata == {"promoted": False, "version": "2"}
+    text = Path(decision.path).read_text()
+    assert text.startswith("# Promotion gate: version 2 not promoted")
+    assert "does not beat champion v1" in text
+    champion = _client(pipeline_config).get_model_version_by_alias(
+        pipeline_config.registry.model_name, pipeline_config.registry.champion_alias
+    )
+    assert str(champion.version) == "1"
