@@ -1,10 +1,10 @@
-"""Command functions for the ``garbage`` CLI: ``garbage drift`` and ``garbage collector``.
+"""The monitoring commands: ``drift`` and ``collector``.
 
-The lead wires them into ``pipelines/cli.py``::
-
-    from monitoring.cli import collector, drift
-    app.command("drift")(drift)
-    app.command("collector")(collector)
+``garbage`` registers them (``garbage drift``, ``garbage collector``) and so does
+``python -m monitoring`` (:func:`build_app`), for an image that holds only the core and monitoring.
+Both read the model (``--model``, by default the configured registry's champion, resolved by
+:mod:`garbage.core.model_uri` with the config's tracking URI): its class names, and for the
+drift job its predictions and reference profile.
 """
 
 from __future__ import annotations
@@ -16,21 +16,54 @@ from typing import Annotated
 
 import typer
 
-from garbage.core.names import TRASHNET_CLASSES
+from garbage.core.config import PROFILES, Config, ConfigError, load_config
 from monitoring.defaults import DEFAULT_DB_URL
 
-DEFAULT_OUT = Path("work/monitoring/drift")
+MODEL_HELP = "Model folder, .onnx file or MLflow URI; default: the configured registry's champion."
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file.", exists=True, dir_okay=False),
+]
+ProfileOption = Annotated[
+    str, typer.Option("--profile", help=f"Config profile: {', '.join(PROFILES)}.")
+]
+OverridesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override a config key, e.g. --set work_dir=/data/work (repeatable)."
+    ),
+]
+ModelOption = Annotated[str | None, typer.Option("--model", help=MODEL_HELP)]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` in red on stderr; return the exit to raise."""
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _config(path: Path | None, profile: str, overrides: list[str] | None) -> Config:
+    """The validated config, with an absolute work dir (exit 2 on an invalid one)."""
+    try:
+        loaded = load_config(path, overrides or [], profile=profile)
+    except ConfigError as e:
+        raise _fail(str(e), code=2) from e
+    return loaded.model_copy(update={"work_dir": loaded.work_dir.resolve()})
+
+
+def _model_dir(model: str | None, config: Config) -> Path:
+    """The local folder of ``--model`` (exit 1 with the reason, e.g. no champion yet)."""
+    from garbage.core.classifier import ModelLoadError
+    from garbage.core.model_uri import resolve_model_dir
+
+    try:
+        return resolve_model_dir(model, config)
+    except ModelLoadError as e:
+        raise _fail(str(e)) from e
 
 
 def drift(
-    reference: Annotated[
-        str,
-        typer.Option(
-            "--reference",
-            help="Reference profile (parquet/CSV) of the champion, or an MLflow URI "
-            "such as models:/garbage-classifier@champion.",
-        ),
-    ],
     images: Annotated[
         Path | None, typer.Option("--images", help="Folder of images to use as the window.")
     ] = None,
@@ -40,12 +73,21 @@ def drift(
     window: Annotated[
         str, typer.Option("--window", help="With --db: how far back, e.g. 30m, 1h, 24h, 7d.")
     ] = "1h",
+    model: ModelOption = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Reference profile (parquet/CSV) or an MLflow URI such as runs:/ID/reference; "
+            "default: the one the model carries (a registered version's reference/).",
+        ),
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Folder for the reports and metrics.prom.")
-    ] = DEFAULT_OUT,
-    model: Annotated[
         Path | None,
-        typer.Option("--model", help="With --images: model folder, adds the class mix."),
+        typer.Option(
+            "--out",
+            help="Folder for the reports and metrics.prom; default: <work_dir>/monitoring/drift.",
+        ),
     ] = None,
     pushgateway: Annotated[
         str | None, typer.Option("--pushgateway", help="Pushgateway URL for the metrics.")
@@ -57,31 +99,47 @@ def drift(
     fail_on_drift: Annotated[
         bool, typer.Option("--fail-on-drift", help="Exit with status 3 on drift.")
     ] = False,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    overrides: OverridesOption = None,
 ) -> None:
-    """Compare recent traffic (or a folder of images) with the reference; print a JSON summary."""
-    from monitoring.job import DriftJobError, run_drift_job
+    """Compare recent traffic or a folder of images with the model's reference; print a summary."""
+    from garbage.core.classifier import ModelLoadError
+    from monitoring.drift import DriftInputError
+    from monitoring.job import DriftJobError, check_window_source, run_drift_job
     from monitoring.metrics import PushError
-    from monitoring.reference import ReferenceProfileError
+    from monitoring.reference import ReferenceProfileError, resolve_reference
     from monitoring.store import StoreError
 
     logging.basicConfig(level=logging.WARNING)
     try:
+        check_window_source(db, images)
+    except DriftJobError as e:
+        raise typer.BadParameter(str(e)) from e
+    cfg = _config(config, profile, overrides)
+    out = out or cfg.work_dir / "monitoring" / "drift"
+    model_dir = _model_dir(model, cfg)
+    try:
+        profile_file = (
+            resolve_reference(reference, out / "reference", cfg.mlflow_tracking_uri)
+            if reference
+            else None
+        )
         summary = run_drift_job(
-            reference,
+            model_dir,
             out,
+            reference=profile_file,
             db_url=db,
             window=window,
             images=images,
-            model_dir=model,
             pushgateway=pushgateway,
             html=html,
             limit=limit,
         )
-    except (DriftJobError, ReferenceProfileError) as e:
+    except (DriftJobError, ReferenceProfileError, DriftInputError) as e:
         raise typer.BadParameter(str(e)) from e
-    except (StoreError, PushError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    except (ModelLoadError, StoreError, PushError) as e:
+        raise _fail(f"error: {e}") from e
     brief = {
         key: summary[key]
         for key in (
@@ -116,31 +174,55 @@ def collector(
             help="SQLAlchemy URL (postgresql://...) or SQLite path.",
         ),
     ] = DEFAULT_DB_URL,
-    classes: Annotated[
-        str, typer.Option("--classes", help="Comma-separated class names.")
-    ] = ",".join(TRASHNET_CLASSES),
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help=f"The served model, for its class names (read at start). {MODEL_HELP}"
+        ),
+    ] = None,
     windows: Annotated[
         str, typer.Option("--windows", help="Live-accuracy windows for /metrics.")
     ] = "1h,24h",
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    overrides: OverridesOption = None,
 ) -> None:
     """Run the monitoring collector: payload-logger CloudEvents in, features and labels stored."""
     import uvicorn
 
+    from garbage.core.classifier import ModelLoadError, OnnxClassifier
     from monitoring.accuracy import parse_window
     from monitoring.collector import create_app
     from monitoring.store import InferenceStore, StoreError
 
-    names = [c.strip() for c in classes.split(",") if c.strip()]
     spans = [w.strip() for w in windows.split(",") if w.strip()]
     for span in spans:
         try:
             parse_window(span)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--windows") from e
+    model_dir = _model_dir(model, _config(config, profile, overrides))
+    try:
+        classes = OnnxClassifier.load(model_dir, device="cpu", intra_op_threads=1).classes
+    except ModelLoadError as e:
+        raise _fail(str(e)) from e
     try:
         store = InferenceStore(db)
     except StoreError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
-    uvicorn.run(create_app(store, names, windows=spans), host=host, port=port, log_level=log_level)
+        raise _fail(f"error: {e}") from e
+    uvicorn.run(
+        create_app(store, classes, windows=spans), host=host, port=port, log_level=log_level
+    )
+
+
+def build_app() -> typer.Typer:
+    """A typer application with just the monitoring commands (``python -m monitoring``)."""
+    app = typer.Typer(
+        help="Garbage classifier monitoring: the collector and the drift job.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+    )
+    app.command("collector")(collector)
+    app.command("drift")(drift)
+    return app

@@ -25,7 +25,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from garbage.core.names import TRASHNET_CLASSES
 from garbage.core.preprocessing import DEFAULT_MAX_PIXELS, InvalidImageError, decode_image
 from monitoring.accuracy import live_accuracy, parse_window
 from monitoring.events import CloudEventError, InferenceEvent, parse_cloudevents
@@ -82,7 +81,7 @@ def _meta(event: InferenceEvent, model_id: str = "") -> EventMeta:
 
 def create_app(
     store: InferenceStore,
-    classes: Sequence[str] = TRASHNET_CLASSES,
+    classes: Sequence[str],
     *,
     windows: Sequence[str] = DEFAULT_WINDOWS,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -92,7 +91,8 @@ def create_app(
 
     Args:
         store: Where logged inferences go.
-        classes: The model's classes (feedback labels are checked against them).
+        classes: The served model's classes, from its metadata (``OnnxClassifier.classes``):
+            feedback labels are checked against them, live recall is reported for each.
         windows: Windows for the live-accuracy gauges, e.g. ``("1h", "24h")``.
         max_body_bytes: Larger event bodies are refused with 413.
         metrics: Metric holder (a fresh registry by default).

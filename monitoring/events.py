@@ -24,16 +24,25 @@ Structured mode (``application/cloudevents+json``, attributes and ``data``/``dat
 JSON object) and batched mode (``application/cloudevents-batch+json``) are accepted as well, so
 Knative brokers and other CloudEvents clients can deliver here. ``Ce-Modelid`` (an extension some
 setups add) is kept when present.
+
+The CloudEvents SDK reads binary and structured events (headers, extensions, ``data_base64``) and
+writes the binary headers of the local payload logger. It has no batched mode: a batch is split
+here and each of its events read as a structured one. What the SDK does not check, or accepts
+where this collector must not (a missing ``id`` it would invent, specversion 0.3, other event
+types), is checked here, with a message that says what to fix.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from cloudevents.conversion import to_binary
+from cloudevents.exceptions import DataUnmarshallerError, GenericException
+from cloudevents.http import CloudEvent, from_http, from_json
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -42,19 +51,8 @@ EVENT_TYPES = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 REQUIRED_ATTRIBUTES = ("id", "type", "source", "specversion")
-_CORE_ATTRIBUTES = {
-    "id",
-    "type",
-    "source",
-    "specversion",
-    "time",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "data",
-    "data_base64",
-}
 MAX_ID_LENGTH = 200
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
 class CloudEventError(ValueError):
@@ -103,9 +101,11 @@ def parse_time(value: str | None) -> datetime:
     return parsed
 
 
-def _json_object(value: str | None) -> dict[str, object]:
+def _json_object(value: object) -> object:
     if not value:
         return {}
+    if not isinstance(value, str):
+        return value
     try:
         loaded = json.loads(value)
     except json.JSONDecodeError:
@@ -113,9 +113,13 @@ def _json_object(value: str | None) -> dict[str, object]:
     return loaded if isinstance(loaded, dict) else {"raw": loaded}
 
 
-def _build(
-    attributes: Mapping[str, object], data: bytes, content_type: str, mode: str
-) -> InferenceEvent:
+def _raw(data: str | bytes) -> str | bytes:
+    """The SDK's data unmarshaller: keep the payload as it came (the payload parsers read it)."""
+    return data
+
+
+def _check_context(attributes: Mapping[str, object], mode: str) -> None:
+    """Refuse what the SDK would accept or invent: missing attributes, another specversion."""
     missing = [name for name in REQUIRED_ATTRIBUTES if not attributes.get(name)]
     if missing:
         where = (
@@ -131,6 +135,12 @@ def _build(
         raise CloudEventError(
             f"unsupported CloudEvents specversion {attributes['specversion']!r}; use 1.0"
         )
+
+
+def _inference_event(
+    event: CloudEvent, data: bytes, content_type: str, mode: str
+) -> InferenceEvent:
+    attributes = event.get_attributes()
     event_type = str(attributes["type"])
     if event_type not in EVENT_TYPES:
         raise CloudEventError(
@@ -142,51 +152,65 @@ def _build(
         raise CloudEventError(
             f"ce-id is {len(inference_id)} characters long; at most {MAX_ID_LENGTH}"
         )
-    raw_metadata, raw_annotations = attributes.get("metadata"), attributes.get("annotations")
-    metadata = {
-        "metadata": _json_object(raw_metadata)
-        if isinstance(raw_metadata, str)
-        else raw_metadata or {},
-        "annotations": _json_object(raw_annotations)
-        if isinstance(raw_annotations, str)
-        else raw_annotations or {},
-    }
+
+    def text(name: str) -> str:
+        return str(attributes.get(name) or "")
+
     return InferenceEvent(
         inference_id=inference_id,
         kind=EVENT_TYPES[event_type],
-        source=str(attributes["source"]),
-        time=parse_time(str(attributes["time"]) if attributes.get("time") else None),
+        source=text("source"),
+        time=parse_time(text("time") or None),
         data=data,
         content_type=content_type,
-        inference_service=str(attributes.get("inferenceservicename") or ""),
-        namespace=str(attributes.get("namespace") or ""),
-        component=str(attributes.get("component") or ""),
-        endpoint=str(attributes.get("endpoint") or ""),
-        model_id=str(attributes.get("modelid") or ""),
+        inference_service=text("inferenceservicename"),
+        namespace=text("namespace"),
+        component=text("component"),
+        endpoint=text("endpoint"),
+        model_id=text("modelid"),
         mode=mode,
-        metadata=metadata,
+        metadata={
+            "metadata": _json_object(attributes.get("metadata")),
+            "annotations": _json_object(attributes.get("annotations")),
+        },
     )
+
+
+def _from_binary(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
+    _check_context({k[3:]: v for k, v in headers.items() if k.startswith("ce-")}, "binary")
+    try:
+        event = from_http(headers, body, data_unmarshaller=_raw)
+    except GenericException as e:
+        raise CloudEventError(f"unreadable binary-mode CloudEvent: {e}") from e
+    data = event.get_data()
+    payload = data.encode() if isinstance(data, str) else bytes(data or b"")
+    return _inference_event(event, payload, headers.get("content-type", ""), "binary")
 
 
 def _from_structured(obj: object) -> InferenceEvent:
     if not isinstance(obj, dict):
         raise CloudEventError("a structured CloudEvent must be a JSON object")
-    attributes = {str(k).lower(): v for k, v in obj.items() if k not in ("data", "data_base64")}
-    content_type = str(obj.get("datacontenttype") or "application/json")
-    if "data_base64" in obj:
-        try:
-            data = base64.b64decode(str(obj["data_base64"]), validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise CloudEventError("data_base64 is not valid base64") from e
-    elif "data" in obj:
-        payload = obj["data"]
-        if isinstance(payload, str) and not content_type.endswith("json"):
-            data = payload.encode()
-        else:
-            data = json.dumps(payload).encode()
+    attributes = {str(k).lower(): v for k, v in obj.items()}
+    _check_context(attributes, "structured")
+    encoded = attributes.get("data_base64")
+    if encoded is not None and not (isinstance(encoded, str) and _BASE64.fullmatch(encoded)):
+        # The SDK decodes leniently, dropping characters outside the alphabet.
+        raise CloudEventError("data_base64 is not valid base64")
+    try:
+        event = from_json(json.dumps(attributes), data_unmarshaller=_raw)
+    except DataUnmarshallerError as e:
+        raise CloudEventError("data_base64 is not valid base64") from e
+    except GenericException as e:
+        raise CloudEventError(f"unreadable structured CloudEvent: {e}") from e
+    content_type = str(attributes.get("datacontenttype") or "application/json")
+    data = event.get_data()
+    if isinstance(data, str):  # the JSON text of ``data``: a string payload is taken as it is
+        value = json.loads(data)
+        text = value if isinstance(value, str) and not content_type.endswith("json") else data
+        payload = text.encode()
     else:
-        data = b""
-    return _build(attributes, data, content_type, "structured")
+        payload = bytes(data or b"")
+    return _inference_event(event, payload, content_type, "structured")
 
 
 def parse_cloudevents(headers: Mapping[str, str], body: bytes) -> list[InferenceEvent]:
@@ -204,22 +228,18 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes) -> list[Inference
             or an unreadable structured body.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
-    content_type = lowered.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
-    if media in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
-        try:
-            parsed = json.loads(body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CloudEventError(f"the {media} body is not valid JSON: {e}") from e
-        if media == BATCH_CONTENT_TYPE:
-            if not isinstance(parsed, list) or not parsed:
-                raise CloudEventError(
-                    "a CloudEvents batch must be a non-empty JSON array of events"
-                )
-            return [_from_structured(item) for item in parsed]
+    media = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if media not in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
+        return [_from_binary(lowered, body)]
+    try:
+        parsed = json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CloudEventError(f"the {media} body is not valid JSON: {e}") from e
+    if media == STRUCTURED_CONTENT_TYPE:
         return [_from_structured(parsed)]
-    attributes = {k[3:]: v for k, v in lowered.items() if k.startswith("ce-")}
-    return [_build(attributes, body, content_type, "binary")]
+    if not isinstance(parsed, list) or not parsed:
+        raise CloudEventError("a CloudEvents batch must be a non-empty JSON array of events")
+    return [_from_structured(item) for item in parsed]
 
 
 def binary_headers(
@@ -249,23 +269,23 @@ def binary_headers(
         time: Event time (default: now, UTC).
         model_id: Optional ``Ce-Modelid``.
     """
-    event_type = REQUEST_TYPE if kind == "request" else RESPONSE_TYPE
     stamp = time or datetime.now(UTC)
     if stamp.tzinfo is not None:
         stamp = stamp.astimezone(UTC).replace(tzinfo=None)
-    headers = {
-        "Ce-Specversion": "1.0",
-        "Ce-Id": event_id,
-        "Ce-Type": event_type,
-        "Ce-Source": source,
-        "Ce-Time": stamp.isoformat(timespec="microseconds") + "Z",
-        "Ce-Inferenceservicename": inference_service,
-        "Ce-Namespace": namespace,
-        "Ce-Component": component,
-        "Ce-Endpoint": endpoint,
-        "Ce-Metadata": "{}",
-        "Content-Type": content_type,
+    attributes = {
+        "specversion": "1.0",
+        "id": event_id,
+        "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        "source": source,
+        "time": stamp.isoformat(timespec="microseconds") + "Z",
+        "datacontenttype": content_type,
+        "inferenceservicename": inference_service,
+        "namespace": namespace,
+        "component": component,
+        "endpoint": endpoint,
+        "metadata": "{}",
     }
     if model_id:
-        headers["Ce-Modelid"] = model_id
+        attributes["modelid"] = model_id
+    headers, _ = to_binary(CloudEvent(attributes), data_marshaller=lambda _: b"")
     return headers

@@ -20,7 +20,6 @@ the model changed. The projection matrix is derived from :data:`EMBEDDING_SEED` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -180,24 +179,3 @@ def pixel_features(
     }
     values.update({name: float(v) for name, v in zip(EMBEDDING_COLUMNS, embedding, strict=True)})
     return values
-
-
-def image_features(image: Image.Image) -> dict[str, float]:
-    """Features of a decoded Pillow image (see :func:`pixel_features`)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return pixel_features(np.asarray(rgb, dtype=np.uint8))
-
-
-def features_table(rows: Iterable[dict[str, float]]) -> dict[str, list[float]]:
-    """Column-wise form of many feature dicts (handy for building a DataFrame fast)."""
-    columns: dict[str, list[float]] = {name: [] for name in FEATURE_COLUMNS}
-    for row in rows:
-        for name in FEATURE_COLUMNS:
-            columns[name].append(row[name])
-    return columns
-
-
-def drift_columns(available: Sequence[str]) -> list[str]:
-    """The scalar feature columns present in ``available``, in canonical order."""
-    present = set(available)
-    return [c for c in SCALAR_FEATURES if c in present]

@@ -1,7 +1,10 @@
 """The drift job as one plain function: load a window, decide, write reports, publish metrics.
 
-:func:`run_drift_job` takes only strings, paths and numbers and returns a JSON-ready dict, so it
-runs unchanged from the CLI (``garbage drift``), a Kubernetes CronJob and a KFP component.
+:func:`run_drift_job` takes only local paths, strings and numbers and returns a JSON-ready dict,
+so it runs unchanged from the CLI (``garbage drift``, which resolves model and reference URIs
+with the config first), a Kubernetes CronJob and a KFP component. The model folder supplies the
+class names, the predictions of an image folder's class mix and, by default, the reference
+profile (a registered model version carries it).
 """
 
 from __future__ import annotations
@@ -9,39 +12,49 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from garbage.core.names import TRASHNET_CLASSES
+from garbage.core.classifier import OnnxClassifier
 from garbage.core.predict import expand_paths
 from garbage.core.preprocessing import InvalidImageError, decode_image
 from monitoring.accuracy import parse_window
 from monitoring.drift import DriftSettings, compute_drift, write_reports
 from monitoring.features import FEATURE_COLUMNS, pixel_features
 from monitoring.metrics import drift_registry, push, write_textfile
-from monitoring.reference import load_reference, resolve_reference
+from monitoring.reference import load_reference, model_reference
 from monitoring.store import InferenceStore
 
 log = logging.getLogger(__name__)
 
 WINDOW_COLUMNS = ("ts", *FEATURE_COLUMNS, "feature_error", "prediction", "score", "true_label")
+PREDICTION_BATCH = 64
 
 
 class DriftJobError(ValueError):
     """The job's inputs are inconsistent or missing; the message says which option to fix."""
 
 
-def features_from_folder(
-    folder: Path, model_dir: Path | None = None, classes: Sequence[str] = TRASHNET_CLASSES
-) -> pd.DataFrame:
-    """Features of every JPEG/PNG under ``folder`` (recursively), as a drift window.
+def check_window_source(db_url: str | None, images: str | Path | None) -> None:
+    """Exactly one of the store and an image folder names the window.
 
-    A file inside a folder named after a class gets that class as ``true_label``. With
-    ``model_dir``, the model's prediction and score are added.
+    Raises:
+        DriftJobError: Neither or both.
+    """
+    if (db_url is None) == (images is None):
+        raise DriftJobError(
+            "give exactly one window source: --db URL (with --window) or --images FOLDER"
+        )
+
+
+def features_from_folder(folder: Path, classifier: OnnxClassifier) -> pd.DataFrame:
+    """Features and predictions of every JPEG/PNG under ``folder`` (recursively), as a window.
+
+    Every image gets the model's ``prediction`` and ``score``; a file inside a folder named
+    after one of the model's classes gets that class as ``true_label``.
 
     Raises:
         DriftJobError: The folder does not exist or holds no readable image.
@@ -49,9 +62,9 @@ def features_from_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise DriftJobError(f"--images {folder} is not a folder")
-    files = expand_paths([folder])
+    classes = set(classifier.classes)
     rows, pixels, unreadable = [], [], 0
-    for path in files:
+    for path in expand_paths([folder]):
         try:
             image = decode_image(path.read_bytes())
         except (OSError, InvalidImageError):
@@ -62,19 +75,15 @@ def features_from_folder(
         row["path"] = str(path.relative_to(folder))
         row["true_label"] = path.parent.name if path.parent.name in classes else None
         rows.append(row)
-        if model_dir is not None:
-            pixels.append(array)
+        pixels.append(array)
     if not rows:
         raise DriftJobError(
             f"no readable JPEG or PNG under {folder} ({unreadable} unreadable files)"
         )
     frame = pd.DataFrame(rows)
-    if model_dir is not None:
-        from garbage.core.classifier import OnnxClassifier
-
-        predictions = OnnxClassifier.load(Path(model_dir), device="cpu").predict_images(pixels, 64)
-        frame["prediction"] = [p.label for p in predictions]
-        frame["score"] = [p.score for p in predictions]
+    predictions = classifier.predict_images(pixels, PREDICTION_BATCH)
+    frame["prediction"] = [p.label for p in predictions]
+    frame["score"] = [p.score for p in predictions]
     frame.attrs["unreadable"] = unreadable
     return frame
 
@@ -93,18 +102,17 @@ def load_db_window(
 
 
 def run_drift_job(
-    reference: str | Path,
+    model_dir: str | Path,
     out_dir: str | Path,
     *,
+    reference: str | Path | None = None,
     db_url: str | None = None,
     window: str = "1h",
     images: str | Path | None = None,
-    model_dir: str | Path | None = None,
     pushgateway: str | None = None,
     html: bool = True,
     limit: int | None = None,
     settings: DriftSettings | None = None,
-    classes: Sequence[str] = TRASHNET_CLASSES,
     now: datetime | None = None,
 ) -> dict[str, object]:
     """Compare the current window with the reference; write reports and metrics; return the summary.
@@ -112,18 +120,19 @@ def run_drift_job(
     Exactly one of ``db_url`` and ``images`` names the window.
 
     Args:
-        reference: The reference profile (parquet or CSV from ``build_reference``), or an MLflow
-            URI to download it from (``models:/garbage-classifier@champion``, ``runs:/...``).
+        model_dir: The model's folder (``model.onnx``; a registered version's artifacts): its
+            classes name the live-accuracy classes, it predicts the class mix of ``images``,
+            and its reference profile is the default ``reference``.
         out_dir: Where ``drift_report.html/json``, ``drift_summary.json`` and ``metrics.prom`` go.
+        reference: A reference profile file (parquet or CSV from ``build_reference``) instead of
+            the model's own (:func:`monitoring.reference.resolve_reference` fetches one by URI).
         db_url: The collector's store (SQLAlchemy URL or SQLite path); with ``window``.
         window: How far back from ``now`` the window reaches (``30m``, ``1h``, ``24h``, ``7d``).
         images: A folder of images to use as the window instead of the store.
-        model_dir: With ``images``: an exported model to predict the class mix.
         pushgateway: Prometheus Pushgateway URL to push the drift metrics to.
         html: Write the HTML reports too.
         limit: At most this many newest rows of the window.
         settings: Drift tests and thresholds.
-        classes: The model's classes.
         now: End of the window (default: now, UTC).
 
     Returns:
@@ -131,23 +140,22 @@ def run_drift_job(
 
     Raises:
         DriftJobError: Neither or both window sources, or unusable inputs.
-        monitoring.reference.ReferenceProfileError: The reference cannot be read.
+        garbage.core.classifier.ModelLoadError: No usable model in ``model_dir``.
+        monitoring.reference.ReferenceProfileError: The reference cannot be found or read.
+        monitoring.drift.DriftInputError: The reference and the window cannot be compared.
+        monitoring.store.StoreError: The store cannot be read.
         monitoring.metrics.PushError: The Pushgateway refused the metrics.
     """
-    if (db_url is None) == (images is None):
-        raise DriftJobError(
-            "give exactly one window source: --db URL (with --window) or --images FOLDER"
-        )
+    check_window_source(db_url, images)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     out = Path(out_dir)
-    ref = load_reference(resolve_reference(reference, out / "reference"))
+    classifier = OnnxClassifier.load(Path(model_dir), device="cpu")
+    ref = load_reference(Path(reference) if reference else model_reference(Path(model_dir)))
     timings["load_reference"] = time.perf_counter() - started
     mark = time.perf_counter()
     if images is not None:
-        current = features_from_folder(
-            Path(images), Path(model_dir) if model_dir else None, classes
-        )
+        current = features_from_folder(Path(images), classifier)
         source = f"images:{images}"
     else:
         try:
@@ -157,7 +165,7 @@ def run_drift_job(
         source = f"db:{window}"
     timings["load_window"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    result = compute_drift(ref, current, settings, classes=list(classes))
+    result = compute_drift(ref, current, settings, classes=classifier.classes)
     timings["decide"] = time.perf_counter() - mark
     result.extra["source"] = source
     mark = time.perf_counter()

@@ -133,13 +133,41 @@ def load_reference(path: Path) -> pd.DataFrame:
     return table
 
 
-def resolve_reference(location: str | Path, download_dir: Path) -> Path:
+def _find_reference(folder: Path) -> Path | None:
+    """The shallowest ``*reference*.parquet`` (or ``.csv``) below ``folder``, or None."""
+    found = [
+        p for suffix in ("parquet", "csv") for p in Path(folder).rglob(f"*reference*.{suffix}")
+    ]
+    return min(found, key=lambda p: (len(p.parts), str(p))) if found else None
+
+
+def model_reference(model_dir: Path) -> Path:
+    """The reference profile a model carries: a registered version's ``reference/`` artifacts.
+
+    The pipeline logs ``reference/reference.parquet`` inside the model (what ``make run``
+    registers), so the champion's folder holds the profile of the images it was trained on.
+
+    Raises:
+        ReferenceProfileError: The folder holds no ``*reference*.parquet`` or ``.csv``.
+    """
+    found = _find_reference(model_dir)
+    if found is None:
+        raise ReferenceProfileError(
+            f"the model at {model_dir} carries no reference profile (reference/reference.parquet); "
+            "pass --reference with a profile file or MLflow URI, or use a registered model "
+            "version (the pipeline logs the reference with it)"
+        )
+    return found
+
+
+def resolve_reference(location: str | Path, download_dir: Path, tracking_uri: str) -> Path:
     """A local reference file for a path or an MLflow artifact URI.
 
     ``models:/garbage-classifier@champion``, ``runs:/<id>/reference`` and ``mlflow-artifacts:/``
-    URIs are downloaded into ``download_dir`` (``MLFLOW_TRACKING_URI`` names the server); when
-    the download is a folder, the ``*reference*.parquet`` (or ``.csv``) inside it is used, so the
-    drift job can follow the champion: the pipeline logs the reference with the model version.
+    URIs are downloaded into ``download_dir`` by :func:`garbage.core.model_uri.download` from the
+    MLflow server at ``tracking_uri`` (the config's ``Config.mlflow_tracking_uri``, never the
+    environment); when the download is a folder, the reference inside it is used, as by
+    :func:`model_reference`.
 
     Raises:
         ReferenceProfileError: Nothing downloadable at the URI, or no reference file in it.
@@ -148,17 +176,17 @@ def resolve_reference(location: str | Path, download_dir: Path) -> Path:
     if is_local(text):
         return Path(text)
     try:
-        local = download(text, None, download_dir)
+        local = download(text, tracking_uri, download_dir)
     except ModelUriError as e:
         raise ReferenceProfileError(
             f"cannot download the reference profile from {text}: {e}"
         ) from e
     if local.is_file():
         return local
-    found = sorted(p for suffix in ("parquet", "csv") for p in local.rglob(f"*reference*.{suffix}"))
-    if not found:
+    found = _find_reference(local)
+    if found is None:
         raise ReferenceProfileError(
             f"{text} holds no *reference*.parquet or .csv file; log the profile "
             "built by monitoring.reference.build_reference with the model version"
         )
-    return found[0]
+    return found

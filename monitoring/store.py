@@ -9,7 +9,6 @@ each only fills its own columns, so the three meet in one row whatever the order
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,14 +34,20 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
 
 TABLE_NAME = "inference_log"
-_RETRIES = 5
+KEY = ("inference_id", "item")
+#: ``insert`` of each supported dialect: both have ``INSERT ... ON CONFLICT DO UPDATE``.
+UPSERT_DIALECTS: dict[str, Callable[[Table], Any]] = {
+    "sqlite": sqlite.insert,
+    "postgresql": postgresql.insert,
+}
 
 
 class StoreError(RuntimeError):
@@ -98,7 +103,7 @@ def _table(metadata: MetaData) -> Table:
         Column("probabilities", Text),
         Column("true_label", String(100)),
         Column("label_time", DateTime),
-        UniqueConstraint("inference_id", "item", name="uq_inference_item"),
+        UniqueConstraint(*KEY, name="uq_inference_item"),
         Index("ix_inference_log_ts", "ts"),
     )
 
@@ -136,7 +141,8 @@ class InferenceStore:
         """Connect to ``url`` and, when ``create``, create the table if it does not exist.
 
         Raises:
-            StoreError: Bad URL, unreachable server or a folder that cannot be created.
+            StoreError: Bad URL, a database other than SQLite or PostgreSQL, unreachable server
+                or a folder that cannot be created.
         """
         self.url = normalise_url(url)
         self.metadata = MetaData()
@@ -152,6 +158,11 @@ class InferenceStore:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             else:
                 self.engine = create_engine(self.url, pool_pre_ping=True)
+            if self.engine.dialect.name not in UPSERT_DIALECTS:
+                raise StoreError(
+                    f"the inference store at {redact(self.url)} is {self.engine.dialect.name}; "
+                    "use SQLite (a path or sqlite:///...) or PostgreSQL (postgresql://...)"
+                )
             if create:
                 self.metadata.create_all(self.engine)
         except (ArgumentError, SQLAlchemyError, OSError, ImportError) as e:
@@ -162,34 +173,34 @@ class InferenceStore:
         self.engine.dispose()
 
     def _transaction(self, work: Callable[[Connection], int]) -> int:
-        """Run ``work(conn)`` in a transaction; retry on insert races and SQLite lock timeouts."""
-        delay = 0.02
-        for attempt in range(_RETRIES):
-            try:
-                with self.engine.begin() as conn:
-                    return work(conn)
-            except (IntegrityError, OperationalError) as e:
-                if attempt == _RETRIES - 1:
-                    raise StoreError(f"cannot write to {redact(self.url)}: {e}") from e
-                time.sleep(delay)
-                delay *= 2
-            except SQLAlchemyError as e:
-                raise StoreError(f"cannot write to {redact(self.url)}: {e}") from e
-        return 0  # pragma: no cover - the loop always returns or raises
+        """Run ``work(conn)`` in one transaction.
+
+        Raises:
+            StoreError: The database refused or failed the transaction.
+        """
+        try:
+            with self.engine.begin() as conn:
+                return work(conn)
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot write to {redact(self.url)}: {e}") from e
 
     def _upsert(
         self, conn: Connection, meta: EventMeta, item: int, values: Mapping[str, object]
     ) -> None:
-        t = self.table
-        done = conn.execute(
-            update(t)
-            .where(t.c.inference_id == meta.inference_id, t.c.item == item)
-            .values(**values)
+        """Insert the row of ``(inference_id, item)``, or fill ``values`` into the existing one.
+
+        One ``INSERT ... ON CONFLICT DO UPDATE`` (SQLite and PostgreSQL): concurrent events of
+        one inference cannot both insert, and each sets only its own columns.
+        """
+        statement = UPSERT_DIALECTS[conn.dialect.name](self.table).values(
+            inference_id=meta.inference_id, item=item, ts=meta.time, **values
         )
-        if done.rowcount == 0:
-            conn.execute(
-                insert(t).values(inference_id=meta.inference_id, item=item, ts=meta.time, **values)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=list(KEY),
+                set_={name: statement.excluded[name] for name in values},
             )
+        )
 
     def record_request(self, meta: EventMeta, items: Sequence[Mapping[str, object]]) -> int:
         """Store the features of each image of a request (``feature_error`` where unreadable).
@@ -248,16 +259,6 @@ class InferenceStore:
             return done.rowcount
 
         return self._transaction(work) > 0
-
-    def items_of(self, inference_id: str) -> int:
-        """How many rows are logged under ``inference_id``."""
-        t = self.table
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).select_from(t).where(t.c.inference_id == inference_id)
-                ).scalar_one()
-            )
 
     def count(self) -> int:
         """Rows in the log."""

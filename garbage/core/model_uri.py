@@ -115,7 +115,7 @@ def resolve_storage_uri(
         path = urlparse(uri).path.lstrip("/")  # also mlflow-artifacts://host:port/PATH
         return f"{artifacts_destination.rstrip('/')}/{path}"
     if uri.startswith(("models:/", "runs:/")):
-        underlying = _underlying_uri(uri, tracking_uri)
+        underlying = _resolve_in_registry(uri, tracking_uri)
         return resolve_storage_uri(underlying, tracking_uri, artifacts_destination)
     return require_storage_uri(uri)
 
@@ -154,11 +154,9 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
         )
     destination.mkdir(parents=True, exist_ok=True)
     try:
+        location = _underlying_uri(uri, tracking) if uri.startswith(("models:/", "runs:/")) else uri
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri,
-            dst_path=str(destination),
-            tracking_uri=tracking,
-            registry_uri=tracking,
+            artifact_uri=location, dst_path=str(destination), tracking_uri=tracking
         )
     except Exception as e:  # MLflow raises many unrelated types for a missing model or server
         raise ModelUriError(
@@ -168,21 +166,30 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
     return Path(local)
 
 
-def _underlying_uri(uri: str, tracking_uri: str | None) -> str:
-    mlflow = _mlflow(uri)
-    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+def _underlying_uri(uri: str, tracking_uri: str) -> str:
+    """Where the artifacts of a ``models:/`` or ``runs:/`` URI are stored.
 
+    MLflow's own resolution of these URIs reads the process-wide tracking and registry URIs; a
+    client made for ``tracking_uri`` keeps this one to the server it is given.
+    """
+    _mlflow(uri)
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    if uri.startswith("runs:/"):
+        return str(RunsArtifactRepository.get_underlying_uri(uri, tracking_uri))
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    named = get_model_name_and_version(client, uri)
+    if len(named) == 1:  # models:/m-<id>, a logged model
+        return str(client.get_logged_model(named[0]).artifact_location)
+    return str(client.get_model_version_download_uri(*named))
+
+
+def _resolve_in_registry(uri: str, tracking_uri: str | None) -> str:
+    mlflow = _mlflow(uri)
     try:
-        if uri.startswith("runs:/"):
-            return str(RunsArtifactRepository.get_underlying_uri(uri, tracking_uri))
-        previous = mlflow.get_registry_uri()
-        if tracking_uri:  # the registry lookup reads the process-wide registry URI
-            mlflow.set_registry_uri(tracking_uri)
-        try:
-            return str(ModelsArtifactRepository.get_underlying_uri(uri))
-        finally:
-            mlflow.set_registry_uri(previous)
+        return _underlying_uri(uri, tracking_uri or mlflow.get_tracking_uri())
     except Exception as e:  # MlflowException, connection errors
         where = tracking_uri or mlflow.get_tracking_uri()
         raise ModelUriError(f"cannot resolve {uri} through MLflow at {where}: {e}") from e

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from support import jpeg_bytes, make_archive, make_image_tree
 from typer.testing import CliRunner
@@ -124,3 +125,54 @@ def test_pipeline_compile_for_a_cpu_cluster_asks_for_no_gpu(tmp_path: Path) -> N
         root["inputDefinitions"]["parameters"]["config_json"]["defaultValue"]
     )
     assert baked.train.device == "auto"  # the default profile: no CUDA asked for
+
+
+@pytest.mark.integration
+def test_predict_finds_the_work_dirs_champion_in_a_fresh_process(
+    smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    """As a user runs it: a new process, no MLFLOW_TRACKING_URI, the registry in the work dir."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+    import pandas as pd
+
+    from garbage.training.data.split import write_manifest
+    from garbage.training.registry import configure_tracking
+    from garbage.training.steps import register_step
+
+    rows = [
+        {"path": f"{c}/{c}{i}.jpg", "label": c, "sha256": f"{c}{i}", "split": "test"}
+        for c in smoke_config.data.classes
+        for i in range(2)
+    ]
+    manifest = write_manifest(pd.DataFrame(rows), tmp_path / "manifest.csv")
+    with mlflow.start_run(experiment_id=configure_tracking(smoke_config)) as run:
+        run_id = run.info.run_id
+    register_step(smoke_config, tiny_model_dir, image_tree, manifest, tmp_path / "gate", run_id)
+
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "predict",
+            "--set",
+            f"work_dir={smoke_config.work_dir}",
+            str(image_tree / "glass" / "glass0.jpg"),
+        ],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (record,) = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["label"] in smoke_config.data.classes
+    assert list(elsewhere.iterdir()) == []  # no stray ./mlflow.db or ./mlruns

@@ -6,7 +6,7 @@ Fixtures:
     ``strict_check``: ``strict_check(doc) -> list[str]`` of problems for a custom resource, through
         the KServe SDK's typed models: an unknown field anywhere is a problem, so is a wrong type or
         a missing required field. Prometheus Operator resources (manifests/monitoring) go through
-        the monitoring package's strict schemas (``monitoring.crd_check``).
+        the strict schemas of ``prometheus_operator_schema.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from manifests.prometheus_operator_schema import prometheus_operator_problems
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
@@ -130,8 +131,6 @@ def strict_problems(doc: dict[str, Any]) -> list[str]:
     model = CUSTOM_MODELS.get(key)
     name = (doc.get("metadata") or {}).get("name")
     if model is None and key[0] == "monitoring.coreos.com/v1":
-        from monitoring.crd_check import prometheus_operator_problems
-
         return prometheus_operator_problems(doc)
     if model is None:
         return [

@@ -1,4 +1,5 @@
-"""Fixtures for the monitoring tests: the real TrashNet dev images, a reference profile, servers.
+"""Fixtures for the monitoring tests: the real TrashNet dev images, reference profiles, models,
+a registered champion, servers.
 
 Servers are real processes or threads on 127.0.0.1: the collector under uvicorn, a throwaway
 PostgreSQL cluster (Debian's package), a Prometheus Pushgateway (Debian's package).
@@ -6,6 +7,7 @@ PostgreSQL cluster (Debian's package), a Prometheus Pushgateway (Debian's packag
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,11 +21,12 @@ from typing import Self
 import pandas as pd
 import pytest
 
-from garbage.core.config import load_config
+from garbage.core.classifier import OnnxClassifier
+from garbage.core.config import Config, load_config
 
 # Test modules import the helpers as a top-level module; make this folder importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitoring_helpers import free_port, kserve_headers, wait_for_port
+from monitoring_helpers import RELABELLED, free_port, kserve_headers, wait_for_port
 
 DEV_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08"
 
@@ -55,6 +58,82 @@ def reference_profile(
     return build_reference(
         root, manifest, tmp_path_factory.mktemp("ref") / "reference.parquet", splits=("train",)
     )
+
+
+@pytest.fixture(scope="session")
+def model_reference_profile(
+    dev_dataset: tuple[Path, pd.DataFrame],
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The training split's reference with the tiny model's predictions (what the pipeline logs)."""
+    from monitoring.reference import build_reference
+
+    root, manifest = dev_dataset
+    return build_reference(
+        root,
+        manifest,
+        tmp_path_factory.mktemp("model-ref") / "reference.parquet",
+        splits=("train",),
+        model_dir=tiny_model_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def relabelled_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the class names :data:`RELABELLED` in its metadata."""
+    import onnx
+
+    out = tmp_path_factory.mktemp("relabelled-model")
+    graph = onnx.load(str(tiny_model_dir / "model.onnx"))
+    [entry] = [e for e in graph.metadata_props if e.key == "classes"]
+    assert len(json.loads(entry.value)) == len(RELABELLED)
+    entry.value = json.dumps(RELABELLED)
+    onnx.save(graph, str(out / "model.onnx"))
+    metadata = json.loads((tiny_model_dir / "metadata.json").read_text())
+    (out / "metadata.json").write_text(json.dumps({**metadata, "classes": RELABELLED}))
+    assert OnnxClassifier.load(out).classes == RELABELLED
+    return out
+
+
+@pytest.fixture
+def register_champion() -> Iterator[Callable[[Config, Path, Path], str]]:
+    """``register_champion(config, model_dir, reference)``: log the model with its reference into
+    the config's registry (the embedded SQLite store of its work dir), as the pipeline's register
+    step does, and make it the champion; returns the version.
+
+    MLflow's process-wide tracking and registry URIs (and the environment variables it sets with
+    them) are cleared afterwards, so commands can only find the registry through their config.
+    """
+    import mlflow
+
+    from garbage.training.registry import (
+        configure_tracking,
+        decide_promotion,
+        log_onnx_model,
+        register_model,
+        set_champion,
+    )
+
+    def forget_registry() -> None:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+    def register(config: Config, model_dir: Path, reference: Path) -> str:
+        experiment = configure_tracking(config)
+        metadata = json.loads((model_dir / "metadata.json").read_text())
+        try:
+            with mlflow.start_run(experiment_id=experiment):
+                version = register_model(config, log_onnx_model(model_dir, metadata, reference), {})
+            set_champion(config, version, decide_promotion("macro_f1", 0.5, None, 0.0))
+        finally:
+            forget_registry()
+        return version
+
+    yield register
+    forget_registry()
 
 
 @pytest.fixture(scope="session")
@@ -92,13 +171,15 @@ class ServerThread:
 
 
 @pytest.fixture
-def collector_server(tmp_path: Path) -> Iterator[ServerThread]:
-    """The collector app on a SQLite store, served by uvicorn on a free loopback port."""
+def collector_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[ServerThread]:
+    """The collector app on a SQLite store, served by uvicorn on a free loopback port; the model's
+    classes are the tiny model's (TrashNet's)."""
     from monitoring.collector import create_app
     from monitoring.store import InferenceStore
 
     store = InferenceStore(str(tmp_path / "inferences.db"))
-    with ServerThread(create_app(store), free_port()) as server:
+    classes = OnnxClassifier.load(tiny_model_dir, device="cpu").classes
+    with ServerThread(create_app(store, classes), free_port()) as server:
         server.store = store
         yield server
     store.close()

@@ -9,6 +9,8 @@ import time
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
+#: Class names of the ``relabelled_model_dir`` fixture's model: none of them is one of TrashNet's.
+RELABELLED = ["bottle", "can", "carton", "jar", "bag", "other"]
 
 
 def free_port() -> int:

@@ -15,12 +15,11 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import typer
 from PIL import ImageEnhance, ImageFilter
 from typer.testing import CliRunner
 
 from garbage.core.preprocessing import decode_image
-from monitoring.cli import collector, drift
+from monitoring.cli import build_app
 from monitoring.drift import CLASS_COLUMN, DriftSettings, compute_drift, write_reports
 from monitoring.features import pixel_features
 from monitoring.job import DriftJobError, run_drift_job
@@ -122,22 +121,18 @@ def test_sampled_report_keeps_the_full_window_decision(
     assert result.window_size == WINDOW and not (tmp_path / "drift_report.html").exists()
 
 
-def _cli() -> typer.Typer:
-    app = typer.Typer()
-    app.command("drift")(drift)
-    app.command("collector")(collector)
-    return app
-
-
-def test_cli_on_image_folders(reference_profile: Path, test_images, tmp_path: Path) -> None:
+def test_cli_on_image_folders(
+    model_reference_profile: Path, tiny_model_dir: Path, test_images, tmp_path: Path
+) -> None:
+    """The class mix: the model's predictions on the window against its own on the reference."""
     window = _window(test_images, seed=3)
     runner = CliRunner()
+    model = ["--model", str(tiny_model_dir), "--reference", str(model_reference_profile)]
     clean = runner.invoke(
-        _cli(),
+        build_app(),
         [
             "drift",
-            "--reference",
-            str(reference_profile),
+            *model,
             "--images",
             str(_folder(tmp_path / "clean", window)),
             "--out",
@@ -148,12 +143,12 @@ def test_cli_on_image_folders(reference_profile: Path, test_images, tmp_path: Pa
     summary = json.loads(clean.output)
     assert summary["drift_detected"] is False and summary["window_size"] == WINDOW
     assert isinstance(summary["drift_share"], float)
+    assert summary["live_accuracy"]["labelled"] == WINDOW
     shifted = runner.invoke(
-        _cli(),
+        build_app(),
         [
             "drift",
-            "--reference",
-            str(reference_profile),
+            *model,
             "--images",
             str(_folder(tmp_path / "shifted", window, shift=True)),
             "--out",
@@ -175,26 +170,39 @@ def _plain(output: str) -> str:
     return " ".join(output.replace("│", " ").replace("╭", " ").replace("╰", " ").split())
 
 
-def test_cli_usage_errors(reference_profile: Path, tmp_path: Path) -> None:
+def test_cli_usage_errors(reference_profile: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     both = runner.invoke(
-        _cli(),
+        build_app(),
         ["drift", "--reference", str(reference_profile), "--images", str(tmp_path), "--db", "x.db"],
     )
     assert both.exit_code == 2 and "exactly one window source" in _plain(both.output)
     missing = runner.invoke(
-        _cli(), ["drift", "--reference", str(tmp_path / "nope.parquet"), "--images", str(tmp_path)]
+        build_app(),
+        [
+            "drift",
+            "--model",
+            str(tiny_model_dir),
+            "--reference",
+            str(tmp_path / "nope.parquet"),
+            "--images",
+            str(tmp_path),
+        ],
     )
     assert missing.exit_code == 2 and "does not exist" in _plain(missing.output)
+    bare = runner.invoke(
+        build_app(), ["drift", "--model", str(tiny_model_dir), "--images", str(tmp_path)]
+    )
+    assert bare.exit_code == 2 and "carries no reference profile" in _plain(bare.output)
     with pytest.raises(ReferenceProfileError):
         load_reference(tmp_path / "nope.parquet")
     with pytest.raises(DriftJobError, match="no readable"):
-        run_drift_job(reference_profile, tmp_path / "o", images=tmp_path)
+        run_drift_job(tiny_model_dir, tmp_path / "o", reference=reference_profile, images=tmp_path)
 
 
 @pytest.mark.integration
 def test_job_on_the_store_with_window_and_pushgateway(
-    reference_profile: Path, test_images, tmp_path: Path, pushgateway: str
+    reference_profile: Path, tiny_model_dir: Path, test_images, tmp_path: Path, pushgateway: str
 ) -> None:
     now = datetime.now(UTC).replace(tzinfo=None)
     frame = _features(_window(test_images, seed=4), shift=True)
@@ -208,8 +216,9 @@ def test_job_on_the_store_with_window_and_pushgateway(
     store.insert_rows(pd.concat([frame, old], ignore_index=True))
     store.close()
     summary = run_drift_job(
-        reference_profile,
+        tiny_model_dir,
         tmp_path / "out",
+        reference=reference_profile,
         db_url=str(tmp_path / "log.db"),
         window="1h",
         pushgateway=pushgateway,

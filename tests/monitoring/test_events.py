@@ -137,3 +137,40 @@ def test_binary_headers_round_trip() -> None:
 def test_parse_time_defaults_to_now() -> None:
     before = datetime.now(UTC).replace(tzinfo=None)
     assert parse_time(None) >= before.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("encoded", ["aGVs bG8=", "a", "!!!!", 5])
+def test_structured_data_base64_must_be_strict_base64(encoded: object) -> None:
+    event = {
+        "specversion": "1.0",
+        "id": "b64",
+        "type": REQUEST_TYPE,
+        "source": "/x",
+        "data_base64": encoded,
+    }
+    with pytest.raises(CloudEventError, match="data_base64 is not valid base64"):
+        parse_cloudevents({"Content-Type": STRUCTURED_CONTENT_TYPE}, json.dumps(event).encode())
+
+
+def test_binary_headers_carry_kserve_attributes_and_model_id() -> None:
+    headers = binary_headers(
+        "h-1",
+        "request",
+        source="http://localhost:8080/",
+        inference_service="gc",
+        content_type="application/octet-stream",
+        time=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        model_id="gc:3",
+    )
+    lowered = {k.lower(): v for k, v in headers.items()}
+    assert lowered["ce-specversion"] == "1.0" and lowered["ce-type"] == REQUEST_TYPE
+    assert lowered["ce-time"] == "2026-01-02T03:04:05.000006Z"
+    assert lowered["content-type"] == "application/octet-stream"
+    assert (lowered["ce-metadata"], lowered["ce-endpoint"]) == ("{}", "")
+    [event] = parse_cloudevents(headers, b"\x00raw")
+    assert (event.model_id, event.content_type, event.data) == (
+        "gc:3",
+        "application/octet-stream",
+        b"\x00raw",
+    )
+    assert event.time == datetime(2026, 1, 2, 3, 4, 5, 6)

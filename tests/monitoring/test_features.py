@@ -12,7 +12,6 @@ from garbage.core.preprocessing import decode_image
 from monitoring.features import (
     EMBEDDING_COLUMNS,
     FEATURE_COLUMNS,
-    image_features,
     pixel_features,
     projection_matrix,
 )
@@ -24,22 +23,26 @@ def photo(dev_dataset) -> Image.Image:
     return decode_image((root / manifest["path"].iloc[0]).read_bytes())
 
 
+def features_of(image: Image.Image) -> dict[str, float]:
+    return pixel_features(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
 def test_every_feature_is_a_finite_number(photo: Image.Image) -> None:
-    values = image_features(photo)
+    values = features_of(photo)
     assert list(values) == list(FEATURE_COLUMNS)
     assert all(np.isfinite(v) for v in values.values())
     assert (values["width"], values["height"]) == photo.size
 
 
 def test_features_are_deterministic_and_the_projection_fixed(photo: Image.Image) -> None:
-    assert image_features(photo) == image_features(photo.copy())
+    assert features_of(photo) == features_of(photo.copy())
     assert projection_matrix().shape == (128, len(EMBEDDING_COLUMNS))
     assert float(projection_matrix()[0, 0]) == pytest.approx(float(projection_matrix()[0, 0]))
 
 
 def test_brightness_and_colour_cast(photo: Image.Image) -> None:
-    base = image_features(photo)
-    brighter = image_features(ImageEnhance.Brightness(photo).enhance(1.5))
+    base = features_of(photo)
+    brighter = features_of(ImageEnhance.Brightness(photo).enhance(1.5))
     assert brighter["brightness"] > base["brightness"] + 20
     warm = np.asarray(photo).astype(np.float32) * np.array([1.25, 1.0, 0.75])
     cast = pixel_features(np.clip(warm, 0, 255).astype(np.uint8))
@@ -48,8 +51,8 @@ def test_brightness_and_colour_cast(photo: Image.Image) -> None:
 
 
 def test_blur_noise_and_jpeg_artefacts(photo: Image.Image) -> None:
-    base = image_features(photo)
-    blurred = image_features(photo.filter(ImageFilter.GaussianBlur(2)))
+    base = features_of(photo)
+    blurred = features_of(photo.filter(ImageFilter.GaussianBlur(2)))
     assert blurred["sharpness"] < base["sharpness"] - 1
     rng = np.random.default_rng(0)
     noisy = np.clip(np.asarray(photo) + rng.normal(0, 20, np.asarray(photo).shape), 0, 255).astype(
@@ -58,12 +61,12 @@ def test_blur_noise_and_jpeg_artefacts(photo: Image.Image) -> None:
     assert pixel_features(noisy)["noise"] > base["noise"] * 2
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=8)
-    assert image_features(decode_image(buffer.getvalue()))["blockiness"] > base["blockiness"] * 1.5
+    assert features_of(decode_image(buffer.getvalue()))["blockiness"] > base["blockiness"] * 1.5
 
 
 def test_size_is_recorded_but_pixel_statistics_are_scale_free(photo: Image.Image) -> None:
     big = photo.resize((photo.width * 4, photo.height * 4), Image.Resampling.BICUBIC)
-    a, b = image_features(photo), image_features(big)
+    a, b = features_of(photo), features_of(big)
     assert b["width"] == 4 * a["width"]
     assert b["brightness"] == pytest.approx(a["brightness"], abs=2)
     assert b["saturation"] == pytest.approx(a["saturation"], abs=0.02)

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-
-from monitoring.crd_check import prometheus_operator_problems
+from manifests.prometheus_operator_schema import prometheus_operator_problems
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDER = REPO / "manifests" / "monitoring"
@@ -109,6 +108,46 @@ def test_collector_service_matches_the_logger_url_and_the_cli(docs) -> None:
     from monitoring.collector import EVENTS_PATH
 
     assert EVENTS_PATH == "/events"
+
+
+def _allows_egress_to_mlflow(docs: list[dict], pod_labels: dict[str, str]) -> bool:
+    for policy in docs:
+        if policy["kind"] != "NetworkPolicy" or "Egress" not in policy["spec"]["policyTypes"]:
+            continue
+        selected = policy["spec"]["podSelector"].get("matchLabels") or {}
+        if not selected.items() <= pod_labels.items():
+            continue
+        for rule in policy["spec"].get("egress") or []:
+            ports = {p["port"] for p in rule.get("ports") or []}
+            for peer in rule.get("to") or []:
+                namespace = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+                if (
+                    namespace.get("kubernetes.io/metadata.name") == "garbage-mlflow"
+                    and 5000 in ports
+                ):
+                    return True
+    return False
+
+
+def test_collector_and_drift_job_can_fetch_the_champion(docs) -> None:
+    """Both read the champion (class names; the job also its reference) from MLflow at run time:
+    the tracking URI, a writable work dir for the download, and egress to the MLflow server."""
+    for kind, name in (("Deployment", "garbage-collector"), ("CronJob", "garbage-drift")):
+        doc = _one(docs, kind, name)
+        template = (
+            doc["spec"]["template"]
+            if kind == "Deployment"
+            else (doc["spec"]["jobTemplate"]["spec"]["template"])
+        )
+        pod = template["spec"]
+        [container] = pod["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.garbage-mlflow.svc.cluster.local:5000"
+        scratch = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in scratch]
+        assert any(env["GARBAGE_WORK_DIR"].startswith(m + "/") for m in mounts), name
+        assert not any(a.startswith(("--classes", "--reference")) for a in container["args"])
+        assert _allows_egress_to_mlflow(docs, template["metadata"]["labels"]), name
 
 
 def test_prometheus_operator_resources_are_well_formed(docs) -> None:

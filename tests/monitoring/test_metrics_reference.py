@@ -112,9 +112,8 @@ def test_reference_errors(image_tree: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_reference_follows_an_mlflow_artifact_uri(
-    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_reference_follows_an_mlflow_artifact_uri(image_tree: Path, tmp_path: Path) -> None:
+    """The artifact is found through the tracking URI given, not MLflow's process-wide one."""
     import mlflow
 
     from monitoring.reference import resolve_reference
@@ -129,16 +128,22 @@ def test_reference_follows_an_mlflow_artifact_uri(
         }
     )
     built = build_reference(image_tree, manifest, tmp_path / "built" / "reference.parquet")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    # An explicit artifact location: the default (./mlruns) would write into the working directory.
-    experiment = mlflow.create_experiment(
-        "reference-test", artifact_location=(tmp_path / "artifacts").as_uri()
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    try:
+        # An explicit artifact location: the default (./mlruns) would write into the working
+        # directory.
+        experiment = mlflow.create_experiment(
+            "reference-test", artifact_location=(tmp_path / "artifacts").as_uri()
+        )
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.log_artifact(str(built), artifact_path="monitoring")
+    finally:
+        mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI
+    local = resolve_reference(
+        f"runs:/{run.info.run_id}/monitoring", tmp_path / "download", tracking
     )
-    with mlflow.start_run(experiment_id=experiment) as run:
-        mlflow.log_artifact(str(built), artifact_path="monitoring")
-    local = resolve_reference(f"runs:/{run.info.run_id}/monitoring", tmp_path / "download")
     assert local.name == "reference.parquet" and len(load_reference(local)) == 8
-    assert resolve_reference(str(built), tmp_path) == built
+    assert resolve_reference(str(built), tmp_path, tracking) == built
     with pytest.raises(ReferenceProfileError, match="cannot download"):
-        resolve_reference(f"runs:/{run.info.run_id}/nothing-here", tmp_path / "d2")
+        resolve_reference(f"runs:/{run.info.run_id}/nothing-here", tmp_path / "d2", tracking)

@@ -76,7 +76,10 @@ def test_served_predictions_reach_the_collector(
         predicted = [p["label"] for p in answer.json()["predictions"]]
         deadline = time.monotonic() + 30
         rows = collector_server.store.load_window()
-        while (len(rows) < 2 or rows["prediction"].isna().any()) and time.monotonic() < deadline:
+        # The request and the response event travel separately and may land in either order.
+        while (
+            len(rows) < 2 or rows[["prediction", "brightness"]].isna().any(axis=None)
+        ) and time.monotonic() < deadline:
             time.sleep(0.2)
             rows = collector_server.store.load_window()
         rows = rows.sort_values("item")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def test_request_then_response_then_feedback(store: InferenceStore) -> None:
     assert store.record_feedback("inf-1", 0, "glass", T0 + timedelta(hours=1))
     assert not store.record_feedback("nope", 0, "glass", T0)
     rows = store.load_window().sort_values("item").reset_index(drop=True)
-    assert len(rows) == 2 and store.count() == 2 and store.items_of("inf-1") == 2
+    assert len(rows) == 2 and store.count() == 2 and rows["inference_id"].eq("inf-1").sum() == 2
     first = rows.iloc[0]
     assert (
         first["brightness"] == 1.0
@@ -70,6 +72,35 @@ def test_response_before_request_meets_in_one_row(store: InferenceStore) -> None
         and row["brightness"] == 2.0
         and row["inference_service"] == "gc"
     )
+
+
+def test_events_in_any_order_and_concurrently_end_in_one_row_per_image(
+    store: InferenceStore,
+) -> None:
+    """Request and response events of 40 inferences of 3 images each, every event delivered
+    twice (at-least-once delivery), shuffled and written from 8 threads at once."""
+    inferences = [f"c-{i}" for i in range(40)]
+    calls = []
+    for n, inference in enumerate(inferences):
+        meta = EventMeta(inference, T0 + timedelta(seconds=n), inference_service="gc")
+        request = [_features(float(n)), _features(float(n)), {"feature_error": "not_an_image"}]
+        response = [("glass", 0.9, None), ("paper", 0.5, None), ("trash", 0.4, None)]
+        calls += 2 * [(store.record_request, meta, request)]
+        calls += 2 * [(store.record_response, meta, response)]
+    random.Random(0).shuffle(calls)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for written in pool.map(lambda call: call[0](call[1], call[2]), calls):
+            assert written == 3
+    rows = store.load_window()
+    assert store.count() == len(rows) == 3 * len(inferences)
+    assert not rows.duplicated(["inference_id", "item"]).any()
+    assert rows["request_time"].notna().all() and rows["response_time"].notna().all()
+    assert rows["inference_service"].eq("gc").all()
+    by_item = rows.set_index(["inference_id", "item"]).sort_index()
+    assert list(by_item.loc["c-7", "prediction"]) == ["glass", "paper", "trash"]
+    assert list(by_item.loc["c-7", "brightness"].iloc[:2]) == [7.0, 7.0]
+    assert by_item.loc[("c-7", 2), "feature_error"] == "not_an_image"
+    assert pd.Timestamp(by_item.loc[("c-7", 0), "ts"]) == pd.Timestamp(T0 + timedelta(seconds=7))
 
 
 def test_window_bounds_limit_and_labelled_only(store: InferenceStore) -> None:

@@ -1,5 +1,8 @@
 """Strict structural checks of the Prometheus Operator resources the monitoring manifests ship.
 
+A test helper (tests/manifests/conftest.py, tests/monitoring/test_manifests.py), importable as
+``manifests.prometheus_operator_schema`` through pytest's ``pythonpath``.
+
 ``kubectl`` would accept a misspelt field in a custom resource silently when the CRD is not yet
 installed, and the Prometheus Operator ignores unknown fields: a typo such as ``honourLabels``
 or ``annotation`` would only show as a missing scrape or a bare alert. These checks know the
