@@ -69,7 +69,7 @@ clean:
 # --- containers and Kubernetes (manifests/README.md) ---------------------------------------------
 .PHONY: images container-setup tools kind-up kind-load kind-e2e kind-down
 
-images:  ## build the components and serving images (docker, else podman); IMAGES="... mlflow serving-gpu"
+images:  ## build the components, serving and monitoring images (docker, else podman); IMAGES="... mlflow serving-gpu"
 	scripts/build-images.sh
 
 container-setup:  ## podman + runc + debootstrap and a local Python base image (no Docker, no registry)

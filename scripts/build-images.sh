@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # `make images`: build the project's container images with docker or podman (whichever works).
 #
-#   IMAGES     which to build, from: components serving serving-gpu mlflow
-#              (default: components serving)
+#   IMAGES     which to build, from: components serving monitoring serving-gpu mlflow
+#              (default: components serving monitoring)
 #   IMAGE_TAG  tag of the project's images (default 0.1.0); serving-gpu gets IMAGE_TAG-gpu
 #   REGISTRY   image name prefix (default ghcr.io/garbage-classifier)
 #   CONTAINER_ENGINE  docker or podman (default: docker when its daemon answers, else podman)
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGES="${IMAGES:-components serving}"
+IMAGES="${IMAGES:-components serving monitoring}"
 IMAGE_TAG="${IMAGE_TAG:-0.1.0}"
 REGISTRY="${REGISTRY:-ghcr.io/garbage-classifier}"
 LOCAL_BASE=localhost/python-base:3.11-bookworm
@@ -52,10 +52,11 @@ for image in $IMAGES; do
   case "$image" in
     components) file=components/Dockerfile; tag="$REGISTRY/components:$IMAGE_TAG"; extra=() ;;
     serving) file=serving/Dockerfile; tag="$REGISTRY/serving:$IMAGE_TAG"; extra=() ;;
+    monitoring) file=monitoring/Dockerfile; tag="$REGISTRY/monitoring:$IMAGE_TAG"; extra=() ;;
     serving-gpu) file=serving/Dockerfile; tag="$REGISTRY/serving:$IMAGE_TAG-gpu"
       extra=(--build-arg VARIANT=gpu) ;;
     mlflow) file=manifests/base/mlflow/image/Dockerfile; tag="$REGISTRY/mlflow:3.17.2"; extra=() ;;
-    *) log "unknown image $image (components, serving, serving-gpu, mlflow)"; exit 2 ;;
+    *) log "unknown image $image (components, serving, monitoring, serving-gpu, mlflow)"; exit 2 ;;
   esac
   log "$engine build $tag ($file)"
   start=$(date +%s)

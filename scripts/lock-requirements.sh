@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the fully pinned requirement locks the images install:
 #   serving/requirements-cpu.txt, serving/requirements-gpu.txt  from serving/requirements-*.in
+#   monitoring/requirements.txt                                from monitoring/requirements.in
 #   components/requirements.txt                                from pyproject.toml (the project)
 #   manifests/base/mlflow/image/requirements.txt               from requirements.in beside it
 #
@@ -8,14 +9,14 @@
 # nothing is installed; every package the image needs, direct or transitive, ends up pinned.
 # Where the project's virtual environment exists (.venv, or $VENV), its installed versions constrain
 # the resolution, so the image runs the same versions as the tests.
-# Usage: scripts/lock-requirements.sh [cpu|gpu|components|mlflow ...]   (default: all)
+# Usage: scripts/lock-requirements.sh [cpu|gpu|monitoring|components|mlflow ...]   (default: all)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 variants=("$@")
 if [ "${#variants[@]}" -eq 0 ]; then
-  variants=(cpu gpu components mlflow)
+  variants=(cpu gpu monitoring components mlflow)
 fi
 
 work="$(mktemp -d)"
@@ -35,6 +36,10 @@ for variant in "${variants[@]}"; do
     src=pyproject.toml
     out=components/requirements.txt
     what=(.)
+  elif [ "$variant" = monitoring ]; then
+    src=monitoring/requirements.in
+    out=monitoring/requirements.txt
+    what=(-r "$src")
   elif [ "$variant" = mlflow ]; then
     src=manifests/base/mlflow/image/requirements.in
     out=manifests/base/mlflow/image/requirements.txt
@@ -45,7 +50,7 @@ for variant in "${variants[@]}"; do
     what=(-r "$src")
   fi
   if [ ! -f "$src" ]; then
-    echo "lock-requirements: no $src (variants are cpu, gpu, components and mlflow)" >&2
+    echo "lock-requirements: no $src (variants are cpu, gpu, monitoring, components and mlflow)" >&2
     exit 2
   fi
   "$work/venv/bin/pip" install --quiet --dry-run --ignore-installed \

@@ -12,6 +12,7 @@ PROMETHEUS_STACK_VERSION="${PROMETHEUS_STACK_VERSION:-75.15.1}"
 IMAGE_TAG="${IMAGE_TAG:-0.1.0}"
 COMPONENTS_IMAGE="${COMPONENTS_IMAGE:-ghcr.io/garbage-classifier/components:${IMAGE_TAG}}"
 SERVING_IMAGE="${SERVING_IMAGE:-ghcr.io/garbage-classifier/serving:${IMAGE_TAG}}"
+MONITORING_IMAGE="${MONITORING_IMAGE:-ghcr.io/garbage-classifier/monitoring:${IMAGE_TAG}}"
 MLFLOW_IMAGE="${MLFLOW_IMAGE:-ghcr.io/garbage-classifier/mlflow:3.17.2}"
 KUBE_CONTEXT="kind-${CLUSTER_NAME}"
 

@@ -9,14 +9,14 @@ need kind
 cluster_exists || die "no kind cluster $CLUSTER_NAME: run make kind-up first"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  IMAGES="components serving mlflow" scripts/build-images.sh
+  IMAGES="components serving monitoring mlflow" scripts/build-images.sh
 fi
 
 engine="${CONTAINER_ENGINE:-}"
 if [ -z "$engine" ]; then
   if docker info >/dev/null 2>&1; then engine=docker; else engine=podman; fi
 fi
-for image in "$COMPONENTS_IMAGE" "$SERVING_IMAGE" "$MLFLOW_IMAGE"; do
+for image in "$COMPONENTS_IMAGE" "$SERVING_IMAGE" "$MONITORING_IMAGE" "$MLFLOW_IMAGE"; do
   log "loading $image into $CLUSTER_NAME"
   if [ "$engine" = docker ]; then
     kind load docker-image --name "$CLUSTER_NAME" "$image"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,41 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_BASE_IMAGE = "localhost/python-base:3.11-bookworm"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+#: The images' non-root user and group.
+IMAGE_UID = 10001
+#: ``run`` options that harden a container the way the Kubernetes manifests run it.
+HARDENED = (
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readable_copy(src: Path, dst: Path) -> Path:
+    """Copy a folder with world-readable modes (pytest's temp dirs are 0700 root), for a mount."""
+    shutil.copytree(src, dst)
+    dst.chmod(0o755)
+    for path in dst.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return dst
+
+
+def writable_dir(path: Path) -> Path:
+    """Create ``path`` writable by the images' user (a mounted data folder)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
 
 
 @dataclass

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,29 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from containers.container_engine import Engine
+from containers.container_engine import (
+    HARDENED,
+    IMAGE_UID,
+    Engine,
+    free_port,
+    readable_copy,
+)
 from support import jpeg_bytes
 
 pytestmark = pytest.mark.integration
 
 IMAGE = "localhost/garbage-serving:test"
 MODEL_NAME = "garbage-classifier"
-IMAGE_UID = 10001
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _readable_copy(src: Path, dst: Path) -> Path:
-    """Copy the model folder with world-readable modes (pytest's temp dirs are 0700 root)."""
-    shutil.copytree(src, dst)
-    dst.chmod(0o755)
-    for path in dst.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return dst
 
 
 def _http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, dict]:
@@ -77,8 +65,8 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     """The serving container, hardened like the pod, answering on a loopback port."""
-    models = _readable_copy(tiny_model_dir, tmp_path_factory.mktemp("mount", numbered=True) / "m")
-    http_port, grpc_port = _free_port(), _free_port()
+    models = readable_copy(tiny_model_dir, tmp_path_factory.mktemp("mount", numbered=True) / "m")
+    http_port, grpc_port = free_port(), free_port()
     name = f"garbage-serving-test-{http_port}"
     network = (
         ["--network", "host"]
@@ -92,13 +80,7 @@ def served(
         "--name",
         name,
         *network,
-        "--read-only",
-        "--tmpfs",
-        "/tmp",
-        "--cap-drop",
-        "ALL",
-        "--security-opt",
-        "no-new-privileges",
+        *HARDENED,
         "-v",
         f"{models}:/mnt/models:ro",
         serving_image,
@@ -187,3 +169,55 @@ def test_image_runs_as_non_root_without_torch(engine: Engine, serving_image: str
         "run", "--rm", "--entrypoint", "stat", serving_image, "-c", "%u %F", "/mnt/models"
     )
     assert mount.stdout.split() == [str(IMAGE_UID), "directory"]
+
+
+def test_mlflow_uri_fails_with_one_line_that_says_what_to_use(
+    engine: Engine, serving_image: str
+) -> None:
+    """The image has no MLflow: a models:/ URI is refused in one line, without a traceback."""
+    result = engine.run(
+        "run",
+        "--rm",
+        *HARDENED,
+        serving_image,
+        "--model_dir",
+        "models:/garbage-classifier@champion",
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    [line] = lines
+    assert line.startswith("error: models:/garbage-classifier@champion "), line
+    assert "MLflow is not installed" in line
+    assert "local model folder" in line and "/mnt/models" in line and "s3://" in line
+    assert result.stdout.strip() == ""
+
+
+def test_every_module_the_entry_point_imports_is_in_the_image(
+    engine: Engine, serving_image: str
+) -> None:
+    modules = [
+        "serving.__main__",
+        "serving.server",
+        "serving.model",
+        "serving.rest",
+        "garbage.core.protocol",
+        "garbage.core.model_uri",
+    ]
+    result = engine.run(
+        "run",
+        "--rm",
+        *HARDENED,
+        "--entrypoint",
+        "python",
+        serving_image,
+        "-c",
+        f"import importlib; [importlib.import_module(m) for m in {modules!r}]; print('imported')",
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["imported"]
+    assert result.stderr.strip() == ""  # ONNX Runtime's telemetry stays quiet on a read-only root

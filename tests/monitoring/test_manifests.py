@@ -95,13 +95,16 @@ def test_collector_service_matches_the_logger_url_and_the_cli(docs) -> None:
     container = _one(docs, "Deployment", "garbage-collector")["spec"]["template"]["spec"][
         "containers"
     ][0]
-    assert container["args"][:2] == ["garbage", "collector"]
+    # the monitoring image: python -m monitoring (no torch, no CUDA)
+    assert container["image"] == "ghcr.io/garbage-classifier/monitoring:0.1.0"
+    assert container["args"][:1] == ["collector"]
     assert {"name": "http", "containerPort": 8080} in container["ports"]
     assert "--port=8080" in container["args"] and "--host=0.0.0.0" in container["args"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     job = _one(docs, "CronJob", "garbage-drift")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     args = job["containers"][0]["args"]
-    assert args[:2] == ["garbage", "drift"]
+    assert job["containers"][0]["image"] == container["image"]
+    assert args[:1] == ["drift"]
     assert (
         "--pushgateway=http://garbage-pushgateway.garbage-monitoring.svc.cluster.local:9091" in args
     )
