@@ -173,8 +173,7 @@ def config_reference() -> str:
         f"| `{ENV_DATA_SOURCE}` | `data.source` |",
         f"| `{ENV_DATA_SHA256}` | `data.sha256` |",
         f"| `{ENV_WORK_DIR}` | `work_dir` |",
-        f"| `{ENV_TRACKING_URI}` | the MLflow tracking URI "
-        "(over `registry.tracking_uri`) |",
+        f"| `{ENV_TRACKING_URI}` | the MLflow tracking URI (over `registry.tracking_uri`) |",
         "",
     ]
     sections: dict[str, list[tuple[str, dict[str, Any]]]] = {}
