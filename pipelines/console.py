@@ -23,7 +23,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TASK_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
 TASK_FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
 TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (?P<task>[^\s:]+):? (?P<why>.*)")
-TASK_RETRIED = re.compile(r"Task (?P<task>\S+) failed \(attempt (?P<attempt>\d+)/(?P<of>\d+)\)")
 #: Lines of the KFP executor itself (its input, with the whole config, and where it wrote its
 #: output): in the step's log, never shown as the step's progress.
 EXECUTOR_LINE = re.compile(r"^\s*\[KFP Executor ")
@@ -31,6 +30,8 @@ EXECUTOR_INPUT = "Got executor_input:"
 #: How often a terminal that is not a TTY (a CI log) gets the running step's latest line.
 HEARTBEAT_S = 30.0
 TAIL_LINES = 20
+#: The last line of a Python traceback: ``package.module.SomeError: what went wrong``.
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
 
 
 class StepConsole(io.TextIOBase):
@@ -64,6 +65,7 @@ class StepConsole(io.TextIOBase):
         self._partial = ""
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._executor_input: str | None = None  # the closing line of the JSON being skipped
+        self._attempts: dict[str, int] = {}
         self.failed: str | None = None
 
     def writable(self) -> bool:
@@ -98,9 +100,20 @@ class StepConsole(io.TextIOBase):
         """The log file of ``task``."""
         return self.log_dir / f"{task}.log"
 
-    def tail(self) -> list[str]:
-        """The last lines the current (or failed) step wrote."""
-        return list(self._tail)
+    def error(self) -> str:
+        """What the failed step died of: its last exception line, else its last line."""
+        for line in reversed(self._tail):
+            if EXCEPTION_LINE.match(line):
+                return line
+        return self._tail[-1] if self._tail else "(it wrote nothing)"
+
+    def label(self, task: str) -> str:
+        """``[3/8] split data`` for a step of the pipeline, the task's words otherwise."""
+        names = list(self.steps)
+        display = self.steps.get(task, task.replace("-", " "))
+        if task in names:
+            return f"[{names.index(task) + 1}/{len(names)}] {display}"
+        return display
 
     # -- sorting -----------------------------------------------------------------------------
 
@@ -114,14 +127,9 @@ class StepConsole(io.TextIOBase):
         if finished and finished["task"] == self._task:
             self._end_task(finished["status"])
             return
-        retried = TASK_RETRIED.search(line)
-        if retried:
-            attempt, of = int(retried["attempt"]) + 1, retried["of"]
-            self._say(f"{self._label(retried['task'])}: retrying, attempt {attempt} of {of}")
-            return
         skipped = TASK_SKIPPED.search(line)
         if skipped:
-            self._say(f"{self._label(skipped['task'])} skipped: {skipped['why'].strip('(). ')}")
+            self._say(f"{self.label(skipped['task'])} skipped: {skipped['why'].strip('(). ')}")
             return
         if self._task is not None and not started and self._is_progress(line):
             self._progress(line.strip())
@@ -140,13 +148,16 @@ class StepConsole(io.TextIOBase):
 
     def _begin_task(self, task: str) -> None:
         self._end_task(None)
+        self._attempts[task] = self._attempts.get(task, 0) + 1
+        if self._attempts[task] > 1:
+            self._say(f"{self.label(task)}: retrying (attempt {self._attempts[task]})")
         self._task = task
         self._started = self._shown = self._clock()
         self._tail.clear()
         self._executor_input = None
         self._file = self.log_of(task).open("a", encoding="utf-8")
         if self.live:
-            self._status(f"{self._label(task)} ...")
+            self._status(f"{self.label(task)} ...")
 
     def _end_task(self, status: str | None) -> None:
         if self._task is None:
@@ -156,32 +167,24 @@ class StepConsole(io.TextIOBase):
         self._file.close()
         self._file = self._pipeline_log
         if status == "SUCCESS":
-            self._say(f"{self._label(task)} done in {_duration(seconds)}")
+            self._say(f"{self.label(task)} done in {_duration(seconds)}")
         else:
             self.failed = task
             outcome = "FAILED" if status else "stopped"
             self._say(
-                f"{self._label(task)} {outcome} after {_duration(seconds)}; "
-                f"log: {self.log_of(task)}"
+                f"{self.label(task)} {outcome} after {_duration(seconds)}; log: {self.log_of(task)}"
             )
 
     def _progress(self, line: str) -> None:
         self._tail.append(line)
         now = self._clock()
         if self.live:
-            self._status(f"{self._label(self._task or '')} {line}")
+            self._status(f"{self.label(self._task or '')} {line}")
         elif now - self._shown >= HEARTBEAT_S:
             self._shown = now
-            self._say(f"{self._label(self._task or '')} ... {line}")
+            self._say(f"{self.label(self._task or '')} ... {line}")
 
     # -- terminal ----------------------------------------------------------------------------
-
-    def _label(self, task: str) -> str:
-        names = list(self.steps)
-        display = self.steps.get(task, task.replace("-", " "))
-        if task in names:
-            return f"[{names.index(task) + 1}/{len(names)}] {display}"
-        return display
 
     def _status(self, text: str) -> None:
         width = shutil.get_terminal_size((100, 20)).columns - 1

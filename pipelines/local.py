@@ -18,7 +18,7 @@ from pipelines.console import StepConsole
 
 
 class PipelineFailed(RuntimeError):
-    """A step of the local run failed; the message names it, its log and its last lines."""
+    """A step of the local run failed; the message names it, what it died of and its log."""
 
 
 def pipeline_steps(pipeline: GraphComponent) -> dict[str, str]:
@@ -77,9 +77,9 @@ def run_locally(config: Config, out: TextIO | None = None) -> Path:
             task = pipeline(config_json=config.model_dump_json())
     except RuntimeError as e:
         failed = console.failed or "a step"
-        lines = "\n".join(f"    {line}" for line in console.tail())
         raise PipelineFailed(
-            f"pipeline failed in {failed}; its log: {console.log_of(failed)}\nlast lines:\n{lines}"
+            f"pipeline failed in {console.label(failed)}:\n    {console.error()}\n"
+            f"full log: {console.log_of(failed)}"
         ) from e
     finally:
         console.close()

@@ -89,22 +89,32 @@ def test_a_terminal_shows_the_latest_line_of_the_running_step_in_place(tmp_path:
     assert finals == ["[1/2] fetch data done in 3.2 s\n", "[2/2] train done in 41.0 s\n"]
 
 
-def test_a_failed_step_names_its_log_and_keeps_its_last_lines(tmp_path: Path) -> None:
+def test_a_failed_step_names_its_log_and_what_it_died_of(tmp_path: Path) -> None:
     clock, terminal = Clock(), Terminal(tty=False)
     console = StepConsole(tmp_path, STEPS, terminal, clock=clock)
-    console.write(started("fetch-data"))
-    console.write("    DataFetchError: checksum mismatch; set GARBAGE_DATA_SHA256=abc\n")
-    console.write(finished("fetch-data", status.Status.FAILURE))
-    console.write(
-        "12:00:01.000 - INFO - Task fetch-data failed (attempt 1/3). Retrying in 0.0s...\n"
-    )
+    for _ in range(2):  # kfp.local retries the step once
+        console.write(started("fetch-data"))
+        console.write("    Traceback (most recent call last):\n")
+        console.write('      File "steps.py", line 38, in fetch_step\n')
+        console.write(
+            "    garbage.training.data.fetch.DataFetchError: checksum mismatch; "
+            "set GARBAGE_DATA_SHA256=abc\n"
+        )
+        console.write("    \n")
+        console.write(finished("fetch-data", status.Status.FAILURE))
     console.close()
+    log = tmp_path / "fetch-data.log"
     assert terminal.getvalue().splitlines() == [
-        f"[1/2] fetch data FAILED after 0.0 s; log: {tmp_path / 'fetch-data.log'}",
-        "[1/2] fetch data: retrying, attempt 2 of 3",
+        f"[1/2] fetch data FAILED after 0.0 s; log: {log}",
+        "[1/2] fetch data: retrying (attempt 2)",
+        f"[1/2] fetch data FAILED after 0.0 s; log: {log}",
     ]
     assert console.failed == "fetch-data"
-    assert console.tail() == ["DataFetchError: checksum mismatch; set GARBAGE_DATA_SHA256=abc"]
+    assert console.label("fetch-data") == "[1/2] fetch data"
+    assert console.error() == (
+        "garbage.training.data.fetch.DataFetchError: checksum mismatch; set GARBAGE_DATA_SHA256=abc"
+    )
+    assert log.read_text().count("Traceback") == 2  # both attempts, in full
 
 
 def test_a_step_skipped_by_its_condition_says_so(tmp_path: Path) -> None:
