@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from garbage.core.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_ARCHIVE = REPO_ROOT.parent / "shared" / "data" / "trashnet-112-dev.tar.gz"
@@ -55,3 +70,103 @@ def make_archive(tree_parent: Path, archive: Path) -> Path:
         for child in sorted(tree_parent.iterdir()):
             tar.add(child, arcname=child.name)
     return archive
+
+
+def train_manifest(root: Path) -> pd.DataFrame:
+    """A split manifest that takes every JPEG under the class folders of ``root`` as training."""
+    import pandas as pd
+
+    files = sorted(root.rglob("*.jpg"))
+    return pd.DataFrame(
+        {
+            "path": [p.relative_to(root).as_posix() for p in files],
+            "label": [p.parent.name for p in files],
+            "sha256": "0" * 64,
+            "split": "train",
+        }
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(root: Path, timeout: float = 180) -> Iterator[str]:
+    """A real ``mlflow server`` process on loopback, its store and artifacts under ``root``.
+
+    It proxies artifacts (``--artifacts-destination``), as the cluster's does; yields its URL.
+    """
+    port = free_port()
+    # The child keeps its own handle of the log file; the parent closes its copy at once.
+    with (root / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError as e:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log_text = (root / "server.log").read_text()
+                    raise RuntimeError(f"mlflow server did not start:\n{log_text}") from e
+                time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def register_champion(config: Config, model_dir: Path, reference: Path | None = None) -> str:
+    """Log an exported model (with its reference profile) into the config's registry, as the
+    pipeline's register step does, and make it the champion; return the version.
+
+    MLflow's process-wide tracking and registry URIs (and the environment variables it sets with
+    them) are cleared afterwards, so that code under test finds the registry only through its
+    config.
+    """
+    import mlflow
+
+    from garbage.training.registry import (
+        configure_tracking,
+        decide_promotion,
+        log_onnx_model,
+        register_model,
+        set_champion,
+    )
+
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    try:
+        with mlflow.start_run(experiment_id=configure_tracking(config)):
+            version = register_model(config, log_onnx_model(model_dir, metadata, reference), {})
+        set_champion(config, version, decide_promotion("macro_f1", 0.5, None, 0.0))
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_*_uri sets them too
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return version

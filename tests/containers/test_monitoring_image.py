@@ -10,27 +10,31 @@ mounted read-only, the data folder (SQLite store, drift output) writable.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
 from containers.container_engine import (
     HARDENED,
     IMAGE_UID,
     REPO_ROOT,
     Engine,
-    free_port,
     readable_copy,
     writable_dir,
 )
-from support import CLASSES, jpeg_bytes, make_image_tree
+from support import (
+    CLASSES,
+    free_port,
+    jpeg_bytes,
+    make_image_tree,
+    mlflow_server,
+    register_champion,
+    train_manifest,
+)
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "monitoring"))
 from monitoring_helpers import kserve_headers, v1_request, v1_response
@@ -79,15 +83,7 @@ def drift_inputs(
 
     root = tmp_path_factory.mktemp("drift-inputs")
     train = make_image_tree(root / "train", per_class=PER_CLASS)
-    files = sorted(train.rglob("*.jpg"))
-    manifest = pd.DataFrame(
-        {
-            "path": [p.relative_to(train).as_posix() for p in files],
-            "label": [p.parent.name for p in files],
-            "sha256": "0" * 64,
-            "split": "train",
-        }
-    )
+    manifest = train_manifest(train)
     mount = root / "mount"
     reference = build_reference(
         train, manifest, mount / "reference.parquet", model_dir=tiny_model_dir
@@ -320,73 +316,17 @@ def mlflow_champion(
 ) -> Iterator[str]:
     """A real ``mlflow server`` on loopback (proxying its artifacts, as on the cluster) whose
     registry holds the tiny model, with its reference, as champion; yields its URL."""
-    import mlflow
-
     from garbage.core.config import load_config
-    from garbage.training.registry import (
-        configure_tracking,
-        decide_promotion,
-        log_onnx_model,
-        register_model,
-        set_champion,
-    )
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    with (root / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(root / "artifacts"),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"mlflow server did not start:\n{(root / 'server.log').read_text()}"
-                    )
-                time.sleep(1)
+    with mlflow_server(root) as url:
         config = load_config(
             overrides=[f"work_dir={root / 'work'}", f"registry.tracking_uri={url}"], environ={}
         )
-        metadata = json.loads((tiny_model_dir / "metadata.json").read_text())
         inputs, _ = drift_inputs
-        try:
-            with mlflow.start_run(experiment_id=configure_tracking(config)):
-                model_uri = log_onnx_model(tiny_model_dir, metadata, inputs / "reference.parquet")
-                version = register_model(config, model_uri, {})
-            set_champion(config, version, decide_promotion("macro_f1", 0.5, None, 0.0))
-        finally:
-            mlflow.set_tracking_uri(None)
-            mlflow.set_registry_uri(None)
-            os.environ.pop("MLFLOW_REGISTRY_URI", None)
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        register_champion(config, tiny_model_dir, inputs / "reference.parquet")
         assert not (root / "work" / "mlflow.db").exists()  # all of it went to the server
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_drift_resolves_the_champion_and_its_reference_from_a_tracking_server(

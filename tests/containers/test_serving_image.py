@@ -21,10 +21,9 @@ from containers.container_engine import (
     HARDENED,
     IMAGE_UID,
     Engine,
-    free_port,
     readable_copy,
 )
-from support import jpeg_bytes
+from support import free_port, jpeg_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,15 @@ from typing import Self
 
 import pandas as pd
 import pytest
+import support
 
 from garbage.core.classifier import OnnxClassifier
 from garbage.core.config import Config, load_config
 
 # Test modules import the helpers as a top-level module; make this folder importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitoring_helpers import RELABELLED, free_port, kserve_headers, wait_for_port
+from monitoring_helpers import RELABELLED, kserve_headers, wait_for_port
+from support import free_port
 
 DEV_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08"
 
@@ -97,43 +99,9 @@ def relabelled_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def register_champion() -> Iterator[Callable[[Config, Path, Path], str]]:
-    """``register_champion(config, model_dir, reference)``: log the model with its reference into
-    the config's registry (the embedded SQLite store of its work dir), as the pipeline's register
-    step does, and make it the champion; returns the version.
-
-    MLflow's process-wide tracking and registry URIs (and the environment variables it sets with
-    them) are cleared afterwards, so commands can only find the registry through their config.
-    """
-    import mlflow
-
-    from garbage.training.registry import (
-        configure_tracking,
-        decide_promotion,
-        log_onnx_model,
-        register_model,
-        set_champion,
-    )
-
-    def forget_registry() -> None:
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-        os.environ.pop("MLFLOW_REGISTRY_URI", None)
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-
-    def register(config: Config, model_dir: Path, reference: Path) -> str:
-        experiment = configure_tracking(config)
-        metadata = json.loads((model_dir / "metadata.json").read_text())
-        try:
-            with mlflow.start_run(experiment_id=experiment):
-                version = register_model(config, log_onnx_model(model_dir, metadata, reference), {})
-            set_champion(config, version, decide_promotion("macro_f1", 0.5, None, 0.0))
-        finally:
-            forget_registry()
-        return version
-
-    yield register
-    forget_registry()
+def register_champion() -> Callable[[Config, Path, Path], str]:
+    """``register_champion(config, model_dir, reference)``: see ``support.register_champion``."""
+    return support.register_champion
 
 
 @pytest.fixture(scope="session")

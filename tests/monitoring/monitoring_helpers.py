@@ -13,13 +13,6 @@ RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 RELABELLED = ["bottle", "can", "carton", "jar", "bag", "other"]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
     """Block until something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout

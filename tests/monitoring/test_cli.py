@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
-from monitoring_helpers import RELABELLED, free_port, wait_for_port
-from support import make_image_tree
+from monitoring_helpers import RELABELLED, wait_for_port
+from support import free_port, make_image_tree, train_manifest
 from typer.testing import CliRunner
 
 from cli.app import app
@@ -49,15 +48,7 @@ def champion_work_dir(
     champion. The test runs elsewhere: nothing may find the registry through the working
     directory (nor write MLflow's default ./mlflow.db into the checkout)."""
     monkeypatch.chdir(tmp_path)
-    files = sorted(relabelled_images.rglob("*.jpg"))
-    manifest = pd.DataFrame(
-        {
-            "path": [p.relative_to(relabelled_images).as_posix() for p in files],
-            "label": [p.parent.name for p in files],
-            "sha256": "0" * 64,
-            "split": "train",
-        }
-    )
+    manifest = train_manifest(relabelled_images)
     reference = build_reference(
         relabelled_images,
         manifest,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from monitoring_helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from support import free_port, train_manifest
 
 from monitoring.features import FEATURE_COLUMNS
 from monitoring.metrics import PushError, drift_registry, push, write_textfile
@@ -76,15 +76,7 @@ def test_build_reference_from_a_manifest(image_tree: Path, tmp_path: Path) -> No
 def test_build_reference_with_model_predictions(
     image_tree: Path, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    files = sorted(image_tree.rglob("*.jpg"))[:12]
-    manifest = pd.DataFrame(
-        {
-            "path": [p.relative_to(image_tree).as_posix() for p in files],
-            "label": [p.parent.name for p in files],
-            "sha256": "0" * 64,
-            "split": "train",
-        }
-    )
+    manifest = train_manifest(image_tree).iloc[:12]
     table = load_reference(
         build_reference(image_tree, manifest, tmp_path / "r.parquet", model_dir=tiny_model_dir)
     )
@@ -118,15 +110,7 @@ def test_reference_follows_an_mlflow_artifact_uri(image_tree: Path, tmp_path: Pa
 
     from monitoring.reference import resolve_reference
 
-    files = sorted(image_tree.rglob("*.jpg"))[:8]
-    manifest = pd.DataFrame(
-        {
-            "path": [p.relative_to(image_tree).as_posix() for p in files],
-            "label": [p.parent.name for p in files],
-            "sha256": "0" * 64,
-            "split": "train",
-        }
-    )
+    manifest = train_manifest(image_tree).iloc[:8]
     built = build_reference(image_tree, manifest, tmp_path / "built" / "reference.parquet")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from monitoring_helpers import free_port, make_jpeg, v1_request, v1_response
+from monitoring_helpers import make_jpeg, v1_request, v1_response
+from support import free_port
 
 from monitoring.payload_logger import PayloadLogger
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from monitoring_helpers import free_port, make_jpeg, wait_for_port
+from monitoring_helpers import make_jpeg, wait_for_port
+from support import free_port
 
 from monitoring.payload_logger import CloudEventsHook, encode_request
 from monitoring.payloads import parse_request

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from support import COLORS, DEV_ARCHIVE, REPO_ROOT, jpeg_bytes
+from support import COLORS, DEV_ARCHIVE, REPO_ROOT, free_port, jpeg_bytes
 
 
 def _archive_images(archive: Path, per_class: int) -> list[bytes]:
@@ -88,13 +87,6 @@ def bad_images() -> dict[str, bytes]:
 def small_png() -> bytes:
     """A valid 8x8 PNG (for count limits)."""
     return encoded((8, 8))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from support import CLASSES, jpeg_bytes
+from support import CLASSES, jpeg_bytes, mlflow_server
 
 from garbage.core.classifier import OnnxClassifier
 from garbage.core.config import Config
@@ -93,62 +88,24 @@ def test_register_and_gate_on_the_embedded_store(
     assert_same_model(resolve_model_dir(None, smoke_config), tiny_model_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` process on loopback with its own SQLite store and artifacts."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    # The child keeps its own handle of the log file; the parent closes its copy at once.
-    with (root / "server.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend-store-uri",
-                f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(root / "artifacts"),
-                "--workers",
-                "1",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
 
 
 @pytest.mark.integration
 def test_register_and_gate_against_a_real_mlflow_server(
-    mlflow_server: str, smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+    tracking_server: str,
+    smoke_config: Config,
+    tiny_model_dir: Path,
+    image_tree: Path,
+    tmp_path: Path,
 ) -> None:
     config = smoke_config.model_copy(
         update={
-            "registry": smoke_config.registry.model_copy(update={"tracking_uri": mlflow_server})
+            "registry": smoke_config.registry.model_copy(update={"tracking_uri": tracking_server})
         }
     )
     first, second = _register_twice(config, tiny_model_dir, image_tree, tmp_path)
