@@ -76,7 +76,9 @@ def run_locally(config: Config, out: TextIO | None = None) -> Path:
         with contextlib.redirect_stdout(console):
             task = pipeline(config_json=config.model_dump_json())
     except RuntimeError as e:
-        failed = console.failed or "a step"
+        failed = console.failed
+        if failed is None:  # kfp.local itself, before or between the steps
+            raise PipelineFailed(f"pipeline failed: {e}; logs in {log_dir}") from e
         raise PipelineFailed(
             f"pipeline failed in {console.label(failed)}:\n    {console.error()}\n"
             f"full log: {console.log_of(failed)}"
