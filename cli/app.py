@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from cli import data, pipeline
@@ -15,6 +17,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def quiet_downloads() -> None:
+    """What every command shares: model downloads without MLflow's per-file progress bar."""
+    # A model is a few files: MLflow's per-file download bar would be most of the output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.command("predict")(predict)

@@ -173,6 +173,7 @@ def test_predict_finds_the_work_dirs_champion_in_a_fresh_process(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
+    assert "Downloading artifacts" not in done.stderr  # no per-file progress bar from MLflow
     (record,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert record["label"] in smoke_config.data.classes
     assert list(elsewhere.iterdir()) == []  # no stray ./mlflow.db or ./mlruns
