@@ -146,7 +146,10 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
     """
     mlflow = _mlflow(uri)
     tracking = tracking_uri or mlflow.get_tracking_uri()
-    if tracking.startswith("sqlite:///") and not Path(tracking[len("sqlite:///") :]).is_file():
+    in_registry = uri.startswith(("models:/", "runs:/"))
+    store = Path(tracking.removeprefix("sqlite:///"))
+    missing = tracking.startswith("sqlite:///") and not store.is_file()
+    if in_registry and missing:
         raise ModelUriError(
             f"cannot load {uri}: there is no registry at {tracking} yet. Run `make run` (or "
             "`garbage pipeline run`) to train and register a champion, or pass --model with a "
@@ -154,11 +157,16 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
         )
     destination.mkdir(parents=True, exist_ok=True)
     try:
-        location = _underlying_uri(uri, tracking) if uri.startswith(("models:/", "runs:/")) else uri
+        location = _underlying_uri(uri, tracking) if in_registry else uri
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=location, dst_path=str(destination), tracking_uri=tracking
         )
     except Exception as e:  # MLflow raises many unrelated types for a missing model or server
+        if uri.startswith(STORAGE_SCHEMES):
+            raise ModelUriError(
+                f"cannot download {uri}: {e} (object storage needs its client library, e.g. "
+                "boto3 for s3://, and credentials); or pass --model with a local folder"
+            ) from e
         raise ModelUriError(
             f"cannot load {uri} from {tracking}: {e}. Run `make run` (or `garbage pipeline run`) "
             "to train and register a champion, or pass --model with a folder that holds model.onnx"

@@ -98,3 +98,13 @@ def test_mlflow_uris_resolve_to_the_object_storage_location(tmp_path: Path):
         resolve_storage_uri("mlflow-artifacts:/7/models/m-2/artifacts")
     with pytest.raises(ModelUriError, match="cannot resolve models:/nope/1"):
         resolve_storage_uri("models:/nope/1", tracking_uri=uri)
+
+
+def test_an_object_storage_folder_that_cannot_be_downloaded_says_what_it_needs(
+    smoke_config: Config,
+) -> None:
+    with pytest.raises(ModelUriError) as raised:
+        resolve_model_dir("s3://no-such-bucket/models/m-1/artifacts", smoke_config)
+    message = str(raised.value)
+    assert message.startswith("cannot download s3://no-such-bucket/models/m-1/artifacts")
+    assert "make run" not in message and "local folder" in message
