@@ -2,6 +2,7 @@
 
 Modules: ``model`` (the ``kserve.Model``), ``payload`` (reading images out of v1/v2 requests),
 ``rest`` (the model's fast REST routes), ``batcher`` (micro-batching), ``settings`` (limits and
-thread budget), ``metrics`` (Prometheus series), ``errors``, ``server`` (``python -m serving``)
-and ``cli`` (``garbage serve``). Importing the package imports nothing else.
+thread budget, the flags generated from them), ``metrics`` (Prometheus series), ``errors`` and
+``server`` (``python -m serving``; ``garbage serve`` in ``cli.serve`` starts the same server).
+Importing the package imports nothing else.
 """
