@@ -25,6 +25,7 @@ def quiet_downloads() -> None:
     # A model is a few files: MLflow's per-file download bar would be most of the output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
+
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
 app.command("predict")(predict)
