@@ -12,6 +12,11 @@ A canary (``canary_percent``) needs KServe's Knative (Serverless) mode: KServe t
 between the last rolled-out revision and the new one. :meth:`InferenceServiceDeployer.promote` sends
 all traffic to the new revision afterwards.
 
+The InferenceService says which registered model version it serves in two annotations
+(:data:`REGISTERED_MODEL_ANNOTATION`, :data:`MODEL_VERSION_ANNOTATION`); a deploy sets them with the
+storage URI and a rollback puts the previous ones back, so they always describe what serves.
+``garbage.release`` keeps the registry's aliases in step with them.
+
 Only the Kubernetes API is used (``kubernetes`` client, ``CustomObjectsApi``); the service account
 needs ``get``, ``create`` and ``patch`` on ``inferenceservices`` in the serving namespace
 (``manifests/base/rbac``).
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from garbage.core.model_uri import ModelUriError, require_storage_uri, resolve_storage_uri
@@ -40,6 +45,8 @@ FIELD_MANAGER = "garbage-deploy"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 SERVERLESS_MODES = ("Serverless", "Knative")
 DEPLOYED_BY_ANNOTATION = "garbage-classifier/deployed-model"
+REGISTERED_MODEL_ANNOTATION = "garbage-classifier/registered-model"
+MODEL_VERSION_ANNOTATION = "garbage-classifier/model-version"
 # modelStatus.transitionStatus values after which waiting longer cannot help.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 FAILED_CONDITION_REASONS = (
@@ -57,6 +64,29 @@ class DeployError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class ServedVersion:
+    """A registered model version, as an InferenceService's annotations name it."""
+
+    model: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.model} v{self.version}"
+
+    def annotations(self) -> dict[str, str]:
+        """The annotations that say an InferenceService serves this version."""
+        return {REGISTERED_MODEL_ANNOTATION: self.model, MODEL_VERSION_ANNOTATION: self.version}
+
+    @classmethod
+    def of(cls, isvc: dict[str, Any] | None) -> ServedVersion | None:
+        """The version ``isvc`` says it serves, or None when it names none."""
+        annotations = ((isvc or {}).get("metadata") or {}).get("annotations") or {}
+        model = annotations.get(REGISTERED_MODEL_ANNOTATION)
+        version = annotations.get(MODEL_VERSION_ANNOTATION)
+        return cls(model, version) if model and version else None
+
+
+@dataclass(frozen=True)
 class DeployResult:
     """What a deploy did."""
 
@@ -67,21 +97,23 @@ class DeployResult:
     created: bool
     canary_percent: int | None
     url: str | None
+    version: ServedVersion | None = None
+    previous_version: ServedVersion | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return dict(self.__dict__)
+        return asdict(self)
 
     def summary(self) -> str:
         """One line for people: what serves now, what served before, where."""
         share = f" ({self.canary_percent} % canary)" if self.canary_percent else ""
-        before = f", was {self.previous_storage_uri}" if self.previous_storage_uri else ""
+        what = f"{self.version} ({self.storage_uri})" if self.version else self.storage_uri
+        was = self.previous_version or self.previous_storage_uri
+        before = f", was {was}" if was else ""
         action = "created" if self.created else "serves"
         where = f"; {self.url}" if self.url else ""
-        return (
-            f"InferenceService {self.namespace}/{self.name} {action} {self.storage_uri}{share}"
-            f"{before}{where}"
-        )
+        where_to = f"InferenceService {self.namespace}/{self.name}"
+        return f"{where_to} {action} {what}{share}{before}{where}"
 
 
 def build_inference_service(
@@ -90,6 +122,7 @@ def build_inference_service(
     storage_uri: str,
     canary_percent: int | None = None,
     service_account: str = SERVICE_ACCOUNT,
+    version: ServedVersion | None = None,
 ) -> dict[str, Any]:
     """A minimal InferenceService for ``storage_uri``, used when none exists yet.
 
@@ -122,7 +155,10 @@ def build_inference_service(
                 "app.kubernetes.io/name": name,
                 "app.kubernetes.io/part-of": MODEL_NAME,
             },
-            "annotations": {DEPLOYED_BY_ANNOTATION: storage_uri},
+            "annotations": {
+                DEPLOYED_BY_ANNOTATION: storage_uri,
+                **(version.annotations() if version else {}),
+            },
         },
         "spec": {"predictor": predictor},
     }
@@ -238,6 +274,7 @@ class InferenceServiceDeployer:
         namespace: str = DEFAULT_NAMESPACE,
         canary_percent: int | None = None,
         timeout_s: float = 600,
+        version: ServedVersion | None = None,
     ) -> DeployResult:
         """Serve ``storage_uri`` from the InferenceService ``namespace/name``.
 
@@ -248,6 +285,8 @@ class InferenceServiceDeployer:
             canary_percent: Percentage of traffic for the new revision (1-99; Serverless mode
                 only); None or 100 sends all traffic to it once it is Ready.
             timeout_s: How long to wait for Ready.
+            version: The registered version ``storage_uri`` holds, recorded on the
+                InferenceService; None when it is not from the registry.
 
         Raises:
             DeployError: Bad arguments, an API error, or the new revision not Ready in time (the
@@ -266,7 +305,9 @@ class InferenceServiceDeployer:
         current = self.get(name, namespace)
         if current is None:
             # No earlier revision, so all traffic goes to this one: no canary on a first deploy.
-            created = self._create(build_inference_service(name, namespace, storage_uri))
+            created = self._create(
+                build_inference_service(name, namespace, storage_uri, version=version)
+            )
             try:
                 final = self.wait_ready(
                     name, namespace, timeout_s, after_generation=_generation(created)
@@ -276,7 +317,9 @@ class InferenceServiceDeployer:
                     f"{e}; there was no earlier model to fall back to: fix the model "
                     f"or delete the InferenceService {namespace}/{name}"
                 ) from e
-            return DeployResult(name, namespace, storage_uri, None, True, None, _url(final))
+            return DeployResult(
+                name, namespace, storage_uri, None, True, None, _url(final), version, None
+            )
 
         mode = ((current.get("metadata") or {}).get("annotations") or {}).get(
             DEPLOYMENT_MODE_ANNOTATION
@@ -292,22 +335,32 @@ class InferenceServiceDeployer:
         model = predictor.get("model") or {}
         previous_uri = model.get("storageUri")
         previous_canary = predictor.get("canaryTrafficPercent")
+        previous_version = ServedVersion.of(current)
         if (
             previous_uri == storage_uri
             and readiness(current)[0] == "ready"
             and previous_canary == canary_percent
+            and previous_version == version
         ):
             return DeployResult(
-                name, namespace, storage_uri, previous_uri, False, canary_percent, _url(current)
+                name,
+                namespace,
+                storage_uri,
+                previous_uri,
+                False,
+                canary_percent,
+                _url(current),
+                version,
+                previous_version,
             )
-        patched = self._point_to(name, namespace, storage_uri, canary_percent)
+        patched = self._point_to(name, namespace, storage_uri, canary_percent, version)
         try:
             final = self.wait_ready(
                 name, namespace, timeout_s, after_generation=_generation(patched)
             )
         except DeployError as e:
             try:
-                self.rollback(name, namespace, previous_uri, previous_canary)
+                self.rollback(name, namespace, previous_uri, previous_canary, previous_version)
             except DeployError as rollback_error:
                 raise DeployError(
                     f"InferenceService {namespace}/{name} did not become Ready with {storage_uri}: "
@@ -320,28 +373,54 @@ class InferenceServiceDeployer:
                 f"Rolled back to {previous_uri}; traffic stays on the previous revision"
             ) from e
         return DeployResult(
-            name, namespace, storage_uri, previous_uri, False, canary_percent, _url(final)
+            name,
+            namespace,
+            storage_uri,
+            previous_uri,
+            False,
+            canary_percent,
+            _url(final),
+            version,
+            previous_version,
         )
 
     def rollback(
-        self, name: str, namespace: str, storage_uri: str | None, canary_percent: int | None = None
+        self,
+        name: str,
+        namespace: str,
+        storage_uri: str | None,
+        canary_percent: int | None = None,
+        version: ServedVersion | None = None,
     ) -> dict[str, Any]:
         """Put ``storage_uri`` (the previous model) back; all traffic to it, unless a canary."""
         if storage_uri is None:
             raise DeployError(
                 f"InferenceService {namespace}/{name} had no storageUri to roll back to"
             )
-        return self._point_to(name, namespace, storage_uri, canary_percent)
+        return self._point_to(name, namespace, storage_uri, canary_percent, version)
 
     def _point_to(
-        self, name: str, namespace: str, storage_uri: str, canary_percent: int | None
+        self,
+        name: str,
+        namespace: str,
+        storage_uri: str,
+        canary_percent: int | None,
+        version: ServedVersion | None,
     ) -> dict[str, Any]:
-        """Patch the predictor to serve ``storage_uri`` with that canary share (None: all)."""
+        """Patch the predictor to serve ``storage_uri`` with that canary share (None: all).
+
+        The version annotations follow: set for a registered version, removed otherwise.
+        """
+        served: dict[str, str | None] = (
+            dict(version.annotations())
+            if version
+            else dict.fromkeys((REGISTERED_MODEL_ANNOTATION, MODEL_VERSION_ANNOTATION))
+        )
         return self._patch(
             name,
             namespace,
             {
-                "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri}},
+                "metadata": {"annotations": {DEPLOYED_BY_ANNOTATION: storage_uri, **served}},
                 "spec": {
                     "predictor": {
                         "canaryTrafficPercent": canary_percent,
@@ -363,7 +442,10 @@ class InferenceServiceDeployer:
         )
         final = self.wait_ready(name, namespace, timeout_s, after_generation=_generation(patched))
         uri = ((final.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
-        return DeployResult(name, namespace, uri or "", uri, False, None, _url(final))
+        served = ServedVersion.of(final)
+        return DeployResult(
+            name, namespace, uri or "", uri, False, None, _url(final), served, served
+        )
 
     def wait_ready(
         self, name: str, namespace: str, timeout_s: float, after_generation: int | None = None
@@ -433,8 +515,11 @@ def publish_model(
     artifacts_destination: str | None = None,
     api: Any = None,
     poll_interval_s: float = 2.0,
+    version: ServedVersion | None = None,
 ) -> DeployResult:
-    """Resolve ``model_uri`` and deploy it (behind ``garbage deploy`` and the KFP deploy step).
+    """Resolve ``model_uri`` and deploy it (``garbage deploy`` of a URI outside the registry).
+
+    ``garbage.release`` deploys registered versions through this and moves the registry's aliases.
 
     Args:
         model_uri: ``s3://...`` (or another storage URI), or an MLflow ``models:/``/``runs:/`` URI.
@@ -447,6 +532,7 @@ def publish_model(
             artifacts.
         api: A ``CustomObjectsApi``; None connects with :func:`connect`.
         poll_interval_s: Seconds between status reads.
+        version: The registered version ``model_uri`` names, recorded on the InferenceService.
     """
     try:
         storage_uri = resolve_storage_uri(model_uri, tracking_uri, artifacts_destination)
@@ -461,6 +547,7 @@ def publish_model(
         namespace=namespace,
         canary_percent=canary_percent,
         timeout_s=timeout_s,
+        version=version,
     )
 
 

@@ -139,7 +139,10 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
         reference.set_display_name("reference profile")
         register = _small(
             register_model(
-                onnx_model=onnx_model, reference=reference.outputs["reference"], **tracked
+                onnx_model=onnx_model,
+                reference=reference.outputs["reference"],
+                rollout_follows=deploy_to_kserve,
+                **tracked,
             ),
             memory="4G",
         )
@@ -150,7 +153,7 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
                 deploy = _small(
                     deploy_model(
                         config_json=config_json,
-                        model_uri=register.outputs["model_uri"],
+                        version=register.outputs["version"],
                         promoted=register.outputs["promoted"],
                         name=MODEL_NAME,
                         namespace=DEFAULT_NAMESPACE,

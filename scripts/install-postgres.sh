@@ -4,12 +4,14 @@
 # needs root (CI runs as root). The service itself is not started: the tests start their own.
 set -euo pipefail
 
+binaries() { printf '%s ' /usr/lib/postgresql/*/bin; }
+
 have_binaries() {
   compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null && compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" > /dev/null
 }
 
 if have_binaries && id postgres > /dev/null 2>&1 && command -v runuser > /dev/null; then
-  echo "PostgreSQL server binaries present: $(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')"
+  echo "PostgreSQL server binaries present: $(binaries)"
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -20,4 +22,4 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends postgresql util-linux > /dev/null
 have_binaries || { echo "error: postgresql installed but initdb/pg_ctl not found" >&2; exit 1; }
-echo "installed: $(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' ')"
+echo "installed: $(binaries)"

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from garbage.deploy import DEPLOYMENT_MODE_ANNOTATION, build_inference_service
+from garbage.deploy import DEPLOYMENT_MODE_ANNOTATION, ServedVersion, build_inference_service
 
 #: Path prefix of namespaced KServe v1beta1 objects on the API server.
 PREFIX = "/apis/serving.kserve.io/v1beta1/namespaces/"
@@ -40,7 +40,7 @@ OLD = "s3://mlflow/artifacts/1/models/m-old/artifacts"
 NEW = "s3://mlflow/artifacts/1/models/m-new/artifacts"
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch, as the API server applies application/merge-patch+json."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -49,7 +49,7 @@ def _merge_patch(target: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = _merge_patch(result.get(key), value)
+            result[key] = merge_patch(result.get(key), value)
     return result
 
 
@@ -94,9 +94,15 @@ class FakeKubernetesAPI:
     ) -> None:
         self.stop()
 
-    def seed(self, storage_uri: str, mode: str | None = None, ready: bool = True) -> dict[str, Any]:
-        """Store an existing InferenceService (as the manifests would have created it)."""
-        body = build_inference_service(NAME, NS, storage_uri)
+    def seed(
+        self,
+        storage_uri: str,
+        mode: str | None = None,
+        ready: bool = True,
+        version: ServedVersion | None = None,
+    ) -> dict[str, Any]:
+        """Store an existing InferenceService (as the manifests and an earlier deploy left it)."""
+        body = build_inference_service(NAME, NS, storage_uri, version=version)
         if mode:
             body["metadata"]["annotations"][DEPLOYMENT_MODE_ANNOTATION] = mode
         body["metadata"].update(generation=1, resourceVersion="1")
@@ -237,7 +243,7 @@ class FakeKubernetesAPI:
                             return self._status(
                                 404, "NotFound", f"inferenceservices {name} not found"
                             )
-                        merged = _merge_patch(obj, body)
+                        merged = merge_patch(obj, body)
                         if merged.get("spec") != obj.get("spec"):
                             merged["metadata"]["generation"] = obj["metadata"]["generation"] + 1
                             fake._lag[key] = 1

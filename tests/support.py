@@ -21,6 +21,7 @@ from PIL import Image
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow import MlflowClient
 
     from garbage.core.config import Config
 
@@ -170,3 +171,32 @@ def register_champion(config: Config, model_dir: Path, reference: Path | None = 
         os.environ.pop("MLFLOW_REGISTRY_URI", None)  # set_*_uri sets them too
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     return version
+
+
+def register_sources(
+    config: Config, sources: list[str], champion: str | None = None, challenger: str | None = None
+) -> MlflowClient:
+    """Versions 1, 2, ... of the config's model in its registry, one per storage URI in ``sources``
+    (as versions registered through the cluster's MLflow server point at ``s3://``), with the
+    champion and challenger aliases on the versions given."""
+    from mlflow import MlflowClient
+
+    uri = config.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = config.registry.model_name
+    client.create_registered_model(name)
+    for source in sources:
+        client.create_model_version(name, source=source)
+    for alias, version in (
+        (config.registry.champion_alias, champion),
+        (config.registry.challenger_alias, challenger),
+    ):
+        if version is not None:
+            client.set_registered_model_alias(name, alias, version)
+    return client
+
+
+def aliases(client: MlflowClient, config: Config) -> dict[str, str]:
+    """The aliases of the config's registered model: ``{"champion": "2", ...}``."""
+    model = client.get_registered_model(config.registry.model_name)
+    return {alias: str(version) for alias, version in model.aliases.items()}

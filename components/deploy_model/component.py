@@ -1,7 +1,9 @@
-"""Publish the promoted model as the KServe InferenceService (the last, cluster-only step).
+"""Roll the promoted version out as the KServe InferenceService (the last, cluster-only step).
 
-The pod runs under the run's service account (``garbage-pipeline``, see ``manifests/base/rbac``),
-which may read, create and patch InferenceServices in the serving namespace and nothing else.
+The registry's ``champion`` alias moves to the version only once the InferenceService serves it
+(``garbage.release``); a failed rollout leaves the previous champion serving. The pod runs under
+the run's service account (``garbage-pipeline``, see ``manifests/base/rbac``), which may read,
+create and patch InferenceServices in the serving namespace and nothing else.
 """
 
 from components.image import component
@@ -10,7 +12,7 @@ from components.image import component
 @component
 def deploy_model(
     config_json: str,
-    model_uri: str,
+    version: str,
     promoted: bool,
     name: str,
     namespace: str,
@@ -18,14 +20,15 @@ def deploy_model(
     canary_percent: int = 0,
     timeout_s: int = 600,
 ) -> str:
-    """Point the InferenceService at the new champion and wait until it is Ready.
+    """Point the InferenceService at the gate's challenger; make it champion once it is Ready.
 
     Does nothing when the gate did not promote the candidate. A new revision that does not become
-    Ready within ``timeout_s`` is rolled back (the previous model keeps serving) and the step fails.
+    Ready within ``timeout_s`` is rolled back (the previous model keeps serving, and stays
+    champion) and the step fails.
 
     Args:
-        config_json: The run config (for the MLflow tracking server).
-        model_uri: The registered model's URI (``models:/...``) or its storage URI (``s3://...``).
+        config_json: The run config (the MLflow tracking server, model name and aliases).
+        version: The registered version the gate passed.
         promoted: The gate's verdict; False skips the deploy.
         name: InferenceService name (also the model name on the wire); the pipeline passes
             ``garbage.core.names.MODEL_NAME``.
@@ -40,19 +43,18 @@ def deploy_model(
         The storage URI now served, or "" when nothing was deployed.
     """
     from garbage.core.config import Config
-    from garbage.deploy import publish_model
+    from garbage.release import release
 
     if not promoted:
         print("candidate not promoted; the serving model stays as it is")
         return ""
-    config = Config.model_validate_json(config_json)
-    result = publish_model(
-        model_uri,
+    result = release(
+        Config.model_validate_json(config_json),
+        version,
         name=name,
         namespace=namespace,
         canary_percent=canary_percent or None,
         timeout_s=timeout_s,
-        tracking_uri=config.mlflow_tracking_uri,
         artifacts_destination=artifacts_destination or None,
     )
     print(result.summary())

@@ -16,6 +16,7 @@ def register_model(
     onnx_model: Input[Model],
     reference: Input[Dataset],
     decision: Output[Markdown],
+    rollout_follows: bool = False,
     # KFP reads the outputs from a NamedTuple built in the signature: the source ships alone.
 ) -> NamedTuple("GateOutputs", [("promoted", bool), ("version", str), ("model_uri", str)]):  # type: ignore[valid-type]
     """Register in MLflow and promote through the gate; return whether it was promoted.
@@ -28,6 +29,8 @@ def register_model(
         onnx_model: The exported model.
         reference: The monitoring reference profile, stored with the model version.
         decision: The gate's decision (Markdown).
+        rollout_follows: A deploy step follows: a promoted candidate gets the challenger alias,
+            and the deploy step makes it champion once it serves.
 
     Returns:
         ``promoted``, the registered ``version`` and its ``model_uri``.
@@ -48,6 +51,7 @@ def register_model(
         work,
         run_id,
         reference=Path(reference.path),
+        rollout_follows=rollout_follows,
     )
     shutil.copyfile(work / "decision.md", decision.path)
     decision.metadata.update({"promoted": result["promote"], "version": result["version"]})

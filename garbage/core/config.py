@@ -134,7 +134,12 @@ class RegistryConfig(_Section):
     )
     experiment: str = MODEL_NAME
     model_name: str = MODEL_NAME
-    champion_alias: str = "champion"
+    champion_alias: str = Field(
+        "champion", description="Alias of the version that serves (on a cluster: once it is Ready)."
+    )
+    challenger_alias: str = Field(
+        "challenger", description="Alias of a version that passed the gate and awaits its rollout."
+    )
     gate_metric: Literal["macro_f1", "accuracy"] = "macro_f1"
     min_improvement: float = Field(
         0.0, ge=0, description="Candidate must beat the champion by more than this margin."

@@ -146,25 +146,76 @@ def register_model(config: Config, model_uri: str, tags: dict[str, Any]) -> str:
     return str(version.version)
 
 
-def champion_version(config: Config) -> str | None:
-    """The version that holds the champion alias, or None when there is none."""
-    client = MlflowClient()
+def _client(config: Config) -> MlflowClient:
+    uri = config.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def alias_version(config: Config, alias: str) -> str | None:
+    """The version that holds ``alias`` in the configured registry, or None when none does."""
     try:
-        return str(
-            client.get_model_version_by_alias(
-                config.registry.model_name, config.registry.champion_alias
-            ).version
-        )
+        found = _client(config).get_model_version_by_alias(config.registry.model_name, alias)
     except MlflowException:
         return None
+    return str(found.version)
 
 
-def set_champion(config: Config, version: str, decision: GateDecision) -> None:
-    """Move the champion alias to ``version`` and record why on the version."""
-    client = MlflowClient()
+def champion_version(config: Config) -> str | None:
+    """The version that holds the champion alias, or None when there is none."""
+    return alias_version(config, config.registry.champion_alias)
+
+
+def set_champion(config: Config, version: str, decision: GateDecision | None = None) -> None:
+    """Move the champion alias to ``version``; record the gate's reason on it when given.
+
+    A challenger alias on the same version is dropped: it has been rolled out.
+    """
+    client = _client(config)
     name = config.registry.model_name
     client.set_registered_model_alias(name, config.registry.champion_alias, version)
+    if alias_version(config, config.registry.challenger_alias) == version:
+        client.delete_registered_model_alias(name, config.registry.challenger_alias)
+    if decision is not None:
+        client.set_model_version_tag(name, version, "promotion", json.dumps(decision.to_dict()))
+
+
+def set_challenger(config: Config, version: str, decision: GateDecision) -> None:
+    """Put the challenger alias on ``version``, which passed the gate and awaits its rollout."""
+    client = _client(config)
+    name = config.registry.model_name
+    client.set_registered_model_alias(name, config.registry.challenger_alias, version)
     client.set_model_version_tag(name, version, "promotion", json.dumps(decision.to_dict()))
+
+
+def tag_version(config: Config, version: str, key: str, value: str) -> None:
+    """Set a tag on a version of the configured registered model."""
+    try:
+        _client(config).set_model_version_tag(config.registry.model_name, version, key, value)
+    except MlflowException as e:
+        raise RegistryError(f"cannot tag {config.registry.model_name} v{version}: {e}") from e
+
+
+def version_of(config: Config, model_uri: str) -> str | None:
+    """The version of the configured model that ``models:/NAME/V`` or ``models:/NAME@ALIAS`` names.
+
+    None for any other URI (storage URIs, ``runs:/``, logged models) or another model's name.
+
+    Raises:
+        RegistryError: The URI names this model, but no such version or alias exists.
+    """
+    name = config.registry.model_name
+    prefix = f"models:/{name}"
+    rest = model_uri.strip().removeprefix(prefix)
+    if rest == model_uri.strip() or rest[:1] not in ("/", "@"):
+        return None
+    try:
+        if rest.startswith("@"):
+            return str(_client(config).get_model_version_by_alias(name, rest[1:]).version)
+        return str(_client(config).get_model_version(name, rest[1:]).version)
+    except MlflowException as e:
+        raise RegistryError(
+            f"{model_uri}: no such version in the registry at {config.mlflow_tracking_uri} ({e})"
+        ) from e
 
 
 def record_decision(config: Config, version: str, decision: GateDecision) -> None:

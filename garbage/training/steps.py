@@ -195,13 +195,17 @@ def register_step(
     out_dir: Path,
     run_id: str,
     reference: Path | None = None,
+    rollout_follows: bool = False,
 ) -> dict[str, Any]:
-    """Register the exported model and move the champion alias if it passes the gate.
+    """Register the exported model; a candidate that passes the gate is promoted.
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
     test set, so the comparison is fair even when the champion was trained on other data.
     ``reference`` (the monitoring reference profile, a file or a folder) is stored with the model
     version.
+    Promoted means: the champion alias moves to the new version at once, or, with
+    ``rollout_follows`` (a deploy step comes next), the challenger alias marks it and the champion
+    alias moves only once the InferenceService serves it (``garbage.release``).
     Writes ``decision.json`` and ``decision.md`` into ``out_dir``.
     """
     import mlflow
@@ -215,6 +219,7 @@ def register_step(
         log_onnx_model,
         record_decision,
         register_model,
+        set_challenger,
         set_champion,
     )
 
@@ -258,7 +263,9 @@ def register_step(
             },
         )
         record_decision(config, version, decision)
-        if decision.promote:
+        if decision.promote and rollout_follows:
+            set_challenger(config, version, decision)
+        elif decision.promote:
             set_champion(config, version, decision)
         mlflow.log_dict(decision.to_dict(), "gate/decision.json")
         mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
@@ -271,7 +278,15 @@ def register_step(
         "champion_uri": champion_uri(config),
     }
     (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
-    verdict = "promoted to champion" if decision.promote else "not promoted"
+    if not decision.promote:
+        verdict = "not promoted"
+    elif rollout_follows:
+        verdict = (
+            f"passed the gate: {config.registry.challenger_alias} until the InferenceService "
+            f"serves it, then {config.registry.champion_alias}"
+        )
+    else:
+        verdict = "promoted to champion"
     (out_dir / "decision.md").write_text(
         f"# Promotion gate: version {version} {verdict}\n\n{result['reason']}\n\n"
         f"| | {metric} on this test set |\n| --- | ---: |\n| candidate v{version} | "

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `make kind-up`: a local kind cluster with the whole stack:
-#   cert-manager -> KServe (Standard mode, no Knative) -> Kubeflow Pipelines (standalone)
+#   cert-manager -> KServe (helm charts, Standard mode, no Knative) -> Kubeflow Pipelines (standalone)
 #   -> Prometheus Operator + Prometheus + Grafana (kube-prometheus-stack, namespace monitoring)
 #   -> the project's manifests (overlays/kind: MLflow + PostgreSQL + MinIO, serving runtime,
 #   InferenceService, RBAC, NetworkPolicies) -> Secrets with random values.
 # Needs Docker (or podman with KIND_EXPERIMENTAL_PROVIDER=podman), kind, kubectl, helm and the
 # internet. Idempotent: re-running upgrades in place. Load the project's images with
 # `make kind-load` (scripts/kind/load.sh) before the pods that use them can start.
+# Every version comes from versions.env (through lib.sh); each is checked on the running cluster.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/kind/lib.sh
@@ -16,8 +17,9 @@ need kind kubectl helm openssl
 if cluster_exists; then
   log "kind cluster $CLUSTER_NAME exists"
 else
-  log "creating kind cluster $CLUSTER_NAME"
-  kind create cluster --name "$CLUSTER_NAME" --config "$KIND_CONFIG" --wait 180s
+  log "creating kind cluster $CLUSTER_NAME ($KIND_NODE_IMAGE)"
+  kind create cluster --name "$CLUSTER_NAME" --config "$KIND_CONFIG" --image "$KIND_NODE_IMAGE" \
+    --wait 180s
 fi
 
 log "cert-manager $CERT_MANAGER_VERSION"
@@ -26,37 +28,44 @@ kc apply --server-side -f \
 for deployment in cert-manager cert-manager-webhook cert-manager-cainjector; do
   wait_for_rollout cert-manager "deployment/$deployment" 300s
 done
+expect_image_tag cert-manager cert-manager "$CERT_MANAGER_VERSION"
 
-log "KServe $KSERVE_VERSION (Standard deployment mode)"
+log "KServe $KSERVE_VERSION (charts kserve-crd and kserve-resources, Standard deployment mode)"
 helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd \
   --version "$KSERVE_VERSION" --namespace kserve --create-namespace --kube-context "$KUBE_CONTEXT" --wait
-helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve \
+# No ingress: in-cluster callers use the predictor Service, the e2e calls it from another namespace.
+helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve-resources \
   --version "$KSERVE_VERSION" --namespace kserve --kube-context "$KUBE_CONTEXT" \
   --set kserve.controller.deploymentMode=Standard \
   --set kserve.controller.gateway.disableIngressCreation=true \
   --wait --timeout 10m
+expect_image_tag kserve kserve-controller-manager "$KSERVE_VERSION"
 
 log "Kubeflow Pipelines $KFP_VERSION (standalone)"
 kc apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=${KFP_VERSION}"
-kc wait --for condition=established --timeout=120s crd/applications.app.k8s.io
+# Every CRD the cluster-scoped part brought (Argo's, KFP's) before the resources that use them.
+kc wait --for condition=established --timeout=120s crd --all
 kc apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=${KFP_VERSION}"
 for deployment in ml-pipeline ml-pipeline-ui workflow-controller; do
   wait_for_rollout kubeflow "deployment/$deployment" 900s
 done
+expect_image_tag kubeflow ml-pipeline "$KFP_VERSION"
 
-log "kube-prometheus-stack $PROMETHEUS_STACK_VERSION (ServiceMonitor/PrometheusRule CRDs, Grafana)"
+log "kube-prometheus-stack $PROMETHEUS_STACK_VERSION (Prometheus Operator $PROMETHEUS_OPERATOR_VERSION, Grafana)"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts >/dev/null
 helm repo update prometheus-community >/dev/null
-# Select every ServiceMonitor/PrometheusRule, not only the chart's own; small footprint for kind.
+# Select every ServiceMonitor/PodMonitor/PrometheusRule, not only the chart's own; small for kind.
 helm upgrade --install kube-prometheus-stack prometheus-community/kube-prometheus-stack \
   --version "$PROMETHEUS_STACK_VERSION" --namespace monitoring --create-namespace \
   --kube-context "$KUBE_CONTEXT" \
   --set prometheus.prometheusSpec.serviceMonitorSelectorNilUsesHelmValues=false \
+  --set prometheus.prometheusSpec.podMonitorSelectorNilUsesHelmValues=false \
   --set prometheus.prometheusSpec.ruleSelectorNilUsesHelmValues=false \
   --set grafana.sidecar.dashboards.enabled=true \
   --set grafana.sidecar.dashboards.searchNamespace=ALL \
   --set alertmanager.enabled=false \
   --wait --timeout 10m
+expect_image_tag monitoring kube-prometheus-stack-operator "$PROMETHEUS_OPERATOR_VERSION"
 
 log "project manifests (overlays/kind)"
 # Namespaces first, so the Secrets can be created before the pods that mount them start.

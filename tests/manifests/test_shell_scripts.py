@@ -11,15 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(
-    [
-        *REPO_ROOT.glob("scripts/kind/*.sh"),
-        REPO_ROOT / "scripts/build-images.sh",
-        REPO_ROOT / "scripts/container-engine-setup.sh",
-        REPO_ROOT / "scripts/lock-requirements.sh",
-        REPO_ROOT / "scripts/tools-venv.sh",
-    ]
-)
+SCRIPTS = sorted([*REPO_ROOT.glob("scripts/*.sh"), *REPO_ROOT.glob("scripts/kind/*.sh")])
 SOURCED = {"lib.sh"}
 
 

@@ -3,6 +3,7 @@ KUBECONFIG). ``FakeKubernetesAPI`` is a FAKE: no API server can run on these mac
 
 import pytest
 from fake_kubernetes import NAME, NEW, NS, OLD, FakeKubernetesAPI
+from support import aliases, register_sources
 
 from components.deploy_model import deploy_model
 from garbage.core.config import Config
@@ -14,12 +15,13 @@ from garbage.deploy import ARTIFACTS_DESTINATION, DEFAULT_NAMESPACE
 def test_deploy_model_runs_under_kfp_local(
     kfp_local, kube: FakeKubernetesAPI, smoke_config: Config
 ) -> None:
+    registry = register_sources(smoke_config, [OLD, NEW], champion="1", challenger="2")
     kube.seed(OLD)
     kube.behaviour[NEW] = "ready"
 
     task = deploy_model(
         config_json=smoke_config.model_dump_json(),
-        model_uri=NEW,
+        version="2",
         promoted=True,
         name=MODEL_NAME,
         namespace=DEFAULT_NAMESPACE,
@@ -30,3 +32,4 @@ def test_deploy_model_runs_under_kfp_local(
     assert task.output == NEW
     assert kube.objects[(NS, NAME)]["spec"]["predictor"]["model"]["storageUri"] == NEW
     assert [r["method"] for r in kube.requests if r["method"] != "GET"] == ["PATCH"]
+    assert aliases(registry, smoke_config) == {"champion": "2"}

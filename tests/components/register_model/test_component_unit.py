@@ -96,3 +96,45 @@ def test_an_equal_model_is_registered_but_not_promoted(
         pipeline_config.registry.model_name, pipeline_config.registry.champion_alias
     )
     assert str(champion.version) == "1"
+
+
+def test_with_a_rollout_to_follow_a_passing_candidate_becomes_challenger_not_champion(
+    registrations: list[tuple[Any, dsl.Markdown]],
+    pipeline_config: Config,
+    config_json: str,
+    trained: dict[str, Any],
+    fetched: dsl.Dataset,
+    manifest: dsl.Dataset,
+    exported: dsl.Model,
+    reference: dsl.Dataset,
+    tmp_path: Path,
+) -> None:
+    client = _client(pipeline_config)
+    name, registry = pipeline_config.registry.model_name, pipeline_config.registry
+    client.delete_registered_model_alias(name, registry.champion_alias)  # no champion: it passes
+    try:
+        decision = dsl.Markdown(name="decision", uri=str(tmp_path / "decision"), metadata={})
+        gate = register_model.python_func(
+            config_json=config_json,
+            run_id=trained["run_id"],
+            images=fetched,
+            manifest=manifest,
+            onnx_model=exported,
+            reference=reference,
+            decision=decision,
+            rollout_follows=True,
+        )
+        assert gate.promoted is True and gate.version == "3"
+        model = client.get_registered_model(name)
+        assert {a: str(v) for a, v in model.aliases.items()} == {registry.challenger_alias: "3"}
+        assert (
+            Path(decision.path)
+            .read_text()
+            .startswith(
+                "# Promotion gate: version 3 passed the gate: challenger until the InferenceService "
+                "serves it, then champion"
+            )
+        )
+    finally:  # the other tests share this store
+        client.set_registered_model_alias(name, registry.champion_alias, "1")
+        client.delete_registered_model_alias(name, registry.challenger_alias)

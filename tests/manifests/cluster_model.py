@@ -1,0 +1,333 @@
+"""The cluster as the manifest tests model it: KServe v0.20's rules for the predictor's ports and
+Service (each rule names the upstream file it comes from), the callers that exist on the cluster,
+and the pods the rendered workloads run. Importable as ``manifests.cluster_model``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from manifests.network_policy import CLIENT_LABEL, Pod
+
+#: The deployment mode each overlay runs KServe in.
+OVERLAY_MODES = {"overlays/kind": "Standard", "overlays/gpu": "Knative"}
+
+MODEL_CONTAINER = "kserve-container"
+"""constants.InferenceServiceContainerName (kserve pkg/constants/constants.go)."""
+PREDICTOR_POD_LABEL = "serving.kserve.io/inferenceservice"
+"""constants.InferenceServicePodLabelKey: KServe labels every predictor pod with the
+InferenceService's name (kserve pkg/constants/constants.go)."""
+SERVICE_HTTP_PORT = 80
+"""constants.CommonDefaultHttpPort (kserve pkg/constants/constants.go)."""
+AGENT_PORT = 9081
+"""constants.InferenceServiceDefaultAgentPort (kserve pkg/constants/constants.go)."""
+MODEL_SERVER_DEFAULTS = {"http_port": 8080, "grpc_port": 8081, "enable_grpc": "true"}
+"""The flags of KServe's Python ModelServer (kserve/model_server.py in the SDK) that bind ports."""
+KNATIVE_HTTP1_PORT, KNATIVE_H2C_PORT = 8012, 8013
+"""BackendHTTPPort, BackendHTTP2Port (knative.dev/networking pkg/apis/networking/ports.go)."""
+KNATIVE_SERVICE_PORTS = {"http1": ("http", 80), "h2c": ("http2", 81)}
+"""ServicePortName / ServicePort by protocol (knative.dev/networking pkg/apis/networking)."""
+KNATIVE_ADMIN_PORT, KNATIVE_AUTOSCALER_PORT, KNATIVE_USER_METRICS_PORT = 8022, 9090, 9091
+"""QueueAdminPort, AutoscalingQueueMetricsPort, UserQueueMetricsPort (knative.dev/networking)."""
+KNATIVE_RESERVED_PORTS = {
+    KNATIVE_HTTP1_PORT,
+    KNATIVE_H2C_PORT,
+    KNATIVE_ADMIN_PORT,
+    KNATIVE_AUTOSCALER_PORT,
+    KNATIVE_USER_METRICS_PORT,
+    8008,  # profiling.ProfilingPort
+}
+"""Ports a user container may not use (knative.dev/serving pkg/apis/serving/k8s_validation.go)."""
+KNATIVE_PORT_NAMES = {"h2c", "http1", ""}
+"""The only container port names Knative admits (k8s_validation.go ``validPortNames``)."""
+KNATIVE_USER_PORT_NAME = "user-port"
+"""Knative renames the user container's port in the revision's Deployment (UserPortName)."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A port some container of the predictor pod listens on, and why."""
+
+    port: int
+    container: str
+    what: str
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of the Service that fronts the predictor pods."""
+
+    name: str
+    port: int
+    target_port: int
+    app_protocol: str | None = None
+
+
+def deployment_mode(isvc: Mapping[str, Any]) -> str:
+    """``Standard`` or ``Knative``, from the ``serving.kserve.io/deploymentMode`` annotation.
+
+    KServe v0.20 names the modes Standard and Knative and still reads the old names RawDeployment
+    and Serverless (kserve pkg/constants/constants.go ``DeploymentModeType``). Without the
+    annotation the controller's configured default decides, so the ports could not be derived.
+
+    Raises:
+        AssertionError: No (known) deployment mode on the InferenceService.
+    """
+    annotations = isvc["metadata"].get("annotations") or {}
+    mode = annotations.get("serving.kserve.io/deploymentMode")
+    known = {"Standard": "Standard", "RawDeployment": "Standard"}
+    known |= {"Knative": "Knative", "Serverless": "Knative"}
+    assert mode in known, (
+        f"InferenceService {isvc['metadata']['name']}: deployment mode {mode!r}; set the "
+        "serving.kserve.io/deploymentMode annotation to Standard or Knative in the overlay, so "
+        "that the cluster's default cannot change which ports the predictor exposes"
+    )
+    return known[mode]
+
+
+def model_container(isvc: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[str, Any]:
+    """The predictor pod's first container: the runtime's kserve-container.
+
+    KServe merges ``spec.predictor.model`` into the runtime's container
+    (pkg/controller/v1beta1/inferenceservice/utils/utils.go ``MergeRuntimeContainers``); this
+    derivation supports the case the project has, where the model sets no ports or args.
+
+    Raises:
+        AssertionError: The model overrides ports or args, or the runtime has no kserve-container.
+    """
+    model = isvc["spec"]["predictor"]["model"]
+    assert not {"ports", "args", "command"} & set(model), (
+        "spec.predictor.model sets ports/args: extend model_container to merge them as KServe does"
+    )
+    (container,) = [c for c in runtime["spec"]["containers"] if c["name"] == MODEL_CONTAINER]
+    return container
+
+
+def _flags(args: Iterable[str]) -> dict[str, str]:
+    flags: dict[str, str] = {}
+    for arg in args:
+        if arg.startswith("--") and "=" in arg:
+            name, value = arg[2:].split("=", 1)
+            flags[name] = value
+    return flags
+
+
+def model_server_listeners(container: Mapping[str, Any]) -> list[Listener]:
+    """What the serving image's KServe ModelServer binds, from its ``--flag=value`` args.
+
+    REST (v1, v2, health, ``/metrics``) on ``--http_port``; gRPC v2 on ``--grpc_port`` unless
+    ``--enable_grpc=false`` (kserve/model_server.py; serving/server.py passes both ports on).
+    """
+    flags = {**MODEL_SERVER_DEFAULTS, **_flags(container.get("args") or [])}
+    listeners = [Listener(int(flags["http_port"]), container["name"], "model server REST")]
+    if flags["enable_grpc"].lower() not in ("false", "0", "no", "off"):
+        listeners.append(Listener(int(flags["grpc_port"]), container["name"], "model server gRPC"))
+    return listeners
+
+
+def knative_user_port(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The one port Knative admits on the user container.
+
+    knative.dev/serving pkg/apis/serving/k8s_validation.go (``validateContainerPorts``,
+    ``validateContainersPorts``): at most one container port across the revision's containers,
+    named ``http1``, ``h2c`` or nothing, not one of the queue-proxy's reserved ports.
+
+    Raises:
+        ValueError: The container's ports would be refused by Knative's admission webhook.
+    """
+    ports = container.get("ports") or []
+    if len(ports) != 1:
+        raise ValueError(
+            f"Knative admits one container port, {container['name']} declares "
+            f"{[p['containerPort'] for p in ports]}: declare exactly one (http1 for REST, h2c "
+            "for gRPC)"
+        )
+    (port,) = ports
+    if port.get("name", "") not in KNATIVE_PORT_NAMES:
+        raise ValueError(f"Knative admits port names h2c and http1 only, not {port['name']!r}")
+    if port["containerPort"] in KNATIVE_RESERVED_PORTS:
+        raise ValueError(f"port {port['containerPort']} is reserved for Knative's queue-proxy")
+    return port
+
+
+def predictor_listeners(isvc: Mapping[str, Any], runtime: Mapping[str, Any]) -> list[Listener]:
+    """Every port a predictor pod listens on (the pod's network namespace, all containers).
+
+    * the model server: :func:`model_server_listeners`;
+    * KServe's agent when ``spec.predictor.logger`` or ``batcher`` is set: container ``agent``,
+      port ``agent-port`` 9081 (kserve pkg/webhook/admission/pod/agent_injector.go ``InjectAgent``;
+      in Knative mode it also points queue-proxy's USER_PORT at 9081);
+    * in Knative mode, queue-proxy: its serving port (8012 for an http1 user port, 8013 for h2c),
+      8022 (admin), 9090 (autoscaler metrics), 9091 (user metrics) (knative.dev/serving
+      pkg/reconciler/revision/resources/queue.go). Profiling (8008) and the system-internal TLS
+      port are off by default and not modelled.
+    """
+    mode = deployment_mode(isvc)
+    container = model_container(isvc, runtime)
+    listeners = model_server_listeners(container)
+    predictor = isvc["spec"]["predictor"]
+    if predictor.get("logger") or predictor.get("batcher"):
+        listeners.append(Listener(AGENT_PORT, "agent", "KServe agent (payload logger)"))
+    if mode == "Knative":
+        user = knative_user_port(container)
+        serving = KNATIVE_H2C_PORT if user.get("name") == "h2c" else KNATIVE_HTTP1_PORT
+        listeners += [
+            Listener(serving, "queue-proxy", "Knative requests"),
+            Listener(KNATIVE_ADMIN_PORT, "queue-proxy", "Knative admin"),
+            Listener(KNATIVE_AUTOSCALER_PORT, "queue-proxy", "autoscaler metrics"),
+            Listener(KNATIVE_USER_METRICS_PORT, "queue-proxy", "queue-proxy user metrics"),
+        ]
+    return listeners
+
+
+def predictor_service_ports(
+    isvc: Mapping[str, Any], runtime: Mapping[str, Any]
+) -> list[ServicePort]:
+    """The ports of the Service in front of the predictor pods, and where they lead.
+
+    Standard mode, KServe's own Service (kserve pkg/controller/v1beta1/inferenceservice/
+    reconcilers/service/service_reconciler.go ``createDefaultSvc``): port 80 -> the first
+    container's first port (8080 when it declares none); every further port i > 0 as
+    port == targetPort == containerPort; with a batcher or a logger, port 80's targetPort becomes
+    the agent's 9081; a port whose name contains ``grpc`` or ``h2c`` gets appProtocol
+    ``kubernetes.io/h2c`` (``isGrpcPort``).
+
+    Knative mode, the revision's Service (knative.dev/networking pkg/apis/networking): 80 "http"
+    -> 8012 for an http1 revision, 81 "http2" -> 8013 for h2c; clients usually reach it through
+    the Knative ingress, which routes to the same queue-proxy port.
+    """
+    container = model_container(isvc, runtime)
+    if deployment_mode(isvc) == "Knative":
+        user = knative_user_port(container)
+        protocol = "h2c" if user.get("name") == "h2c" else "http1"
+        name, port = KNATIVE_SERVICE_PORTS[protocol]
+        target = KNATIVE_H2C_PORT if protocol == "h2c" else KNATIVE_HTTP1_PORT
+        return [ServicePort(name, port, target, "kubernetes.io/h2c" if protocol == "h2c" else None)]
+
+    def app_protocol(port: Mapping[str, Any]) -> str | None:
+        named = port.get("name", "")
+        return "kubernetes.io/h2c" if "grpc" in named or "h2c" in named else None
+
+    ports = container.get("ports") or []
+    if not ports:
+        services = [ServicePort(isvc["metadata"]["name"], SERVICE_HTTP_PORT, 8080)]
+    else:
+        first = ports[0]
+        services = [
+            ServicePort(
+                first.get("name", ""),
+                SERVICE_HTTP_PORT,
+                first["containerPort"],
+                app_protocol(first),
+            )
+        ]
+        services += [
+            ServicePort(p.get("name", ""), p["containerPort"], p["containerPort"], app_protocol(p))
+            for p in ports[1:]
+        ]
+    predictor = isvc["spec"]["predictor"]
+    if predictor.get("logger") or predictor.get("batcher"):
+        first_port = services[0]
+        services[0] = ServicePort(
+            first_port.name, first_port.port, AGENT_PORT, first_port.app_protocol
+        )
+    return services
+
+
+GATEWAYS = {
+    # Gateway API through Envoy Gateway (KServe v0.20's Standard-mode quick install:
+    # hack/setup/quick-install kserve-standard-mode-full-install: envoy-gateway, gateway-api-gw;
+    # Envoy Gateway runs the proxies of the kserve/kserve-ingress-gateway Gateway in its own
+    # namespace), or KServe's Ingress of class istio (inferenceservice-config ingressClassName).
+    "Standard": ("envoy-gateway-system", "istio-system"),
+    # Knative's networking layer in KServe's Knative-mode install (kserve-knative-mode-dependency-
+    # install: istio, knative-operator): net-istio's istio-ingressgateway and knative-local-gateway.
+    "Knative": ("istio-system",),
+}
+CALLERS = {
+    "gateway envoy-gateway-system": Pod(
+        "envoy-gateway-system", {"app.kubernetes.io/name": "envoy"}
+    ),
+    "gateway istio-system": Pod("istio-system", {"istio": "ingressgateway"}),
+    "inference client": Pod("garbage-e2e-client", {"job-name": "e2e"}, {CLIENT_LABEL: "true"}),
+    "prometheus": Pod("monitoring", {"app.kubernetes.io/name": "prometheus"}),
+    "knative activator": Pod("knative-serving", {"app": "activator"}),
+    "knative autoscaler": Pod("knative-serving", {"app": "autoscaler"}),
+    # callers that need nothing from the predictor pods
+    "monitoring collector": Pod(
+        "garbage-monitoring", {"app.kubernetes.io/name": "garbage-collector"}
+    ),
+    "grafana": Pod("monitoring", {"app.kubernetes.io/name": "grafana"}),
+    "kserve controller": Pod("kserve", {"control-plane": "kserve-controller-manager"}),
+    "knative controller": Pod("knative-serving", {"app": "controller"}),
+    "pipeline step": Pod("kubeflow", {"workflows.argoproj.io/workflow": "run"}),
+    "other pod in garbage-serving": Pod("garbage-serving", {"app": "debug"}),
+    "unlabelled namespace": Pod("default", {"app": "curl"}),
+    "client label with another value": Pod("sandbox", {"app": "curl"}, {CLIENT_LABEL: "false"}),
+}
+
+
+def required_callers(isvc: Mapping[str, Any], runtime: Mapping[str, Any]) -> dict[int, set[str]]:
+    """For each port, the callers (names in :data:`CALLERS`) that need it; nobody else may.
+
+    Prediction: every Service targetPort (in Standard mode the h2c port is one, so gRPC is
+    covered) from the mode's gateways and the inference clients. Metrics: the model server's
+    REST port (``/metrics``) from Prometheus. Knative mode: the activator on queue-proxy's
+    serving port, the autoscaler on 9090.
+    """
+    mode = deployment_mode(isvc)
+    needed: dict[int, set[str]] = defaultdict(set)
+    prediction = {"inference client", *(f"gateway {ns}" for ns in GATEWAYS[mode])}
+    for service_port in predictor_service_ports(isvc, runtime):
+        needed[service_port.target_port] |= prediction
+    rest = model_server_listeners(model_container(isvc, runtime))[0]
+    needed[rest.port].add("prometheus")
+    if mode == "Knative":
+        for listener in predictor_listeners(isvc, runtime):
+            if listener.what == "Knative requests":
+                needed[listener.port].add("knative activator")
+        needed[KNATIVE_AUTOSCALER_PORT].add("knative autoscaler")
+    return dict(needed)
+
+
+def one_doc(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def serving_objects(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    isvc = one_doc(docs, "InferenceService")
+    runtime = one_doc(docs, "ServingRuntime", isvc["spec"]["predictor"]["model"]["runtime"])
+    return isvc, runtime
+
+
+def predictor_pod(isvc: Mapping[str, Any], runtime: Mapping[str, Any]) -> Pod:
+    """A predictor pod: the InferenceService's labels (KServe copies them), its pod label, and
+    the user container's port names (Knative renames its one port ``user-port``)."""
+    container = model_container(isvc, runtime)
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports") or [] if "name" in p}
+    if deployment_mode(isvc) == "Knative":
+        ports = {KNATIVE_USER_PORT_NAME: knative_user_port(container)["containerPort"]}
+    labels = {
+        **(isvc["metadata"].get("labels") or {}),
+        PREDICTOR_POD_LABEL: isvc["metadata"]["name"],
+        "component": "predictor",
+    }
+    return Pod(isvc["metadata"]["namespace"], labels, ports=ports)
+
+
+def workload_pod(docs: list[dict[str, Any]], kind: str, name: str) -> Pod:
+    """The pod a rendered Deployment/StatefulSet runs: its template's labels and named ports."""
+    workload = one_doc(docs, kind, name)
+    template = workload["spec"]["template"]
+    ports = {
+        p["name"]: p["containerPort"]
+        for c in template["spec"]["containers"]
+        for p in c.get("ports") or []
+        if "name" in p
+    }
+    return Pod(workload["metadata"]["namespace"], template["metadata"]["labels"], ports=ports)
