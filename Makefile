@@ -20,7 +20,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift clean
+.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults clean
 
 help:
 	@echo "make run          train, evaluate, export, register and promote (kfp.local)"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-train  full-data training benchmark -> bench/results/train.{json,md}"
 	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
 	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
+	@echo "make bench-faults faults on serving and logging -> bench/results/faults.{json,md}"
 	@echo "make lint         ruff (lint + format check), mypy, import contracts (lint-imports)"
 	@echo "make coverage     unit tests with a coverage report -> htmlcov/"
 	@echo "make docs         documentation site -> site/ (mkdocs build --strict)"
@@ -62,6 +63,9 @@ bench-serve: $(STAMP)
 
 bench-drift: $(STAMP)
 	$(BIN)/python bench/bench_drift.py $(BENCH_ARGS)
+
+bench-faults: $(STAMP)  ## collector outage and kills, a silent sink, client mistakes; about 5 min
+	$(BIN)/python bench/bench_faults.py $(BENCH_ARGS)
 
 clean:
 	rm -rf work local_outputs .pytest_cache

@@ -11,21 +11,31 @@ import pandas as pd
 
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: The longest window: ten years of logs is more than any store here keeps.
+MAX_WINDOW = timedelta(days=3653)
 
 
 def parse_window(text: str) -> timedelta:
     """Parse ``30m``, ``1h``, ``7d``, ``2w``, ``90s`` into a positive duration.
 
     Raises:
-        ValueError: Not a number followed by one of s, m, h, d, w (the message shows examples).
+        ValueError: Not a number followed by one of s, m, h, d, w (the message shows examples),
+            not positive, or longer than :data:`MAX_WINDOW`.
     """
-    match = _WINDOW.match(text or "")
+    match = _WINDOW.match(text or "") if len(text or "") <= 32 else None
     if not match:
-        raise ValueError(f"window {text!r} is not a duration; use e.g. 30m, 1h, 24h or 7d")
+        shown = repr(text[:32]) + ("..." if len(text) > 32 else "")
+        raise ValueError(f"window {shown} is not a duration; use e.g. 30m, 1h, 24h or 7d")
     value = float(match.group(1))
     if value <= 0:
         raise ValueError(f"window {text!r} must be positive")
-    return timedelta(**{_UNIT[match.group(2).lower()]: value})
+    try:
+        span = timedelta(**{_UNIT[match.group(2).lower()]: value})
+    except OverflowError:
+        span = MAX_WINDOW * 2
+    if span > MAX_WINDOW:
+        raise ValueError(f"window {text!r} is longer than {MAX_WINDOW.days} days")
+    return span
 
 
 def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:

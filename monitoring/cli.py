@@ -183,25 +183,76 @@ def collector(
     windows: Annotated[
         str, typer.Option("--windows", help="Live-accuracy windows for /metrics.")
     ] = "1h,24h",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="GARBAGE_COLLECTOR_TOKEN_FILE",
+            dir_okay=False,
+            help="File of feedback credentials, one name:token per line (a mounted Secret); "
+            "adds to $GARBAGE_COLLECTOR_TOKEN. The name is recorded with every label.",
+        ),
+    ] = None,
+    events_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--events-token-file",
+            envvar="GARBAGE_COLLECTOR_EVENTS_TOKEN_FILE",
+            dir_okay=False,
+            help="File of name:token lines that /events then requires (with "
+            "$GARBAGE_COLLECTOR_EVENTS_TOKEN); without either, /events is open.",
+        ),
+    ] = None,
+    allow_unauthenticated_feedback: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated-feedback",
+            help="Accept labels from anyone who can reach /feedback: local development only.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     config: ConfigOption = None,
     profile: ProfileOption = "default",
     overrides: OverridesOption = None,
 ) -> None:
-    """Run the monitoring collector: payload-logger CloudEvents in, features and labels stored."""
+    """Run the monitoring collector: payload-logger CloudEvents in, features and labels stored.
+
+    /feedback needs Authorization: Bearer <token>, the tokens coming from $GARBAGE_COLLECTOR_TOKEN
+    and --token-file (name:token entries); without any, the collector does not start unless
+    --allow-unauthenticated-feedback is given.
+    """
     import uvicorn
 
     from garbage.core.classifier import ModelLoadError, OnnxClassifier
     from monitoring.accuracy import parse_window
-    from monitoring.collector import create_app
+    from monitoring.collector import (
+        EVENTS_TOKEN_ENV,
+        TOKEN_ENV,
+        CollectorAuth,
+        TokenError,
+        create_app,
+        load_credentials,
+    )
     from monitoring.store import InferenceStore, StoreError
 
+    logging.basicConfig(  # uvicorn's own levels (trace) are below DEBUG
+        level=logging.getLevelNamesMapping().get(log_level.upper(), logging.DEBUG),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     spans = [w.strip() for w in windows.split(",") if w.strip()]
     for span in spans:
         try:
             parse_window(span)
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--windows") from e
+    try:
+        auth = CollectorAuth(
+            feedback=load_credentials(TOKEN_ENV, token_file),
+            events=load_credentials(EVENTS_TOKEN_ENV, events_token_file),
+            allow_unauthenticated_feedback=allow_unauthenticated_feedback,
+        )
+    except TokenError as e:
+        raise _fail(f"error: {e}", code=2) from e
     model_dir = _model_dir(model, _config(config, profile, overrides))
     try:
         classes = OnnxClassifier.load(model_dir, device="cpu", intra_op_threads=1).classes
@@ -212,7 +263,10 @@ def collector(
     except StoreError as e:
         raise _fail(f"error: {e}") from e
     uvicorn.run(
-        create_app(store, classes, windows=spans), host=host, port=port, log_level=log_level
+        create_app(store, classes, auth=auth, windows=spans),
+        host=host,
+        port=port,
+        log_level=log_level,
     )
 
 

@@ -4,66 +4,309 @@ Endpoints:
     ``POST /events``: CloudEvents (binary, structured or batched). A request event has its images
         decoded with the project's preprocessing and its features stored; a response event its
         predictions. Answers 202 with what was stored, 4xx with a reason for unusable events.
-    ``POST /feedback``: true labels for logged predictions:
-        ``{"inference_id": "...", "label": "glass", "item": 0}`` or a list of such objects.
+        Open by default (KServe's agent cannot send a credential: the cluster's NetworkPolicy
+        decides who reaches it); with events credentials configured, a bearer token is required.
+    ``POST /feedback``: true labels for logged predictions, with ``Authorization: Bearer
+        <token>``: ``{"inference_id": "...", "label": "glass", "item": 0}`` or a list of such
+        objects. Every label is kept in the store's label history with the token's name; the
+        latest one counts for accuracy.
     ``GET /accuracy?window=24h``: live accuracy and per-class recall as JSON.
     ``GET /metrics``: Prometheus text format (collector counters plus live accuracy).
     ``GET /healthz`` (process up) and ``GET /readyz`` (store reachable).
+
+Every client mistake gets a 4xx whose ``detail`` says what is wrong and what to do. Bodies are
+limited while they stream in (the declared ``Content-Length`` first, then the bytes counted as
+they arrive: 413 and the connection closed as soon as the limit is passed), JSON is measured
+before it is parsed, and every value is checked against the store's columns before any SQL runs.
+A server-side failure is logged with its details and answered with a short message and a
+reference id that finds the log line: no SQL, parameters, URLs or tracebacks reach a client.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+import os
+import re
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from garbage.core.preprocessing import DEFAULT_MAX_PIXELS, InvalidImageError, decode_image
+from garbage.core.preprocessing import InvalidImageError, decode_image, to_model_input
 from monitoring.accuracy import live_accuracy, parse_window
 from monitoring.events import CloudEventError, InferenceEvent, parse_cloudevents
-from monitoring.features import pixel_features
+from monitoring.features import FEATURE_SIZE, pixel_features
 from monitoring.metrics import CollectorMetrics, LiveAccuracyCollector
-from monitoring.payloads import ImageItem, PayloadError, parse_request, parse_response
-from monitoring.store import EventMeta, InferenceStore, StoreError
+from monitoring.payloads import (
+    MAX_ITEMS,
+    ImageItem,
+    PayloadError,
+    load_json,
+    parse_request,
+    parse_response,
+)
+from monitoring.store import (
+    FIELD_LENGTHS,
+    EventMeta,
+    InferenceStore,
+    InvalidRecordError,
+    StoreError,
+    check_text,
+)
 
 log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/events"
-MAX_BODY_BYTES = 64 * 1024 * 1024
+FEEDBACK_PATH = "/feedback"
+#: Largest event body: serving's largest request (16 MiB) in a structured event, base64-encoded.
+MAX_BODY_BYTES = 24 * 1024 * 1024
+MAX_FEEDBACK_BYTES = 1024 * 1024
+MAX_FEEDBACK_ENTRIES = 1000
+#: Event bodies parsed and decoded at once; more wait their turn. One accepted image may take
+#: about 400 MB to decode (40 megapixels), two at once would near the pod's 1 GiB: one.
+MAX_CONCURRENT_EVENTS = 1
 DEFAULT_WINDOWS = ("1h", "24h")
+
+#: Feedback credentials, one ``name:token`` (or a bare token) per line or comma.
+TOKEN_ENV = "GARBAGE_COLLECTOR_TOKEN"
+#: Optional credentials for ``/events``, in the same form; when set, required there.
+EVENTS_TOKEN_ENV = "GARBAGE_COLLECTOR_EVENTS_TOKEN"
+#: The name a bare token (without ``name:``) is recorded under in the label history.
+DEFAULT_TOKEN_NAME = "default"
+#: The labeller recorded when feedback is accepted without a credential (local development).
+ANONYMOUS = "anonymous"
+MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 b64token
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
+_DIGITS = re.compile(r"[0-9]+")
+_REALM = 'Bearer realm="garbage-collector"'
+
+#: What a client calls the fields the store checks, for messages.
+_ATTRIBUTES = {
+    "inference_id": "ce-id",
+    "source": "ce-source",
+    "inference_service": "ce-inferenceservicename",
+    "namespace": "ce-namespace",
+    "component": "ce-component",
+    "endpoint": "ce-endpoint",
+    "model_id": "the model id (ce-modelid, or the response's model_name:model_version)",
+    "prediction": "a predicted label",
+    "feature_error": "a feature error",
+}
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped.
+
+    A lone surrogate that a client sent, quoted back in a message, cannot make the answer
+    unencodable.
+    """
+
+    def render(self, content: Any) -> bytes:
+        """``content`` as ASCII JSON."""
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+class TokenError(ValueError):
+    """The collector's credentials are missing or unusable; the message says how to fix them."""
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One accepted bearer token: the name it is recorded under and the token's SHA-256."""
+
+    name: str
+    digest: bytes
+
+    def __repr__(self) -> str:
+        return f"Credential(name={self.name!r})"
+
+
+def parse_credentials(text: str, source: str) -> tuple[Credential, ...]:
+    """Read ``name:token`` entries (or bare tokens), one per line or comma; ``#`` starts a comment.
+
+    Args:
+        text: The entries (a Secret's file or an environment variable).
+        source: Where they come from, for messages (never the tokens themselves).
+
+    Raises:
+        TokenError: An entry's name or token is malformed, or a token is shorter than
+            :data:`MIN_TOKEN_LENGTH` characters.
+    """
+    credentials = []
+    for number, line in enumerate(re.split(r"[\n,]", text), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name, sep, token = entry.partition(":")
+        if not sep:
+            name, token = DEFAULT_TOKEN_NAME, entry
+        name, token = name.strip(), token.strip()
+        if not _TOKEN_NAME.fullmatch(name) or len(name) > FIELD_LENGTHS["labeller"]:
+            raise TokenError(
+                f"entry {number} of {source}: the name before ':' must be letters, digits and "
+                f"._@- (at most {FIELD_LENGTHS['labeller']}); write name:token"
+            )
+        if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+            raise TokenError(
+                f"entry {number} of {source} ({name}): a token must be at least "
+                f"{MIN_TOKEN_LENGTH} characters of A-Z a-z 0-9 -._~+/ (generate one with "
+                "`openssl rand -hex 32`)"
+            )
+        credentials.append(Credential(name, hashlib.sha256(token.encode()).digest()))
+    return tuple(credentials)
+
+
+def load_credentials(
+    env: str, token_file: Path | None, environ: Mapping[str, str] | None = None
+) -> tuple[Credential, ...]:
+    """Credentials from the environment variable ``env`` and from ``token_file``, together.
+
+    Raises:
+        TokenError: The file cannot be read, or an entry is malformed.
+    """
+    environ = os.environ if environ is None else environ
+    credentials = parse_credentials(environ.get(env, ""), f"${env}")
+    if token_file is not None:
+        try:
+            text = token_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TokenError(
+                f"cannot read the token file {token_file}: {e.__class__.__name__}"
+            ) from e
+        credentials += parse_credentials(text, str(token_file))
+    return credentials
+
+
+@dataclass(frozen=True)
+class CollectorAuth:
+    """Who may write: bearer credentials for ``/feedback`` and, optionally, for ``/events``.
+
+    Attributes:
+        feedback: Tokens accepted on ``/feedback``; required unless
+            ``allow_unauthenticated_feedback``.
+        events: Tokens accepted on ``/events``; none means ``/events`` is open (KServe's agent
+            sends no credential; a NetworkPolicy restricts who reaches it).
+        allow_unauthenticated_feedback: Accept feedback without a token, recorded as
+            :data:`ANONYMOUS` (local development only).
+    """
+
+    feedback: tuple[Credential, ...] = ()
+    events: tuple[Credential, ...] = ()
+    allow_unauthenticated_feedback: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a configuration that lets anyone relabel predictions by accident.
+
+        Raises:
+            TokenError: No feedback credential and no explicit permission to go without.
+        """
+        if not self.feedback and not self.allow_unauthenticated_feedback:
+            raise TokenError(
+                f"no feedback token: set {TOKEN_ENV}=name:token or pass --token-file (a "
+                "mounted Secret with name:token lines); for local development only, "
+                "--allow-unauthenticated-feedback"
+            )
+
+
+def _authenticate(credentials: Sequence[Credential], header: str | None) -> str:
+    """The name of the credential that ``Authorization: Bearer <token>`` presents.
+
+    Every credential is compared, in constant time, whatever matches.
+
+    Raises:
+        HTTPException: 401 without a bearer token, 403 for a token that is not accepted.
+    """
+    scheme, _, value = (header or "").strip().partition(" ")
+    token = value.strip()
+    if not header:
+        raise HTTPException(
+            401,
+            "this endpoint needs a credential: send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": _REALM},
+        )
+    if scheme.lower() != "bearer" or not _TOKEN.fullmatch(token):
+        raise HTTPException(
+            401,
+            "the Authorization header must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": f'{_REALM}, error="invalid_request"'},
+        )
+    presented = hashlib.sha256(token.encode("ascii")).digest()
+    name = None
+    for credential in credentials:
+        if hmac.compare_digest(presented, credential.digest) and name is None:
+            name = credential.name
+    if name is None:
+        raise HTTPException(403, "the bearer token is not accepted here; ask for a valid one")
+    return name
 
 
 class Feedback(BaseModel):
     """One true label for one logged image."""
 
-    inference_id: str = Field(min_length=1, max_length=200, description="The inference's ce-id.")
-    label: str = Field(min_length=1, description="The true class.")
-    item: int = Field(0, ge=0, description="The image's position in a batched request.")
+    model_config = ConfigDict(extra="forbid")
+
+    inference_id: str = Field(
+        min_length=1,
+        max_length=FIELD_LENGTHS["inference_id"],
+        strict=True,
+        description="The inference's ce-id.",
+    )
+    label: str = Field(
+        min_length=1, max_length=FIELD_LENGTHS["true_label"], strict=True, description="The class."
+    )
+    item: int = Field(
+        0, ge=0, lt=MAX_ITEMS, strict=True, description="The image's position in the request."
+    )
 
 
-def extract_item(
-    item: ImageItem, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Mapping[str, float | str]:
-    """Features of one request image, or ``{"feature_error": reason}`` when it cannot be read."""
+def extract_item(item: ImageItem) -> Mapping[str, float | str]:
+    """Features of one request image, or ``{"feature_error": reason}`` when it cannot be read.
+
+    Encoded images go through :func:`garbage.core.preprocessing.decode_image` with its default
+    limits, the ones serving applies, so an image serving accepts is read here too and one it
+    refuses is logged as unreadable.
+    """
     if item.error:
         return {"feature_error": item.error}
     if item.pixels is not None:
+        pixels = item.pixels
+    else:
         try:
-            return pixel_features(item.pixels)
-        except ValueError:
-            return {"feature_error": "bad_pixels"}
+            image = decode_image(item.data or b"")
+        except InvalidImageError as e:
+            return {"feature_error": e.reason}
+        pixels = np.asarray(image, dtype=np.uint8)
+    if pixels.size == 0:
+        return {"feature_error": "empty"}
+    height, width = pixels.shape[:2]
+    if min(height, width) < 3:
+        # Serving resizes any image to the model's input; features need 3x3 pixels, so a tiny
+        # image is measured at the feature size, where the pixel statistics are taken anyway
+        # (only blockiness then reads the upscaled pixels: about 1, as for any small image).
+        pixels = to_model_input(Image.fromarray(pixels), *FEATURE_SIZE)
     try:
-        image = decode_image(item.data or b"", max_pixels=max_pixels)
-    except InvalidImageError as e:
-        return {"feature_error": e.reason}
-    return pixel_features(np.asarray(image, dtype=np.uint8))
+        return pixel_features(pixels, original_size=(width, height))
+    except ValueError:
+        return {"feature_error": "bad_pixels"}
 
 
 def _meta(event: InferenceEvent, model_id: str = "") -> EventMeta:
@@ -79,12 +322,85 @@ def _meta(event: InferenceEvent, model_id: str = "") -> EventMeta:
     )
 
 
+def _short(text: str, limit: int = 64) -> str:
+    """``text`` cut for a message (ids are the sender's and may be long)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return SafeJSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _reference() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class _EventRejected(ValueError):
+    """One event of a request cannot be stored; the message says which and why."""
+
+
+@dataclass
+class _Prepared:
+    """An event parsed and checked, ready to store."""
+
+    event: InferenceEvent
+    write: Callable[[], int]
+    summary: dict[str, Any]
+    images: int = 0
+    unreadable: int = 0
+
+
+async def _read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over ``limit`` bytes.
+
+    ``Content-Length`` is checked before a byte is read; a chunked body is counted as it streams
+    in. A 413 carries ``Connection: close``, so the server stops reading the rest.
+
+    Raises:
+        HTTPException: 400 for a malformed length or a body cut short, 413 over the limit.
+    """
+
+    def too_large(size: str) -> HTTPException:
+        return HTTPException(
+            413,
+            f"the {what} is {size} bytes; at most {limit}: send smaller requests",
+            headers={"Connection": "close"},
+        )
+
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not _DIGITS.fullmatch(declared.strip()):
+            raise HTTPException(400, "Content-Length must be a number of bytes")
+        if int(declared) > limit:
+            raise too_large(declared.strip())
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(f"more than {limit}")
+            chunks.append(chunk)
+    except ClientDisconnect as e:
+        raise HTTPException(400, f"the {what} ended before it was complete") from e
+    return b"".join(chunks)
+
+
+def _validation_problems(error: ValidationError, index: int | None) -> list[str]:
+    where = "" if index is None else f"entry {index}: "
+    return [
+        f"{where}{'.'.join(str(p) for p in e['loc']) or 'the entry'}: {e['msg']}"
+        for e in error.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
 def create_app(
     store: InferenceStore,
     classes: Sequence[str],
     *,
+    auth: CollectorAuth,
     windows: Sequence[str] = DEFAULT_WINDOWS,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_concurrent_events: int = MAX_CONCURRENT_EVENTS,
     metrics: CollectorMetrics | None = None,
 ) -> FastAPI:
     """Build the collector application around a store.
@@ -93,129 +409,252 @@ def create_app(
         store: Where logged inferences go.
         classes: The served model's classes, from its metadata (``OnnxClassifier.classes``):
             feedback labels are checked against them, live recall is reported for each.
+        auth: Who may write feedback (and events); see :class:`CollectorAuth`.
         windows: Windows for the live-accuracy gauges, e.g. ``("1h", "24h")``.
         max_body_bytes: Larger event bodies are refused with 413.
+        max_concurrent_events: Event bodies parsed and decoded at once.
         metrics: Metric holder (a fresh registry by default).
     """
     classes = list(classes)
     metrics = metrics or CollectorMetrics()
     metrics.registry.register(LiveAccuracyCollector(store, classes, windows))
-    app = FastAPI(title="garbage-classifier monitoring collector", version="1")
+    app = FastAPI(
+        title="garbage-classifier monitoring collector",
+        version="1",
+        default_response_class=SafeJSONResponse,
+    )
     app.state.store = store
     app.state.metrics = metrics
-
-    def handle(event: InferenceEvent) -> dict[str, object]:
-        if event.kind == "request":
-            payload = parse_request(event.data, event.content_type)
-            rows = []
-            for item in payload.items:
-                started = time.perf_counter()
-                row = extract_item(item)
-                metrics.feature_seconds.observe(time.perf_counter() - started)
-                rows.append(row)
-            store.record_request(_meta(event), rows)
-            unreadable = sum(1 for r in rows if "feature_error" in r)
-            metrics.images.labels(status="ok").inc(len(rows) - unreadable)
-            if unreadable:
-                metrics.images.labels(status="unreadable").inc(unreadable)
-            return {
-                "id": event.inference_id,
-                "type": "request",
-                "protocol": payload.protocol,
-                "images": len(rows),
-                "unreadable": unreadable,
-            }
-        response = parse_response(event.data, classes)
-        model_id = ":".join(p for p in (response.model_name, response.model_version) if p)
-        store.record_response(
-            _meta(event, model_id), [(p.label, p.score, p.probabilities) for p in response.items]
+    limiter = anyio.CapacityLimiter(max_concurrent_events)
+    if auth.allow_unauthenticated_feedback and not auth.feedback:
+        log.warning(
+            "!!! /feedback accepts labels from ANYONE who can reach it "
+            "(--allow-unauthenticated-feedback): for local development only; set %s or "
+            "--token-file anywhere else !!!",
+            TOKEN_ENV,
         )
-        return {
-            "id": event.inference_id,
-            "type": "response",
-            "protocol": response.protocol,
-            "predictions": len(response.items),
-        }
+    if not auth.events:
+        log.info("/events takes events without a token: restrict who reaches it (NetworkPolicy)")
 
-    @app.post(EVENTS_PATH, status_code=202)
-    async def events(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            metrics.errors.labels(reason="too_large").inc()
-            raise HTTPException(
-                413, f"event body of {declared} bytes is over the {max_body_bytes}-byte limit"
-            )
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            metrics.errors.labels(reason="too_large").inc()
-            raise HTTPException(
-                413, f"event body of {len(body)} bytes is over the {max_body_bytes}-byte limit"
-            )
+    @app.exception_handler(StarletteHTTPException)
+    async def client_mistake(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _error(error.status_code, str(error.detail), error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in error.errors()
+        ]
+        return _error(422, "invalid request: " + "; ".join(problems[:5]))
+
+    @app.exception_handler(StoreError)
+    async def store_failed(request: Request, error: StoreError) -> JSONResponse:
+        reference = _reference()
+        log.error(
+            "store failure [%s] on %s %s: %s", reference, request.method, request.url.path, error
+        )
+        if request.url.path == EVENTS_PATH:
+            metrics.errors.labels(reason="store").inc()
+        return _error(
+            503,
+            f"the inference store is unavailable; retry later (reference {reference})",
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        reference = _reference()
+        log.error(
+            "internal error [%s] on %s %s",
+            reference,
+            request.method,
+            request.url.path,
+            exc_info=error,
+        )
+        return _error(
+            500, f"internal error; the collector's log has it under reference {reference}"
+        )
+
+    def prepare(event: InferenceEvent) -> _Prepared:
+        where = f"event {_short(event.inference_id)} ({event.kind})"
         try:
-            parsed = parse_cloudevents(request.headers, body)
+            if event.kind == "request":
+                payload = parse_request(event.data, event.content_type)
+                meta = _meta(event)
+                meta.check()
+                rows = []
+                for item in payload.items:
+                    started = time.perf_counter()
+                    rows.append(extract_item(item))
+                    metrics.feature_seconds.observe(time.perf_counter() - started)
+                unreadable = sum(1 for r in rows if "feature_error" in r)
+                return _Prepared(
+                    event,
+                    lambda: store.record_request(meta, rows),
+                    {
+                        "id": event.inference_id,
+                        "type": "request",
+                        "protocol": payload.protocol,
+                        "images": len(rows),
+                        "unreadable": unreadable,
+                    },
+                    images=len(rows),
+                    unreadable=unreadable,
+                )
+            response = parse_response(event.data, classes)
+            model_id = ":".join(p for p in (response.model_name, response.model_version) if p)
+            meta = _meta(event, model_id)
+            meta.check()
+            predictions = [(p.label, p.score, p.probabilities) for p in response.items]
+            for label, _, _ in predictions:
+                check_text("prediction", label)
+            return _Prepared(
+                event,
+                lambda: store.record_response(meta, predictions),
+                {
+                    "id": event.inference_id,
+                    "type": "response",
+                    "protocol": response.protocol,
+                    "predictions": len(predictions),
+                },
+            )
+        except PayloadError as e:
+            metrics.errors.labels(reason="bad_payload").inc()
+            raise _EventRejected(f"{where}: {e}") from e
+        except InvalidRecordError as e:
+            metrics.errors.labels(reason="bad_field").inc()
+            raise _EventRejected(f"{where}: {_ATTRIBUTES.get(e.field, e.field)} {e.problem}") from e
+
+    def process(headers: Mapping[str, str], body: bytes) -> list[dict[str, Any]]:
+        """Parse and check every event of the request, then store them (all or none refused)."""
+        try:
+            parsed = parse_cloudevents(headers, body)
         except CloudEventError as e:
             metrics.errors.labels(reason="not_a_cloudevent").inc()
             raise HTTPException(400, str(e)) from e
-        results = []
-        for event in parsed:
+        try:
+            prepared = [prepare(event) for event in parsed]
+        except _EventRejected as e:
+            raise HTTPException(400, str(e)) from e
+        for ready in prepared:
+            ready.write()
+            metrics.events.labels(type=ready.event.kind, mode=ready.event.mode).inc()
+            if ready.event.kind == "request":
+                metrics.images.labels(status="ok").inc(ready.images - ready.unreadable)
+                if ready.unreadable:
+                    metrics.images.labels(status="unreadable").inc(ready.unreadable)
+        return [ready.summary for ready in prepared]
+
+    @app.post(EVENTS_PATH, status_code=202)
+    async def events(request: Request) -> JSONResponse:
+        if auth.events:
             try:
-                results.append(await run_in_threadpool(handle, event))
-            except PayloadError as e:
-                metrics.errors.labels(reason="bad_payload").inc()
-                raise HTTPException(400, f"event {event.inference_id} ({event.kind}): {e}") from e
-            except StoreError as e:
-                metrics.errors.labels(reason="store").inc()
-                log.error("store failure: %s", e)
-                raise HTTPException(503, f"the inference store is unavailable: {e}") from e
-            metrics.events.labels(type=event.kind, mode=event.mode).inc()
+                _authenticate(auth.events, request.headers.get("authorization"))
+            except HTTPException as e:
+                metrics.errors.labels(reason="unauthorized").inc()
+                raise e
+        try:
+            body = await _read_body(request, max_body_bytes, "event body")
+        except HTTPException as e:
+            if e.status_code == 413:
+                metrics.errors.labels(reason="too_large").inc()
+            raise
+        headers = dict(request.headers)
+        results = await anyio.to_thread.run_sync(process, headers, body, limiter=limiter)
         return JSONResponse({"accepted": len(results), "events": results}, status_code=202)
 
-    @app.post("/feedback")
+    def record(entries: list[Feedback], labeller: str) -> list[dict[str, Any]]:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        results: list[dict[str, Any]] = []
+        for f in entries:
+            matched = store.record_feedback(f.inference_id, f.item, f.label, now, labeller)
+            result: dict[str, Any] = {
+                "inference_id": f.inference_id,
+                "item": f.item,
+                "matched": matched,
+            }
+            if not matched:
+                logged = store.items_logged(f.inference_id)
+                result["logged_items"] = logged
+            metrics.feedback.labels(result="matched" if matched else "unknown").inc()
+            results.append(result)
+        return results
+
+    @app.post(FEEDBACK_PATH)
     async def feedback(request: Request) -> JSONResponse:
+        if auth.feedback:
+            try:
+                labeller = _authenticate(auth.feedback, request.headers.get("authorization"))
+            except HTTPException as e:
+                metrics.feedback.labels(
+                    result="unauthenticated" if e.status_code == 401 else "forbidden"
+                ).inc()
+                raise e
+        else:
+            labeller = ANONYMOUS
+        usage = '{"inference_id": "...", "label": "glass", "item": 0} or a list of them'
+        body = await _read_body(request, MAX_FEEDBACK_BYTES, "feedback body")
         try:
-            raw = await request.json()
-        except ValueError as e:
+            raw = load_json(body, "the feedback body")
+        except PayloadError as e:
             metrics.feedback.labels(result="invalid").inc()
-            raise HTTPException(
-                400,
-                "the feedback body must be JSON: "
-                '{"inference_id": "...", "label": "glass", "item": 0} or a list',
-            ) from e
+            raise HTTPException(400, f"{e}; send JSON: {usage}") from e
         entries = raw if isinstance(raw, list) else [raw]
+        problems: list[str] = []
         if not entries:
-            raise HTTPException(400, "empty feedback list")
-        try:
-            parsed = [Feedback.model_validate(e) for e in entries]
-        except ValidationError as e:
+            problems.append(f"the feedback list is empty; send {usage}")
+        elif len(entries) > MAX_FEEDBACK_ENTRIES:
+            problems.append(f"{len(entries)} labels in one request; at most {MAX_FEEDBACK_ENTRIES}")
+        parsed: list[Feedback] = []
+        for index, entry in enumerate(entries[:MAX_FEEDBACK_ENTRIES]):
+            try:
+                parsed.append(Feedback.model_validate(entry))
+            except ValidationError as e:
+                problems += _validation_problems(e, index if isinstance(raw, list) else None)
+        if problems:
             metrics.feedback.labels(result="invalid").inc()
-            raise HTTPException(422, f"invalid feedback: {e.errors(include_url=False)}") from e
+            shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+            raise HTTPException(422, f"invalid feedback: {shown}. Expected {usage}")
+        for index, f in enumerate(parsed):
+            try:
+                check_text("inference_id", f.inference_id, required=True)
+            except InvalidRecordError as e:
+                problems.append(f"entry {index}: {e}")
+        if problems:
+            metrics.feedback.labels(result="invalid").inc()
+            raise HTTPException(422, f"invalid feedback: {'; '.join(problems[:5])}")
         unknown_labels = sorted({f.label for f in parsed} - set(classes))
         if unknown_labels:
             metrics.feedback.labels(result="invalid").inc()
+            shown_labels = [_short(label, 40) for label in unknown_labels[:5]]
             raise HTTPException(
-                422, f"unknown labels {unknown_labels}; the model's classes are {classes}"
+                422, f"unknown labels {shown_labels}; the model's classes are {classes}"
             )
-        now = datetime.now(UTC).replace(tzinfo=None)
-        results = []
-        for f in parsed:
-            try:
-                matched = await run_in_threadpool(
-                    store.record_feedback, f.inference_id, f.item, f.label, now
-                )
-            except StoreError as e:
-                raise HTTPException(503, f"the inference store is unavailable: {e}") from e
-            metrics.feedback.labels(result="matched" if matched else "unknown").inc()
-            results.append({"inference_id": f.inference_id, "item": f.item, "matched": matched})
+        results = await run_in_threadpool(record, parsed, labeller)
         if not any(r["matched"] for r in results):
-            missing = ", ".join(f"{r['inference_id']}[{r['item']}]" for r in results)
+            out_of_range = [r for r in results if r.get("logged_items")]
+            if out_of_range:
+                first = out_of_range[0]
+                raise HTTPException(
+                    422,
+                    f"inference {_short(first['inference_id'])} logged {first['logged_items']} "
+                    f"images, so item must be 0..{first['logged_items'] - 1}, not {first['item']}",
+                )
+            missing = ", ".join(f"{_short(r['inference_id'])}[{r['item']}]" for r in results[:5])
             raise HTTPException(
                 404,
                 f"no logged prediction for {missing}; feedback must name the ce-id (request id) "
                 "of a logged inference and the image's position in its batch. If the inference "
-                "is recent, "
-                "its events may still be on the way: retry in a few seconds",
+                "is recent, its events may still be on the way: retry in a few seconds",
             )
-        return JSONResponse({"matched": sum(r["matched"] for r in results), "results": results})
+        return JSONResponse(
+            {
+                "matched": sum(r["matched"] for r in results),
+                "labeller": labeller,
+                "results": results,
+            }
+        )
 
     @app.get("/accuracy")
     async def accuracy(window: str = Query("24h", description="e.g. 1h, 24h, 7d")) -> JSONResponse:
@@ -243,7 +682,15 @@ def create_app(
         try:
             rows = await run_in_threadpool(store.count)
         except Exception as e:  # any driver error means not ready
-            return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503)
+            reference = _reference()
+            log.warning("not ready [%s]: %s", reference, e)
+            return JSONResponse(
+                {
+                    "status": "unavailable",
+                    "error": f"the inference store cannot be reached (reference {reference})",
+                },
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "rows": rows})
 
     return app

@@ -30,6 +30,12 @@ writes the binary headers of the local payload logger. It has no batched mode: a
 here and each of its events read as a structured one. What the SDK does not check, or accepts
 where this collector must not (a missing ``id`` it would invent, specversion 0.3, other event
 types), is checked here, with a message that says what to fix.
+
+Everything here is untrusted input: JSON is measured before it is parsed
+(:func:`monitoring.payloads.check_json`), context attributes of structured events must be
+strings, a batch holds at most :data:`MAX_BATCH_EVENTS` events, and ``ce-time`` must lie between
+:data:`EARLIEST_TIME` and a day from now. Field lengths are the store's to check
+(:meth:`monitoring.store.EventMeta.check`).
 """
 
 from __future__ import annotations
@@ -38,11 +44,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cloudevents.conversion import to_binary
 from cloudevents.exceptions import DataUnmarshallerError, GenericException
 from cloudevents.http import CloudEvent, from_http, from_json
+
+from monitoring.payloads import PayloadError, brief_error, load_json
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -51,7 +59,12 @@ EVENT_TYPES = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 REQUIRED_ATTRIBUTES = ("id", "type", "source", "specversion")
-MAX_ID_LENGTH = 200
+#: Most events in one batched request.
+MAX_BATCH_EVENTS = 256
+#: Event times before this are refused: no inference of this project is older.
+EARLIEST_TIME = datetime(2000, 1, 1)
+#: How far ahead of the collector's clock an event's time may be (clock skew).
+MAX_CLOCK_SKEW = timedelta(days=1)
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -78,14 +91,21 @@ class InferenceEvent:
     metadata: Mapping[str, object] = field(default_factory=dict)
 
 
-def parse_time(value: str | None) -> datetime:
+def parse_time(value: str | None, now: datetime | None = None) -> datetime:
     """Parse an RFC 3339 time (``Z`` or offset, any fraction length) to naive UTC; now if absent.
 
+    Args:
+        value: The ``ce-time`` attribute.
+        now: The collector's time (naive UTC; default: the clock).
+
     Raises:
-        CloudEventError: The value is present but not a timestamp.
+        CloudEventError: The value is present but not a timestamp, or it lies before
+            :data:`EARLIEST_TIME` or more than :data:`MAX_CLOCK_SKEW` after ``now``.
     """
+    now = now or datetime.now(UTC).replace(tzinfo=None)
     if not value:
-        return datetime.now(UTC).replace(tzinfo=None)
+        return now
+    shown = repr(value[:64]) + ("..." if len(value) > 64 else "")
     text = value.strip().replace("Z", "+00:00").replace("z", "+00:00")
     if "." in text:  # Go writes nanoseconds; Python takes at most microseconds
         head, _, rest = text.partition(".")
@@ -94,21 +114,29 @@ def parse_time(value: str | None) -> datetime:
         text = f"{head}.{digits[:6].ljust(6, '0')}{tail}"
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError as e:
-        raise CloudEventError(f"ce-time {value!r} is not an RFC 3339 timestamp") from e
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError) as e:  # OverflowError: an offset past year 1 or 9999
+        raise CloudEventError(
+            f"ce-time {shown} is not an RFC 3339 timestamp, e.g. 2026-01-02T03:04:05.678Z"
+        ) from e
+    if not EARLIEST_TIME <= parsed <= now + MAX_CLOCK_SKEW:
+        raise CloudEventError(
+            f"ce-time {shown} is outside {EARLIEST_TIME:%Y-%m-%d} .. a day from now; send the "
+            "event's real UTC time, or no ce-time to have the collector stamp its arrival"
+        )
     return parsed
 
 
 def _json_object(value: object) -> object:
+    """``ce-metadata`` or ``ce-annotations``: a JSON object, kept as ``{"raw": ...}`` otherwise."""
     if not value:
         return {}
     if not isinstance(value, str):
         return value
     try:
-        loaded = json.loads(value)
-    except json.JSONDecodeError:
+        loaded = load_json(value.encode("utf-8", "surrogatepass"))
+    except PayloadError:
         return {"raw": value}
     return loaded if isinstance(loaded, dict) else {"raw": loaded}
 
@@ -131,6 +159,16 @@ def _check_context(attributes: Mapping[str, object], mode: str) -> None:
             f"not a CloudEvent: missing {where}. Send KServe payload-logger events "
             f"(binary mode with ce-* headers, or {STRUCTURED_CONTENT_TYPE})"
         )
+    if mode == "structured":
+        wrong = [
+            name
+            for name in (*REQUIRED_ATTRIBUTES, "time", "datacontenttype")
+            if name in attributes and not isinstance(attributes[name], str)
+        ]
+        if wrong:
+            raise CloudEventError(
+                f"CloudEvent attributes {', '.join(wrong)} must be strings (CloudEvents 1.0 JSON)"
+            )
     if str(attributes["specversion"]) != "1.0":
         raise CloudEventError(
             f"unsupported CloudEvents specversion {attributes['specversion']!r}; use 1.0"
@@ -148,13 +186,18 @@ def _inference_event(
             f"this collector takes {REQUEST_TYPE} and {RESPONSE_TYPE}"
         )
     inference_id = str(attributes["id"]).strip()
-    if len(inference_id) > MAX_ID_LENGTH:
-        raise CloudEventError(
-            f"ce-id is {len(inference_id)} characters long; at most {MAX_ID_LENGTH}"
-        )
+    if not inference_id:
+        raise CloudEventError("the CloudEvent id is blank; send the inference's id")
 
     def text(name: str) -> str:
-        return str(attributes.get(name) or "")
+        value = attributes.get(name)
+        if value is None or value == "":
+            return ""
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CloudEventError(f"CloudEvent attribute {name} must be a string")
+        return str(value)
 
     return InferenceEvent(
         inference_id=inference_id,
@@ -180,8 +223,8 @@ def _from_binary(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
     _check_context({k[3:]: v for k, v in headers.items() if k.startswith("ce-")}, "binary")
     try:
         event = from_http(headers, body, data_unmarshaller=_raw)
-    except GenericException as e:
-        raise CloudEventError(f"unreadable binary-mode CloudEvent: {e}") from e
+    except (GenericException, ValueError, TypeError) as e:
+        raise CloudEventError(f"unreadable binary-mode CloudEvent: {brief_error(e)}") from e
     data = event.get_data()
     payload = data.encode() if isinstance(data, str) else bytes(data or b"")
     return _inference_event(event, payload, headers.get("content-type", ""), "binary")
@@ -190,6 +233,8 @@ def _from_binary(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
 def _from_structured(obj: object) -> InferenceEvent:
     if not isinstance(obj, dict):
         raise CloudEventError("a structured CloudEvent must be a JSON object")
+    if not all(isinstance(k, str) for k in obj):
+        raise CloudEventError("a structured CloudEvent's attribute names must be strings")
     attributes = {str(k).lower(): v for k, v in obj.items()}
     _check_context(attributes, "structured")
     encoded = attributes.get("data_base64")
@@ -200,8 +245,8 @@ def _from_structured(obj: object) -> InferenceEvent:
         event = from_json(json.dumps(attributes), data_unmarshaller=_raw)
     except DataUnmarshallerError as e:
         raise CloudEventError("data_base64 is not valid base64") from e
-    except GenericException as e:
-        raise CloudEventError(f"unreadable structured CloudEvent: {e}") from e
+    except (GenericException, ValueError, TypeError) as e:
+        raise CloudEventError(f"unreadable structured CloudEvent: {brief_error(e)}") from e
     content_type = str(attributes.get("datacontenttype") or "application/json")
     data = event.get_data()
     if isinstance(data, str):  # the JSON text of ``data``: a string payload is taken as it is
@@ -224,21 +269,26 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes) -> list[Inference
         One event (binary or structured mode) or several (batched mode).
 
     Raises:
-        CloudEventError: Not a CloudEvent, a missing attribute, an unsupported type or version,
-            or an unreadable structured body.
+        CloudEventError: Not a CloudEvent, a missing or wrongly typed attribute, an unsupported
+            type or version, a time out of range, an unreadable structured body or JSON over
+            the limits, or a batch of more than :data:`MAX_BATCH_EVENTS` events.
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     media = lowered.get("content-type", "").split(";")[0].strip().lower()
     if media not in (STRUCTURED_CONTENT_TYPE, BATCH_CONTENT_TYPE):
         return [_from_binary(lowered, body)]
     try:
-        parsed = json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CloudEventError(f"the {media} body is not valid JSON: {e}") from e
+        parsed = load_json(body or b"null", f"the {media} body")
+    except PayloadError as e:
+        raise CloudEventError(str(e)) from e
     if media == STRUCTURED_CONTENT_TYPE:
         return [_from_structured(parsed)]
     if not isinstance(parsed, list) or not parsed:
         raise CloudEventError("a CloudEvents batch must be a non-empty JSON array of events")
+    if len(parsed) > MAX_BATCH_EVENTS:
+        raise CloudEventError(
+            f"the batch holds {len(parsed)} events; at most {MAX_BATCH_EVENTS} per request"
+        )
     return [_from_structured(item) for item in parsed]
 
 

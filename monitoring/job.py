@@ -24,7 +24,7 @@ from garbage.core.preprocessing import InvalidImageError, decode_image
 from monitoring.accuracy import parse_window
 from monitoring.drift import DriftSettings, compute_drift, write_reports
 from monitoring.features import FEATURE_COLUMNS, pixel_features
-from monitoring.metrics import drift_registry, push, write_textfile
+from monitoring.metrics import drift_registry, push, pushgateway_auth, write_textfile
 from monitoring.reference import load_reference, model_reference
 from monitoring.store import InferenceStore
 
@@ -144,11 +144,13 @@ def run_drift_job(
         monitoring.reference.ReferenceProfileError: The reference cannot be found or read.
         monitoring.drift.DriftInputError: The reference and the window cannot be compared.
         monitoring.store.StoreError: The store cannot be read.
-        monitoring.metrics.PushError: The Pushgateway refused the metrics.
+        monitoring.metrics.PushError: The Pushgateway refused the metrics, or its login is
+            half set.
     """
     check_window_source(db_url, images)
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    auth = pushgateway_auth() if pushgateway else None  # a half-set login fails first
     out = Path(out_dir)
     classifier = OnnxClassifier.load(Path(model_dir), device="cpu")
     ref = load_reference(Path(reference) if reference else model_reference(Path(model_dir)))
@@ -176,7 +178,7 @@ def run_drift_job(
     metrics_path = write_textfile(registry, out / "metrics.prom")
     pushed = False
     if pushgateway:
-        push(registry, pushgateway)
+        push(registry, pushgateway, auth=auth)
         pushed = True
     timings["total"] = time.perf_counter() - started
     summary["timings"] = {k: round(v, 3) for k, v in timings.items()}

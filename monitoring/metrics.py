@@ -12,6 +12,16 @@ Collector (scraped from ``/metrics``):
     ``garbage_live_accuracy{window}``, ``garbage_live_recall{window,label}``,
     ``garbage_live_labelled{window}``: computed from the store at scrape time.
 
+Payload logger (``garbage serve --logger-url``; on the model server's ``/metrics``):
+    ``garbage_payload_events_total{outcome}``: what happened to the logged CloudEvents:
+    ``delivered`` (the sink answered 2xx), ``rejected`` (it answered a 4xx other than 408/429:
+    the event is not sent again), ``dropped`` (no room in memory and none in the spill: lost),
+    and on the way ``retried`` (an attempt failed and will be repeated) and ``spilled``
+    (written to the on-disk spill). Every event ends delivered, rejected or dropped, or waits in
+    the queue or the spill.
+    ``garbage_payload_queue_events{where}``, ``garbage_payload_queue_bytes{where}``: events
+    waiting, ``where`` = ``memory`` or ``spill``.
+
 Drift job (pushed to a Pushgateway and written as a text file):
     ``garbage_drift_detected``, ``garbage_drift_share``, ``garbage_drift_window_size``,
     ``garbage_drift_feature_score{feature}``, ``garbage_drift_feature_detected{feature}``,
@@ -22,14 +32,24 @@ Drift job (pushed to a Pushgateway and written as a text file):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import os
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler, push_to_gateway
 from prometheus_client.registry import Collector
 
 from monitoring.accuracy import live_accuracy, parse_window
@@ -79,6 +99,78 @@ class CollectorMetrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+PAYLOAD_OUTCOMES = ("delivered", "retried", "spilled", "dropped", "rejected")
+"""The ``outcome`` label values of ``garbage_payload_events_total``."""
+QUEUE_PLACES = ("memory", "spill")
+"""The ``where`` label values of the payload logger's queue gauges."""
+
+
+class QueueReporter(Protocol):
+    """What the queue gauges read from a payload logger."""
+
+    def queue_sizes(self) -> Mapping[str, tuple[int, int]]:
+        """``{where: (events, bytes)}`` for each of :data:`QUEUE_PLACES`."""
+        ...
+
+
+class _QueueGauges(Collector):
+    """Sums the queues of the live payload loggers of this process at scrape time."""
+
+    def __init__(self) -> None:
+        self.loggers: weakref.WeakSet[QueueReporter] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        events = GaugeMetricFamily(
+            "garbage_payload_queue_events",
+            "Payload-logger events waiting to be sent, in memory or in the on-disk spill.",
+            labels=["where"],
+        )
+        size = GaugeMetricFamily(
+            "garbage_payload_queue_bytes",
+            "Bytes of the payload-logger events waiting, in memory or in the on-disk spill.",
+            labels=["where"],
+        )
+        totals = dict.fromkeys(QUEUE_PLACES, (0, 0))
+        for logger in list(self.loggers):
+            for where, (count, nbytes) in logger.queue_sizes().items():
+                seen = totals.get(where, (0, 0))
+                totals[where] = (seen[0] + count, seen[1] + nbytes)
+        for where, (count, nbytes) in totals.items():
+            events.add_metric([where], float(count))
+            size.add_metric([where], float(nbytes))
+        yield events
+        yield size
+
+
+class PayloadLoggerMetrics:
+    """The payload logger's series: one event counter by outcome, the queue gauges."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Register the series in ``registry``: the process-wide default one unless given."""
+        self.registry = REGISTRY if registry is None else registry
+        self.events = Counter(
+            "garbage_payload_events",
+            "Payload-logger CloudEvents by outcome: delivered, retried, spilled, dropped, "
+            "rejected.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in PAYLOAD_OUTCOMES:  # every series exists from the start, at 0
+            self.events.labels(outcome=outcome)
+        self._queues = _QueueGauges()
+        self.registry.register(self._queues)
+
+    def track(self, logger: QueueReporter) -> None:
+        """Report ``logger``'s queue in the gauges for as long as it lives."""
+        self._queues.loggers.add(logger)
+
+
+@cache
+def payload_logger_metrics() -> PayloadLoggerMetrics:
+    """The process-wide payload-logger series (KServe's ``/metrics`` serves this registry)."""
+    return PayloadLoggerMetrics()
 
 
 class LiveAccuracyCollector(Collector):
@@ -210,18 +302,54 @@ class PushError(RuntimeError):
     """The Pushgateway did not accept the metrics."""
 
 
+#: The drift job's Pushgateway login (the Secret garbage-drift-pushgateway on the cluster).
+PUSHGATEWAY_USERNAME_ENV = "GARBAGE_PUSHGATEWAY_USERNAME"
+PUSHGATEWAY_PASSWORD_ENV = "GARBAGE_PUSHGATEWAY_PASSWORD"
+
+
+def pushgateway_auth(environ: Mapping[str, str] = os.environ) -> tuple[str, str] | None:
+    """The Pushgateway basic-auth login from the environment, or None when none is set.
+
+    Raises:
+        PushError: Only one of the two variables is set.
+    """
+    username = environ.get(PUSHGATEWAY_USERNAME_ENV)
+    password = environ.get(PUSHGATEWAY_PASSWORD_ENV)
+    if username and password:
+        return username, password
+    if username or password:
+        raise PushError(
+            f"set both {PUSHGATEWAY_USERNAME_ENV} and {PUSHGATEWAY_PASSWORD_ENV} (the "
+            "Pushgateway's basic-auth login), or neither"
+        )
+    return None
+
+
 def push(
     registry: CollectorRegistry,
     gateway: str,
     job: str = DRIFT_JOB,
     grouping_key: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    auth: tuple[str, str] | None = None,
 ) -> None:
     """Replace this job's metrics on a Pushgateway (``http://host:9091``).
+
+    Args:
+        registry: The metrics to push.
+        gateway: The Pushgateway's URL.
+        job: The ``job`` label the metrics are grouped under.
+        grouping_key: More grouping labels.
+        timeout: Seconds to wait for the gateway.
+        auth: ``(username, password)`` for a gateway behind basic auth.
 
     Raises:
         PushError: The gateway is unreachable or refused the push.
     """
+    handler: Callable[..., Callable[[], None]] = default_handler
+    if auth is not None:
+        handler = partial(basic_auth_handler, username=auth[0], password=auth[1])
+
     try:
         push_to_gateway(
             gateway,
@@ -229,6 +357,7 @@ def push(
             registry=registry,
             grouping_key=dict(grouping_key or {}),
             timeout=timeout,
+            handler=handler,
         )
     except OSError as e:  # urllib errors derive from OSError
         raise PushError(f"cannot push drift metrics to {gateway}: {e}") from e

@@ -5,51 +5,410 @@ model server can emit the same events itself: a request event and a response eve
 binary mode, the headers KServe's logger sets, sharing one ``Ce-Id``, and the request's content
 type on both (as KServe does).
 
-Inference must never wait for or fail because of logging: :meth:`PayloadLogger.log` only puts the
-two events on a bounded in-memory queue (dropping them, and counting the drop, when it is full),
-and background tasks post them with a short timeout, counting failures instead of raising.
+Inference never waits for the collector, and an event of an answered request is not lost
+silently. Each event is fixed when it is logged (``Ce-Id``, ``Ce-Time``, body), so every attempt
+sends the same event and the collector, which stores one row per ``(ce-id, item)``, takes a
+repeated delivery as a no-op. It then
+
+1. waits in a queue in memory, bounded in events and in bytes;
+2. is posted by a few background senders, with a short timeout; a connection error, a timeout,
+   a 5xx, 408 or 429 is retried with exponential backoff and jitter (a ``Retry-After`` is
+   honoured); any other 4xx means the collector will never take it: it is *rejected*, counted,
+   and its reason logged;
+3. when the collector stays away (a few failed attempts), the queue moves to the on-disk spill
+   (:class:`EventSpill`, bounded in bytes, every event fsync'd), new events go there directly,
+   and one sender probes with the oldest event, backing off up to ``backoff_max``; once it is
+   answered, the spill is sent in the order the events were logged, surviving a restart of the
+   server in between;
+4. only when memory and the spill are both full is an event *dropped*, counted, and the drop
+   logged. A clean stop gives the queue ``drain_seconds`` to go out and spills the rest.
+
+``garbage_payload_events_total{outcome}`` and the queue gauges (``monitoring.metrics``) count
+all of it on the model server's ``/metrics``; the alert ``GarbagePayloadEventsDropped`` fires on
+a drop or a rejection. What is still lost: the events in memory when the process is killed
+without a chance to stop (``kill -9``, out of memory), at most the queue's bounds, usually the
+last few milliseconds of traffic; run with a spill and a clean shutdown, the rest survives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import bisect
 import contextlib
+import fcntl
+import functools
 import json
 import logging
+import os
+import random
+import threading
+import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 
 from garbage.core.names import MODEL_NAME
 from garbage.core.protocol import v1_request, v1_response, v2_pixels_body
-from monitoring.events import binary_headers
+
+# httpx, the CloudEvents SDK (monitoring.events) and pandas (monitoring.metrics) are imported
+# when a logger is made: `garbage`'s command line imports this module for the defaults above.
+if TYPE_CHECKING:
+    import httpx
+
+    from monitoring.metrics import PayloadLoggerMetrics
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_QUEUE_EVENTS = 1000
+DEFAULT_MAX_QUEUE_BYTES = 32 * 2**20
+DEFAULT_MAX_SPILL_BYTES = 2**30
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_WORKERS = 2
+DEFAULT_DRAIN_SECONDS = 5.0
+#: Answers worth another attempt: the collector is restarting, overloaded or its store is away.
+RETRY_STATUSES = frozenset({408, 429})
+_DROP_LOG_INTERVAL = 10.0
+
+
+class SpillError(RuntimeError):
+    """The spill folder cannot be created or locked; the message names it and what to do."""
+
+
+@dataclass(frozen=True)
+class PayloadEvent:
+    """One CloudEvent as it will be posted, fixed when it is logged.
+
+    Attributes:
+        seq: Position in the order events were logged (nanoseconds, unique in this process);
+            the spill sends the oldest first.
+        headers: The binary-mode CloudEvent headers (``Ce-Id``, ``Ce-Time``, ...).
+        body: The payload.
+    """
+
+    seq: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds: body and headers."""
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers.items())
+
+    @property
+    def label(self) -> str:
+        """``<ce-id> (<kind>)`` for log lines."""
+        lower = {k.lower(): v for k, v in self.headers.items()}
+        kind = lower.get("ce-type", "").rsplit(".", 1)[-1]
+        return f"{lower.get('ce-id', '?')[:64]} ({kind})"
 
 
 @dataclass
 class LoggerStats:
-    """What happened to the events handed to the logger."""
+    """What happened to the events handed to one logger (the metric counts all of a process's).
 
-    queued: int = 0
-    sent: int = 0
-    dropped: int = 0  # queue full
-    failed: int = 0  # network error or non-2xx answer
+    ``logged`` events end ``delivered``, ``rejected`` or ``dropped``, or are still queued or
+    spilled; ``retried`` counts failed attempts, ``spilled`` writes to the spill.
+    """
+
+    logged: int = 0
+    delivered: int = 0
+    retried: int = 0
+    spilled: int = 0
+    dropped: int = 0
+    rejected: int = 0
+
+
+# -- the spill --------------------------------------------------------------------------------
+
+
+class EventSpill:
+    """Events waiting on disk for the sink: a folder bounded in bytes, one fsync'd file per event.
+
+    One file per event, not an append-only segment: events leave the spill one by one and not
+    in the order the senders finish them, so a delivered event's file is simply deleted, with no
+    compaction and no read offset to keep durable; a crash while writing leaves at most a
+    temporary file, removed at the next start. The cost, a create, a rename and two fsyncs per
+    event, is paid only while the collector is away. File names carry the event's ``seq``, so
+    the oldest is sent first, across restarts too.
+
+    Each process locks a subfolder of ``root`` (``flock``) for as long as it runs. Opening one
+    adopts the events of every subfolder whose process is gone (a restart, a crash, another
+    worker count), so nothing waits forever and two processes never send the same file.
+    """
+
+    SUFFIX = ".event"
+    LOCK = ".lock"
+
+    def __init__(self, root: Path | str, max_bytes: int = DEFAULT_MAX_SPILL_BYTES) -> None:
+        """Open (and lock) a spill folder under ``root``, adopting what earlier processes left.
+
+        Raises:
+            SpillError: ``root`` cannot be created or written.
+        """
+        if max_bytes <= 0:
+            raise ValueError("a spill needs max_bytes > 0")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._names: list[str] = []  # pending, oldest first; claimed ones are not in it
+        self._sizes: dict[str, int] = {}  # every file of the folder, claimed or not
+        self._bytes = 0
+        self._lock_fd: int | None = None
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.folder = self._claim_folder()
+            self._adopt_orphans()
+            self._scan()
+        except OSError as e:
+            self.close()
+            raise SpillError(
+                f"cannot use {self.root} as the payload logger's spill folder: {e}; give a "
+                "writable folder (--logger-spill-dir), or --logger-max-spill-bytes 0 for none"
+            ) from e
+
+    # folder ownership ---------------------------------------------------------------------------
+
+    def _try_lock(self, folder: Path) -> int | None:
+        fd = os.open(folder / self.LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _subfolders(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink())
+
+    def _claim_folder(self) -> Path:
+        for folder in self._subfolders():
+            fd = self._try_lock(folder)
+            if fd is not None:
+                self._lock_fd = fd
+                return folder
+        folder = self.root / f"p{os.getpid()}-{time.time_ns()}"
+        folder.mkdir()
+        fd = self._try_lock(folder)
+        assert fd is not None, "a folder created just now is locked by nobody"
+        self._lock_fd = fd
+        return folder
+
+    def _adopt_orphans(self) -> None:
+        for folder in self._subfolders():
+            if folder == self.folder:
+                continue
+            fd = self._try_lock(folder)
+            if fd is None:
+                continue  # another live process owns it
+            try:
+                for path in folder.glob(f"*{self.SUFFIX}"):
+                    os.replace(path, self.folder / path.name)
+                for leftover in folder.iterdir():
+                    leftover.unlink()
+                folder.rmdir()
+            finally:
+                os.close(fd)
+        _fsync_dir(self.folder)
+
+    def _scan(self) -> None:
+        for path in self.folder.iterdir():
+            if path.name.endswith(".tmp"):
+                path.unlink()  # a write that never completed: its event was never acknowledged
+            elif path.name.endswith(self.SUFFIX):
+                size = path.stat().st_size
+                self._sizes[path.name] = size
+                self._bytes += size
+                self._names.append(path.name)
+        self._names.sort()
+
+    def close(self) -> None:
+        """Release the folder (the files stay for the next process)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # contents -------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Events waiting in the spill, sent or being sent included."""
+        return len(self._sizes)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of the spilled events."""
+        return self._bytes
+
+    @property
+    def pending(self) -> int:
+        """Events no sender holds right now."""
+        return len(self._names)
+
+    def has_room(self, nbytes: int) -> bool:
+        """Whether an event of about ``nbytes`` would fit."""
+        return self._bytes + nbytes <= self.max_bytes
+
+    @staticmethod
+    def name_of(event: PayloadEvent) -> str:
+        """The file name of ``event``: ordered by ``seq``, the same for the same event."""
+        return f"{event.seq:020d}-{os.getpid()}{EventSpill.SUFFIX}"
+
+    def put(self, event: PayloadEvent, name: str | None = None) -> bool:
+        """Write ``event`` durably (file fsync'd, renamed into place, folder fsync'd).
+
+        Writing an event that is already there replaces its file. Any thread may call it.
+
+        Returns:
+            False when it does not fit in ``max_bytes`` (nothing is written then).
+
+        Raises:
+            OSError: The disk refused the write (full, read-only); nothing is kept then.
+        """
+        name = name or self.name_of(event)
+        header = json.dumps({"seq": event.seq, "headers": dict(event.headers)}).encode()
+        data = header + b"\n" + event.body
+        with self._lock:
+            known = name in self._sizes
+            if not known and not self.has_room(len(data)):
+                return False
+            self._sizes[name] = len(data)  # reserved while the file is written
+            self._bytes += 0 if known else len(data)
+        temporary = self.folder / f".{name}.{threading.get_ident()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.folder / name)
+            _fsync_dir(self.folder)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not known:
+                with self._lock:
+                    self._bytes -= self._sizes.pop(name, 0)
+            raise
+        with self._lock:
+            if name not in self._names:
+                bisect.insort(self._names, name)
+        return True
+
+    def take(self) -> tuple[str, PayloadEvent | None] | None:
+        """Claim the oldest pending event for sending: ``(name, event)``; None when none is.
+
+        An unreadable file (the disk damaged it) is deleted and returned as ``(name, None)``.
+        Hand the name back with :meth:`release` (not sent) or :meth:`remove` (done).
+        """
+        with self._lock:
+            if not self._names:
+                return None
+            name = self._names.pop(0)
+        path = self.folder / name
+        try:
+            data = path.read_bytes()
+            header, _, body = data.partition(b"\n")
+            meta = json.loads(header)
+            event = PayloadEvent(int(meta["seq"]), dict(meta["headers"]), body)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("payload logger: spilled event %s is unreadable (%s); deleting it", path, e)
+            self.remove(name)
+            return name, None
+        return name, event
+
+    def release(self, name: str) -> None:
+        """Put a claimed event back, unsent, in its place in the order."""
+        with self._lock:
+            if name in self._sizes and name not in self._names:
+                bisect.insort(self._names, name)
+
+    def remove(self, name: str) -> None:
+        """Delete a claimed event (delivered or rejected)."""
+        with self._lock:
+            self._bytes -= self._sizes.pop(name, 0)
+            if name in self._names:
+                self._names.remove(name)
+        # Not fsync'd: if the deletion is lost in a crash the event is sent again, a no-op.
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / name).unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the logger -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    """An event a sender holds: from memory (``name`` None) or claimed from the spill."""
+
+    event: PayloadEvent
+    name: str | None = None
 
 
 @dataclass(frozen=True)
-class _Event:
-    event_id: str
-    kind: str
-    body: bytes
-    content_type: str
+class _Answer:
+    outcome: str  # "delivered", "retry" or "rejected"
+    reason: str = ""
+    retry_after: float | None = None
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+@dataclass
+class _Clock:
+    """The backoff schedule: ``initial * 2**(n-1)`` capped at ``maximum``, with jitter."""
+
+    initial: float
+    maximum: float
+    rng: random.Random = field(default_factory=random.Random)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``retry_after``: the sink's wish)."""
+        ceiling = min(self.maximum, self.initial * 2 ** max(0, attempt - 1))
+        wait = ceiling / 2 + self.rng.uniform(0, ceiling / 2)  # "equal jitter"
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, self.maximum))
+        return wait
 
 
 class PayloadLogger:
-    """Bounded, fire-and-forget CloudEvents emitter."""
+    """Sends CloudEvents to a sink without making inference wait, and loses none silently.
+
+    See the module docstring for what happens to an event. Call :meth:`log` or :meth:`submit`
+    on the event loop's thread (or, for :meth:`log`, with no loop running yet).
+    """
 
     def __init__(
         self,
@@ -60,25 +419,49 @@ class PayloadLogger:
         component: str = "predictor",
         endpoint: str = "",
         source: str = "http://localhost:8080/",
-        queue_size: int = 1000,
-        workers: int = 2,
-        timeout: float = 5.0,
+        max_queue_events: int = DEFAULT_MAX_QUEUE_EVENTS,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        spill_dir: Path | str | None = None,
+        max_spill_bytes: int = DEFAULT_MAX_SPILL_BYTES,
+        workers: int = DEFAULT_WORKERS,
+        timeout: float = DEFAULT_TIMEOUT,
+        attempts: int = 3,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        token: str | None = None,
+        metrics: PayloadLoggerMetrics | None = None,
     ) -> None:
-        """Configure the emitter; nothing runs until :meth:`start` (or the first :meth:`log`).
+        """Configure the emitter and open its spill; nothing is sent until :meth:`start`.
 
         Args:
-            url: The collector's events endpoint, e.g. ``http://127.0.0.1:8081/events``.
+            url: The collector's events endpoint, e.g. ``http://127.0.0.1:8082/events``.
             inference_service: ``Ce-Inferenceservicename``.
             namespace: ``Ce-Namespace``.
             component: ``Ce-Component``.
             endpoint: ``Ce-Endpoint``.
             source: ``Ce-Source``.
-            queue_size: Events held at most; more are dropped.
+            max_queue_events: Events held in memory at most.
+            max_queue_bytes: Bytes of events held in memory at most.
+            spill_dir: Folder for the on-disk spill (None, or ``max_spill_bytes`` 0: no spill,
+                an event that finds the memory queue full is dropped).
+            max_spill_bytes: Bytes the spill may hold.
             workers: Concurrent senders.
-            timeout: Seconds per post.
+            timeout: Seconds per attempt (connect, write, answer).
+            attempts: Failed attempts in a row after which the sink counts as away (its events
+                go to the spill, one sender probes).
+            backoff_initial: First backoff, in seconds; doubled on every failure.
+            backoff_max: Longest backoff (and longest ``Retry-After`` honoured).
+            token: Sent as ``Authorization: Bearer <token>`` (the collector's events token).
+            metrics: Where to count (default: the process-wide series on ``/metrics``).
+
+        Raises:
+            ValueError: A bound too small to hold one inference's two events.
+            SpillError: The spill folder cannot be used.
         """
-        if queue_size < 2:
-            raise ValueError("queue_size must hold at least one request and one response event")
+        if max_queue_events < 2:
+            raise ValueError("max_queue_events must hold at least one request and one response")
+        if max_queue_bytes <= 0 or attempts < 1:
+            raise ValueError("max_queue_bytes and attempts must be positive")
         self.url = url
         self.meta: dict[str, Any] = {
             "inference_service": inference_service,
@@ -87,43 +470,170 @@ class PayloadLogger:
             "endpoint": endpoint,
             "source": source,
         }
-        self.queue_size = queue_size
+        self.max_queue_events = max_queue_events
+        self.max_queue_bytes = max_queue_bytes
         self.workers = max(1, workers)
         self.timeout = timeout
+        self.attempts = attempts
+        self.clock = _Clock(backoff_initial, backoff_max)
         self.stats = LoggerStats()
-        self._queue: asyncio.Queue[_Event] = asyncio.Queue(queue_size)
-        self._tasks: list[asyncio.Task] = []
-        self._starting: asyncio.Task | None = None
+        from monitoring.events import binary_headers
+        from monitoring.metrics import PAYLOAD_OUTCOMES, payload_logger_metrics
+
+        self._binary_headers = binary_headers
+
+        self._outcomes = frozenset(PAYLOAD_OUTCOMES)
+        self.metrics = metrics or payload_logger_metrics()
+        self.metrics.track(self)
+        self.spill = (
+            EventSpill(spill_dir, max_spill_bytes) if spill_dir and max_spill_bytes > 0 else None
+        )
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._memory: deque[PayloadEvent] = deque()
+        self._memory_bytes = 0
+        self._seq = 0
+        self._count_lock = threading.Lock()
+        self._sink_ok = True
+        self._failures = 0
+        self._busy = 0  # events from memory being sent
+        self._parking: asyncio.Future[list[PayloadEvent]] | None = None
+        self._last_drop_log = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._starting: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None
+        self._at_exit = functools.partial(_spill_at_exit, weakref.ref(self))
+
+    # -- state ------------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
         """True once the sender tasks run."""
         return bool(self._tasks)
 
-    async def start(self) -> None:
-        """Start the sender tasks on the running event loop (idempotent)."""
-        if self._tasks:
-            return
-        self._client = httpx.AsyncClient(timeout=self.timeout)
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"payload-logger-{i}")
-            for i in range(self.workers)
-        ]
+    @property
+    def sink_available(self) -> bool:
+        """False while the sink is away (its last attempts failed)."""
+        return self._sink_ok
 
-    async def stop(self, drain_seconds: float = 5.0) -> None:
-        """Give queued events up to ``drain_seconds`` to go out, then stop the senders."""
-        if not self._tasks:
+    def queue_sizes(self) -> dict[str, tuple[int, int]]:
+        """``{"memory": (events, bytes), "spill": (events, bytes)}``."""
+        spilled = (self.spill.depth, self.spill.bytes) if self.spill else (0, 0)
+        return {"memory": (len(self._memory), self._memory_bytes), "spill": spilled}
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if n <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), drain_seconds)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        with self._count_lock:
+            setattr(self.stats, outcome, getattr(self.stats, outcome) + n)
+        if outcome in self._outcomes:
+            self.metrics.events.labels(outcome=outcome).inc(n)
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- logging ------------------------------------------------------------------------------
+
+    def _events(
+        self,
+        request_body: bytes,
+        response_body: bytes | None,
+        inference_id: str | None,
+        content_type: str,
+    ) -> tuple[str, list[PayloadEvent]]:
+        event_id = inference_id or str(uuid.uuid4())
+        now = datetime.now(UTC)
+        bodies = [("request", request_body)]
+        if response_body is not None:
+            bodies.append(("response", response_body))
+        events = []
+        for kind, body in bodies:
+            self._seq = max(self._seq + 1, time.time_ns())
+            headers = self._binary_headers(
+                event_id, kind, content_type=content_type, time=now, **self.meta
+            )
+            events.append(PayloadEvent(self._seq, headers, body))
+        self._count("logged", len(events))
+        return event_id, events
+
+    def _fits_memory(self, event: PayloadEvent) -> bool:
+        return (
+            len(self._memory) < self.max_queue_events
+            and self._memory_bytes + event.size <= self.max_queue_bytes
+        )
+
+    def _to_memory(self, event: PayloadEvent, *, front: bool = False) -> None:
+        (self._memory.appendleft if front else self._memory.append)(event)
+        self._memory_bytes += event.size
+
+    def _admit(self, events: list[PayloadEvent]) -> list[PayloadEvent]:
+        """Queue what goes to memory; return what must go to the spill (or be dropped).
+
+        While the sink is away or the spill holds events, new events go to the spill too, so
+        that they are durable and sent after the older ones.
+        """
+        disk_first = self.spill is not None and (not self._sink_ok or self.spill.depth > 0)
+        rest = []
+        for event in events:
+            if not disk_first and self._fits_memory(event):
+                self._to_memory(event)
+            else:
+                rest.append(event)
+        return rest
+
+    def _spill_events(self, events: Iterable[PayloadEvent]) -> list[PayloadEvent]:
+        """Write ``events`` to the spill (any thread); return those that did not fit."""
+        refused = []
+        for event in events:
+            try:
+                stored = self.spill is not None and self.spill.put(event)
+            except OSError as e:
+                log.error("payload logger: cannot spill %s: %s", event.label, e)
+                stored = False
+            if stored:
+                self._count("spilled")
+            else:
+                refused.append(event)
+        return refused
+
+    @property
+    def _full_reason(self) -> str:
+        if self.spill is None:
+            return "memory queue full and no spill"
+        return "memory queue full and spill full"
+
+    def _hold_or_drop(self, events: list[PayloadEvent], reason: str) -> None:
+        for event in events:
+            if self._fits_memory(event):
+                self._to_memory(event)
+            else:
+                self._drop(event, reason)
+
+    def _drop(self, event: PayloadEvent, reason: str) -> None:
+        self._count("dropped")
+        now = time.monotonic()
+        if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
+            self._last_drop_log = now
+            log.error(
+                "payload logger: DROPPED event %s (%s); %d dropped so far. Memory queue "
+                "%d events / %d bytes, spill %s",
+                event.label,
+                reason,
+                self.stats.dropped,
+                len(self._memory),
+                self._memory_bytes,
+                f"{self.spill.depth} events / {self.spill.bytes} bytes in {self.spill.folder}"
+                if self.spill
+                else "off",
+            )
+
+    def _ensure_started(self) -> None:
+        if self._tasks or self._starting is not None:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: start() must be awaited
+            self._starting = asyncio.get_running_loop().create_task(self.start())
 
     def log(
         self,
@@ -133,7 +643,11 @@ class PayloadLogger:
         inference_id: str | None = None,
         content_type: str = "application/json",
     ) -> str:
-        """Queue the request and response events of one inference; never blocks, never raises.
+        """Queue the request and response events of one inference; never raises.
+
+        It returns at once unless the events must go to the spill (the sink is away, or the
+        memory queue is full): then it writes them before returning (:meth:`submit` writes them
+        in a thread instead).
 
         Args:
             request_body: The inference request as received.
@@ -144,62 +658,338 @@ class PayloadLogger:
         Returns:
             The inference id the events carry (to hand back to clients for label feedback).
         """
-        event_id = inference_id or str(uuid.uuid4())
+        event_id, events = self._events(request_body, response_body, inference_id, content_type)
         try:
-            if not self._tasks and self._starting is None:
-                with contextlib.suppress(RuntimeError):  # no running loop: start() must be awaited
-                    self._starting = asyncio.get_running_loop().create_task(self.start())
-            events = [_Event(event_id, "request", request_body, content_type)]
-            if response_body is not None:
-                events.append(_Event(event_id, "response", response_body, content_type))
-            if self._queue.maxsize - self._queue.qsize() < len(events):
-                self.stats.dropped += len(events)
-                return event_id
-            for event in events:
-                self._queue.put_nowait(event)
-                self.stats.queued += 1
+            self._ensure_started()
+            rest = self._admit(events)
+            if rest:
+                self._hold_or_drop(self._spill_events(rest), self._full_reason)
         except Exception:  # logging must never break inference
-            self.stats.dropped += 1
-            log.debug("payload logger could not queue an event", exc_info=True)
+            log.exception("payload logger could not queue the events of %s", event_id)
+        self._notify()
         return event_id
 
-    async def _run(self) -> None:
-        while True:
-            event = await self._queue.get()
-            try:
-                await self._send(event)
-            finally:
-                self._queue.task_done()
-
-    async def _send(self, event: _Event) -> None:
-        headers = binary_headers(
-            event.event_id, event.kind, content_type=event.content_type, **self.meta
-        )
+    async def submit(
+        self,
+        request_body: bytes,
+        response_body: bytes | None,
+        *,
+        inference_id: str | None = None,
+        content_type: str = "application/json",
+    ) -> str:
+        """Like :meth:`log`, with spill writes in a worker thread (the event loop never waits)."""
+        event_id, events = self._events(request_body, response_body, inference_id, content_type)
         try:
-            assert self._client is not None
-            response = await self._client.post(self.url, content=event.body, headers=headers)
-        except (httpx.HTTPError, OSError) as e:
-            self.stats.failed += 1
-            log.warning(
-                "payload logger: cannot post %s event %s to %s: %s",
-                event.kind,
-                event.event_id,
-                self.url,
-                e,
-            )
+            self._ensure_started()
+            rest = self._admit(events)
+            if rest:
+                refused = await asyncio.to_thread(self._spill_events, rest)
+                self._hold_or_drop(refused, self._full_reason)
+        except Exception:
+            log.exception("payload logger could not queue the events of %s", event_id)
+        self._notify()
+        return event_id
+
+    def drop_unlogged(self, count: int, reason: str) -> None:
+        """Count events of an answered request that could not even be built (and say why)."""
+        self._count("logged", count)
+        self._count("dropped", count)
+        log.error("payload logger: DROPPED %d events: %s", count, reason)
+
+    # -- senders ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the senders on the running event loop (idempotent); the spill drains first."""
+        if self._tasks:
             return
-        if response.status_code >= 300:
-            self.stats.failed += 1
-            log.warning(
-                "payload logger: %s answered %s for %s event %s: %s",
-                self.url,
-                response.status_code,
-                event.kind,
-                event.event_id,
-                response.text[:200],
+        import httpx
+
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._client = httpx.AsyncClient(timeout=self.timeout)
+        self._tasks = [
+            asyncio.create_task(self._run(i), name=f"payload-logger-{i}")
+            for i in range(self.workers)
+        ]
+        atexit.register(self._at_exit)
+        if self.spill is not None and self.spill.depth:
+            log.info(
+                "payload logger: %d events (%d bytes) wait in %s from an earlier run; sending "
+                "them first",
+                self.spill.depth,
+                self.spill.bytes,
+                self.spill.folder,
             )
+
+    async def stop(self, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
+        """Give the memory queue up to ``drain_seconds`` to go out, then spill what is left.
+
+        Without a spill (or with a full one) what is left is dropped, counted and logged.
+        """
+        loop = asyncio.get_running_loop()
+        if self._tasks:
+            deadline = loop.time() + drain_seconds
+            while (self._memory or self._busy) and self._sink_ok and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            assert self._stopping is not None
+            self._stopping.set()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            if self._parking is not None:
+                await asyncio.wait({self._parking})
+        if self._starting is not None:
+            self._starting.cancel()
+            self._starting = None
+        left = list(self._memory)
+        self._memory.clear()
+        self._memory_bytes = 0
+        if left:
+            refused = await asyncio.to_thread(self._spill_events, left) if self.spill else left
+            for event in refused:
+                self._drop(event, "stopped with the event unsent and no room in a spill")
+            log.info(
+                "payload logger stopped: %d queued events spilled, %d dropped",
+                len(left) - len(refused),
+                len(refused),
+            )
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        atexit.unregister(self._at_exit)
+        if self.spill is not None:
+            self.spill.close()
+
+    async def _run(self, index: int) -> None:
+        assert self._stopping is not None
+        # Stopping is a flag as well as a cancellation: Python 3.11's wait_for can swallow a
+        # cancellation that arrives as the awaited event fires.
+        while not self._stopping.is_set():
+            if self._sink_ok:
+                item = await self._take()
+                if item is None:
+                    await self._idle()
+                else:
+                    await self._deliver(item)
+            elif (
+                self.spill is not None
+                and self._memory
+                and self._parking is None
+                and self.spill.has_room(self._memory[0].size)
+            ):
+                await self._park_memory()
+            elif index == 0:
+                await self._probe()
+            else:
+                await self._idle()
+
+    async def _idle(self) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), 1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        assert self._stopping is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _take(self) -> _Item | None:
+        """The next event to send: memory first (older), then the oldest spilled one."""
+        if self._memory:
+            event = self._memory.popleft()
+            self._memory_bytes -= event.size
+            return _Item(event)
+        if self.spill is None or not self.spill.pending:
+            return None
+        return await self._take_spilled()
+
+    def _give_back(self, item: _Item) -> None:
+        if item.name is not None:
+            assert self.spill is not None
+            self.spill.release(item.name)
         else:
-            self.stats.sent += 1
+            self._to_memory(item.event, front=True)
+        self._notify()
+
+    def _done(self, item: _Item, answer: _Answer) -> None:
+        if item.name is not None:
+            assert self.spill is not None
+            self.spill.remove(item.name)
+        if answer.outcome == "delivered":
+            self._count("delivered")
+            self._mark_ok()
+        else:
+            self._count("rejected")
+            log.error(
+                "payload logger: %s REJECTED event %s: %s; not sending it again",
+                self.url,
+                item.event.label,
+                answer.reason,
+            )
+
+    def _mark_ok(self) -> None:
+        if not self._sink_ok:
+            log.warning(
+                "payload logger: %s answers again; sending %d queued and %d spilled events",
+                self.url,
+                len(self._memory),
+                self.spill.depth if self.spill else 0,
+            )
+        self._sink_ok = True
+        self._failures = 0
+        self._notify()
+
+    def _mark_away(self, reason: str) -> None:
+        if self._sink_ok:
+            log.warning(
+                "payload logger: %s is unreachable (%s); %s until it answers",
+                self.url,
+                reason,
+                f"spilling events to {self.spill.folder}"
+                if self.spill
+                else "holding events in memory (no spill: they are dropped when it is full)",
+            )
+        self._sink_ok = False
+        self._notify()
+
+    async def _deliver(self, item: _Item) -> None:
+        """Send one event, retrying while the sink is counted as available."""
+        from_memory = item.name is None
+        self._busy += from_memory
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                answer = await self._post(item.event)
+                if answer.outcome != "retry":
+                    self._done(item, answer)
+                    return
+                self._count("retried")
+                self._failures += 1
+                assert self._stopping is not None
+                if self._stopping.is_set():
+                    self._give_back(item)
+                    return
+                if attempt >= self.attempts or not self._sink_ok:
+                    self._mark_away(answer.reason)
+                    self._give_back(item)
+                    return
+                await self._sleep(self.clock.delay(attempt, answer.retry_after))
+        except asyncio.CancelledError:
+            self._give_back(item)
+            raise
+        finally:
+            self._busy -= from_memory
+
+    async def _probe(self) -> None:
+        """While the sink is away: try the oldest event once, back off on failure."""
+        if self.spill is not None and self.spill.pending:
+            item = await self._take_spilled()
+        elif self._memory:
+            event = self._memory.popleft()
+            self._memory_bytes -= event.size
+            item = _Item(event)
+        else:
+            item = None
+        if item is None:
+            await self._idle()
+            return
+        try:
+            answer = await self._post(item.event)
+            if answer.outcome != "retry":
+                self._done(item, answer)
+                return
+            self._count("retried")
+            self._failures += 1
+            self._give_back(item)
+        except asyncio.CancelledError:
+            self._give_back(item)
+            raise
+        await self._sleep(self.clock.delay(self._failures, answer.retry_after))
+
+    async def _take_spilled(self) -> _Item | None:
+        """Claim the oldest spilled event (read in a thread; released if cancelled meanwhile)."""
+        spill = self.spill
+        assert spill is not None
+        reading = asyncio.ensure_future(asyncio.to_thread(spill.take))
+        try:
+            claimed = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+
+            def release(done: asyncio.Future[Any]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result():
+                    spill.release(done.result()[0])
+
+            reading.add_done_callback(release)
+            raise
+        if claimed is None:
+            return None
+        name, event = claimed
+        if event is None:
+            self._count("dropped")  # an unreadable file, logged by the spill
+            return None
+        return _Item(event, name)
+
+    async def _park_memory(self) -> None:
+        """Move the memory queue to the spill (the sink is away).
+
+        The events leave memory once written, even when this sender is cancelled meanwhile
+        (:meth:`stop` waits for the write), so none is spilled twice.
+        """
+        snapshot = list(self._memory)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._spill_events, snapshot))
+
+        def written(done: asyncio.Future[list[PayloadEvent]]) -> None:
+            self._parking = None
+            if done.cancelled() or done.exception() is not None:
+                return
+            parked = {e.seq for e in snapshot} - {e.seq for e in done.result()}
+            remaining = [e for e in self._memory if e.seq not in parked]
+            self._memory = deque(remaining)
+            self._memory_bytes = sum(e.size for e in remaining)
+
+        self._parking = writing
+        writing.add_done_callback(written)
+        refused = await asyncio.shield(writing)
+        if refused:
+            await self._idle()  # the spill is full: wait for room rather than spin
+
+    async def _post(self, event: PayloadEvent) -> _Answer:
+        import httpx
+
+        assert self._client is not None
+        try:
+            response = await self._client.post(
+                self.url, content=event.body, headers={**event.headers, **self._auth}
+            )
+        except httpx.TimeoutException:
+            return _Answer("retry", f"no answer within {self.timeout:g} s")
+        except (httpx.HTTPError, OSError) as e:
+            return _Answer("retry", f"{type(e).__name__}: {e}")
+        status = response.status_code
+        if 200 <= status < 300:
+            return _Answer("delivered")
+        if status >= 500 or status in RETRY_STATUSES:
+            return _Answer(
+                "retry", f"HTTP {status}", _retry_after(response.headers.get("retry-after"))
+            )
+        return _Answer("rejected", f"HTTP {status}: {response.text[:300]}")
+
+
+def _spill_at_exit(ref: weakref.ReferenceType[PayloadLogger]) -> None:
+    """At interpreter exit without :meth:`PayloadLogger.stop`: spill (or count) the queue."""
+    logger = ref()
+    if logger is None or not logger._memory:
+        return
+    left = list(logger._memory)
+    logger._memory.clear()
+    for event in logger._spill_events(left) if logger.spill else left:
+        logger._drop(event, "the process exited with the event unsent")
+
+
+# -- the prediction hook ----------------------------------------------------------------------
 
 
 def encode_request(inputs: list[bytes] | np.ndarray) -> tuple[bytes, str]:
@@ -218,9 +1008,10 @@ def encode_request(inputs: list[bytes] | np.ndarray) -> tuple[bytes, str]:
 class CloudEventsHook:
     """A ``serving.model.PredictionHook`` that logs every answered request as KServe CloudEvents.
 
-    ``garbage serve --logger-url URL`` passes one to the predictor. It holds only its settings
-    when pickled (``--workers > 1`` sends the hook to each worker process); the emitter is made
-    in the process that uses it, on first use.
+    ``garbage serve --logger-url URL`` passes one to the predictor and runs :meth:`start` and
+    :meth:`aclose` with the server. It holds only its settings when pickled (``--workers > 1``
+    sends the hook to each worker process); the emitter is made in the process that uses it, on
+    first use.
     """
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -244,6 +1035,15 @@ class CloudEventsHook:
             self._logger = PayloadLogger(self.url, **self.options)
         return self._logger
 
+    async def start(self) -> None:
+        """Start the emitter now (at server start: events spilled by an earlier run go out)."""
+        await self.logger.start()
+
+    async def aclose(self, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
+        """Stop the emitter: the queue is sent within ``drain_seconds`` or spilled."""
+        if self._logger is not None:
+            await self._logger.stop(drain_seconds)
+
     async def __call__(
         self, request_id: str, inputs: list[bytes] | np.ndarray, predictions: list
     ) -> None:
@@ -251,6 +1051,10 @@ class CloudEventsHook:
         emitter = self.logger
         if not emitter.running:
             await emitter.start()
-        body, content_type = await asyncio.to_thread(encode_request, inputs)
-        response = json.dumps(v1_response(p.to_dict() for p in predictions)).encode()
-        emitter.log(body, response, inference_id=request_id, content_type=content_type)
+        try:
+            body, content_type = await asyncio.to_thread(encode_request, inputs)
+            response = json.dumps(v1_response(p.to_dict() for p in predictions)).encode()
+        except Exception as e:
+            emitter.drop_unlogged(2, f"request {request_id} could not be encoded: {e!r}")
+            return
+        await emitter.submit(body, response, inference_id=request_id, content_type=content_type)

@@ -4,6 +4,17 @@ A row is keyed by ``(inference_id, item)``: the CloudEvent id shared by a reques
 response, and the image's position in the batch. The request event fills the features, the
 response event the prediction, label feedback the true label; they may arrive in any order and
 each only fills its own columns, so the three meet in one row whatever the order.
+
+Every label ever given is kept in a second table, ``label_history`` (who gave it and when); the
+row of ``inference_log`` holds the latest one, which is what accuracy counts. The table is new:
+opening a store created before it existed creates it (``CREATE TABLE IF NOT EXISTS``), and no
+column of ``inference_log`` changed, so existing SQLite files and PostgreSQL databases need no
+migration.
+
+Values are checked before any SQL runs (:class:`InvalidRecordError`): text no longer than its
+column (PostgreSQL refuses longer values, SQLite would store them), valid UTF-8 without NUL
+characters (PostgreSQL refuses NUL), item numbers within the column's 32-bit range. A caller can
+tell a client's mistake from a database failure (:class:`StoreError`) by the exception's type.
 """
 
 from __future__ import annotations
@@ -13,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from sqlalchemy import (
@@ -31,6 +42,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -41,8 +53,27 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
 
+_T = TypeVar("_T")
+
 TABLE_NAME = "inference_log"
+HISTORY_TABLE_NAME = "label_history"
 KEY = ("inference_id", "item")
+#: Longest text of each column, in characters: the one definition of what the store takes.
+FIELD_LENGTHS: dict[str, int] = {
+    "inference_id": 200,
+    "source": 500,
+    "inference_service": 200,
+    "namespace": 200,
+    "component": 50,
+    "endpoint": 50,
+    "model_id": 200,
+    "feature_error": 200,
+    "prediction": 100,
+    "true_label": 100,
+    "labeller": 100,
+}
+#: ``item`` is an ``INTEGER`` column: 32 bits on PostgreSQL.
+MAX_ITEM = 2**31 - 1
 #: ``insert`` of each supported dialect: both have ``INSERT ... ON CONFLICT DO UPDATE``.
 UPSERT_DIALECTS: dict[str, Callable[[Table], Any]] = {
     "sqlite": sqlite.insert,
@@ -51,7 +82,69 @@ UPSERT_DIALECTS: dict[str, Callable[[Table], Any]] = {
 
 
 class StoreError(RuntimeError):
-    """The database cannot be reached, created or written; the message names the URL."""
+    """The database cannot be reached, created or written; the message names the URL.
+
+    The message may hold the database's own words (an SQL statement, its parameters): log it,
+    never send it to a client.
+    """
+
+
+class InvalidRecordError(ValueError):
+    """A value the store cannot take (too long, not text, out of range); nothing was written.
+
+    The message is ``"<field> <problem>"``: it names the field and the limit and quotes no part
+    of the value.
+
+    Attributes:
+        field: The column (a key of :data:`FIELD_LENGTHS`, ``item`` or ``time``).
+        problem: What is wrong, e.g. ``"is 300 characters long; at most 200"``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def check_text(field: str, value: object, *, required: bool = False) -> None:
+    """Check that ``value`` fits the column ``field`` (:data:`FIELD_LENGTHS`).
+
+    Args:
+        field: A key of :data:`FIELD_LENGTHS`.
+        value: The value to store; None and ``""`` stand for no value.
+        required: Refuse an empty value.
+
+    Raises:
+        InvalidRecordError: Not a string, empty when required, longer than the column, not
+            encodable as UTF-8 (a lone surrogate) or holding a NUL character.
+    """
+    if value is None or value == "":
+        if required:
+            raise InvalidRecordError(field, "is empty; it is required")
+        return
+    if not isinstance(value, str):
+        raise InvalidRecordError(field, f"must be text, got {type(value).__name__}")
+    limit = FIELD_LENGTHS[field]
+    if len(value) > limit:
+        raise InvalidRecordError(field, f"is {len(value)} characters long; at most {limit}")
+    if "\x00" in value:
+        raise InvalidRecordError(field, "contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRecordError(field, "is not valid Unicode (a lone surrogate)") from e
+
+
+def check_item(item: object) -> None:
+    """Check an image position: an integer from 0 to :data:`MAX_ITEM`.
+
+    Raises:
+        InvalidRecordError: Not an integer or out of range.
+    """
+    if not isinstance(item, int) or isinstance(item, bool):
+        raise InvalidRecordError("item", f"must be an integer, got {type(item).__name__}")
+    if not 0 <= item <= MAX_ITEM:
+        raise InvalidRecordError("item", f"is out of range; it must be 0..{MAX_ITEM}")
 
 
 @dataclass(frozen=True)
@@ -79,33 +172,69 @@ class EventMeta:
         }
         return {k: v for k, v in values.items() if v}
 
+    def check(self) -> None:
+        """Check every field against its column before anything is written.
+
+        Raises:
+            InvalidRecordError: A field is too long, not text, or the time is not a datetime.
+        """
+        check_text("inference_id", self.inference_id, required=True)
+        for name, value in self.columns().items():
+            check_text(name, value)
+        if not isinstance(self.time, datetime):
+            raise InvalidRecordError("time", f"must be a datetime, got {type(self.time).__name__}")
+
 
 def _table(metadata: MetaData) -> Table:
     return Table(
         TABLE_NAME,
         metadata,
         Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("inference_id", String(200), nullable=False),
+        Column("inference_id", _text("inference_id"), nullable=False),
         Column("item", Integer, nullable=False),
         Column("ts", DateTime, nullable=False),
         Column("request_time", DateTime),
         Column("response_time", DateTime),
-        Column("source", String(500)),
-        Column("inference_service", String(200)),
-        Column("namespace", String(200)),
-        Column("component", String(50)),
-        Column("endpoint", String(50)),
-        Column("model_id", String(200)),
+        *[
+            Column(name, _text(name))
+            for name in (
+                "source",
+                "inference_service",
+                "namespace",
+                "component",
+                "endpoint",
+                "model_id",
+            )
+        ],
         *[Column(name, Float) for name in FEATURE_COLUMNS],
-        Column("feature_error", String(200)),
-        Column("prediction", String(100)),
+        Column("feature_error", _text("feature_error")),
+        Column("prediction", _text("prediction")),
         Column("score", Float),
         Column("probabilities", Text),
-        Column("true_label", String(100)),
+        Column("true_label", _text("true_label")),
         Column("label_time", DateTime),
         UniqueConstraint(*KEY, name="uq_inference_item"),
         Index("ix_inference_log_ts", "ts"),
     )
+
+
+def _history_table(metadata: MetaData) -> Table:
+    """Every label given, with who gave it (the credential's name) and when."""
+    return Table(
+        HISTORY_TABLE_NAME,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("inference_id", _text("inference_id"), nullable=False),
+        Column("item", Integer, nullable=False),
+        Column("label", _text("true_label"), nullable=False),
+        Column("labeller", _text("labeller"), nullable=False),
+        Column("label_time", DateTime, nullable=False),
+        Index("ix_label_history_key", *KEY),
+    )
+
+
+def _text(field: str) -> String:
+    return String(FIELD_LENGTHS[field])
 
 
 def normalise_url(url: str) -> str:
@@ -147,6 +276,7 @@ class InferenceStore:
         self.url = normalise_url(url)
         self.metadata = MetaData()
         self.table = _table(self.metadata)
+        self.history = _history_table(self.metadata)
         try:
             if self.url.startswith("sqlite:///"):
                 path = self.url[len("sqlite:///") :]
@@ -181,7 +311,9 @@ class InferenceStore:
         try:
             with self.engine.begin() as conn:
                 return work(conn)
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, OverflowError, UnicodeError) as e:
+            # The checks before each write should make the last two impossible; should one slip
+            # through, it is still a failed write, not a crash.
             raise StoreError(f"cannot write to {redact(self.url)}: {e}") from e
 
     def _upsert(
@@ -211,7 +343,14 @@ class InferenceStore:
 
         Returns:
             The number of rows written.
+
+        Raises:
+            InvalidRecordError: A value does not fit its column (nothing is written).
+            StoreError: The database failed.
         """
+        meta.check()
+        for values in items:
+            check_text("feature_error", values.get("feature_error"))
 
         def work(conn: Connection) -> int:
             for index, values in enumerate(items):
@@ -226,7 +365,15 @@ class InferenceStore:
         meta: EventMeta,
         items: Sequence[tuple[str | None, float | None, Mapping[str, float] | None]],
     ) -> int:
-        """Store the prediction ``(label, score, probabilities)`` of each image of a response."""
+        """Store the prediction ``(label, score, probabilities)`` of each image of a response.
+
+        Raises:
+            InvalidRecordError: A value does not fit its column (nothing is written).
+            StoreError: The database failed.
+        """
+        meta.check()
+        for label, _, _ in items:
+            check_text("prediction", label)
 
         def work(conn: Connection) -> int:
             for index, (label, score, probabilities) in enumerate(items):
@@ -242,28 +389,103 @@ class InferenceStore:
 
         return self._transaction(work)
 
-    def record_feedback(self, inference_id: str, item: int, label: str, when: datetime) -> bool:
-        """Attach a true label to a logged prediction.
+    def record_feedback(
+        self, inference_id: str, item: int, label: str, when: datetime, labeller: str = ""
+    ) -> bool:
+        """Attach a true label to a logged prediction and add it to the label history.
+
+        The latest label wins: the row keeps the label with the latest ``when`` (a late write
+        of an older label goes to the history only), and every label stays in the history.
+
+        Args:
+            inference_id: The inference's id (its CloudEvent ``ce-id``).
+            item: The image's position in the request.
+            label: The true class.
+            when: When the label was given (naive UTC).
+            labeller: Who gave it (the name of the credential that sent it).
 
         Returns:
             False when no row exists for ``(inference_id, item)`` (nothing is written then).
+
+        Raises:
+            InvalidRecordError: A value does not fit its column (nothing is written).
+            StoreError: The database failed.
         """
-        t = self.table
+        check_text("inference_id", inference_id, required=True)
+        check_item(item)
+        check_text("true_label", label, required=True)
+        check_text("labeller", labeller)
+        t, h = self.table, self.history
 
         def work(conn: Connection) -> int:
-            done = conn.execute(
+            key = (t.c.inference_id == inference_id, t.c.item == item)
+            if conn.execute(select(func.count()).select_from(t).where(*key)).scalar_one() == 0:
+                return 0
+            conn.execute(
+                insert(h).values(
+                    inference_id=inference_id,
+                    item=item,
+                    label=label,
+                    labeller=labeller,
+                    label_time=when,
+                )
+            )
+            conn.execute(
                 update(t)
-                .where(t.c.inference_id == inference_id, t.c.item == item)
+                .where(*key, or_(t.c.label_time.is_(None), t.c.label_time <= when))
                 .values(true_label=label, label_time=when)
             )
-            return done.rowcount
+            return 1
 
         return self._transaction(work) > 0
 
+    def items_logged(self, inference_id: str) -> int:
+        """How many images of ``inference_id`` are logged (0 when it is unknown).
+
+        Raises:
+            InvalidRecordError: The id does not fit its column.
+            StoreError: The database cannot be read.
+        """
+        check_text("inference_id", inference_id, required=True)
+        t = self.table
+        query = select(func.count()).select_from(t).where(t.c.inference_id == inference_id)
+        return self._read(lambda conn: int(conn.execute(query).scalar_one()))
+
+    def label_history(self, inference_id: str, item: int = 0) -> list[dict[str, Any]]:
+        """Every label given to ``(inference_id, item)``, oldest first.
+
+        Returns:
+            ``[{"label", "labeller", "label_time"}, ...]``.
+
+        Raises:
+            InvalidRecordError: The id or item does not fit its column.
+            StoreError: The database cannot be read.
+        """
+        check_text("inference_id", inference_id, required=True)
+        check_item(item)
+        h = self.history
+        query = (
+            select(h.c.label, h.c.labeller, h.c.label_time)
+            .where(h.c.inference_id == inference_id, h.c.item == item)
+            .order_by(h.c.label_time, h.c.id)
+        )
+        return self._read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
+
+    def _read(self, work: Callable[[Connection], _T]) -> _T:
+        try:
+            with self.engine.connect() as conn:
+                return work(conn)
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot read from {redact(self.url)}: {e}") from e
+
     def count(self) -> int:
-        """Rows in the log."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
+        """Rows in the log.
+
+        Raises:
+            StoreError: The database cannot be read.
+        """
+        query = select(func.count()).select_from(self.table)
+        return self._read(lambda conn: int(conn.execute(query).scalar_one()))
 
     def load_window(
         self,

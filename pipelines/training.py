@@ -85,6 +85,20 @@ CPU_CLUSTER = TrainResources(
 )
 
 
+#: The Secret (namespace kubeflow) with the pipeline's MLflow login: the one user that may write
+#: runs, models and artifacts (manifests/base/mlflow/auth; scripts/kind/secrets.sh creates it).
+MLFLOW_SECRET = "garbage-pipeline-mlflow"
+MLFLOW_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def _with_mlflow_login(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Give a step that talks to MLflow the pipeline's login (kfp.local ignores it)."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=MLFLOW_SECRET, secret_key_to_env={key: key for key in MLFLOW_LOGIN}
+    )
+    return task
+
+
 def _small(task: dsl.PipelineTask, memory: str = "2G") -> dsl.PipelineTask:
     task.set_cpu_request("500m").set_cpu_limit("2")
     task.set_memory_request(memory).set_memory_limit(memory)
@@ -129,11 +143,14 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
         data = {"images": images, "manifest": split.outputs["manifest"]}
         train = train_resources.apply(train_model(config_json=config_json, **data))
         train.set_display_name("train").set_retry(1)
+        _with_mlflow_login(train)
         tracked = {"config_json": config_json, "run_id": train.outputs["Output"], **data}
         evaluate = _small(evaluate_model(model=train.outputs["model"], **tracked), memory="4G")
         evaluate.set_display_name("evaluate")
         export = _small(export_model(model=train.outputs["model"], **tracked), memory="4G")
         export.set_display_name("export ONNX").after(evaluate)
+        for step in (evaluate, export):
+            _with_mlflow_login(step)
         onnx_model = export.outputs["onnx_model"]
         reference = _small(reference_profile(onnx_model=onnx_model, **data), memory="4G")
         reference.set_display_name("reference profile")
@@ -147,6 +164,7 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
             memory="4G",
         )
         register.set_display_name("register and promote").set_caching_options(False)
+        _with_mlflow_login(register)
         # Nested on purpose: one KFP condition group per test (SIM117 would merge the two).
         with dsl.If(deploy_to_kserve == True, "deploy requested"):  # noqa: E712, SIM117
             with dsl.If(register.outputs["promoted"] == True, "promoted"):  # noqa: E712
@@ -163,6 +181,7 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
                     memory="1G",
                 )
                 deploy.set_display_name("deploy to KServe").set_caching_options(False)
+                _with_mlflow_login(deploy)
         return register.outputs["decision"]
 
     return garbage_pipeline

@@ -11,6 +11,9 @@ cd "$(dirname "$0")"
 if ! command -v shellcheck > /dev/null; then    # kind scripts stay shellcheck-clean
   apt-get update -qq && apt-get install -y -qq shellcheck > /dev/null
 fi
+if ! command -v htpasswd > /dev/null; then      # bcrypt hashes: scripts/kind/secrets.sh's test
+  apt-get update -qq && apt-get install -y -qq apache2-utils > /dev/null
+fi
 if ! command -v chromium > /dev/null; then      # headless browser: tests/docs/test_site.py
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null
 fi

@@ -18,13 +18,17 @@ from garbage.core.protocol import ProtocolError
 REASONS = (
     "malformed_json",  # the body is not JSON
     "bad_request",  # JSON of the wrong structure for the protocol
-    "payload_too_large",  # body / tensor payload over --max-payload-bytes
+    "payload_too_large",  # body / tensor data over the body limit (max_body_bytes)
+    "incomplete_body",  # the client went away or timed out before its body was in
+    "too_complex",  # JSON with more objects and arrays than the instance limit can need
     "too_many_instances",  # more images than --max-instances
     "invalid_base64",  # a b64 / JSON BYTES element that is not base64
     "empty",  # an image of 0 bytes
+    "file_too_large",  # an encoded file or pixel image over --max-image-bytes
     "not_an_image",  # bytes Pillow cannot identify
     "format",  # an image format outside --allowed-formats
-    "too_large",  # an image over --max-image-pixels (decompression bomb)
+    "too_large",  # an image over --max-image-pixels or --max-image-side (decompression bomb)
+    "aspect_ratio",  # an image longer than --max-aspect-ratio times its width
     "corrupt",  # a truncated or corrupt image
     "bad_tensor_name",  # an input or requested output the model does not have
     "bad_dtype",  # a tensor of the wrong datatype

@@ -9,6 +9,10 @@ series                                 type       labels / meaning
 ``garbage_batch_inference_seconds``    histogram  ``model_name``: duration of one model call
 ``garbage_request_images``             histogram  ``model_name``, ``protocol``: images per request
 ``garbage_rejected_requests_total``    counter    ``model_name``, ``reason``: 4xx answers
+``garbage_nonfinite_outputs_total``    counter    ``model_name``: requests failed (500) on NaN or
+                                                  infinite model outputs
+``garbage_refused_connections_total``  counter    ``reason``: HTTP connections closed before a
+                                                  request (slow or oversized head or body)
 =====================================  =========  ============================================
 
 The collectors are created on first use (not at import) and registered once per process in
@@ -37,6 +41,8 @@ class ServingMetrics:
     batch_seconds: Histogram
     request_images: Histogram
     rejected: Counter
+    nonfinite: Counter
+    refused_connections: Counter
 
 
 @cache
@@ -76,5 +82,15 @@ def serving_metrics() -> ServingMetrics:
             "garbage_rejected_requests_total",
             "Requests answered 400 / INVALID_ARGUMENT, by reason.",
             ["model_name", "reason"],
+        ),
+        nonfinite=Counter(
+            "garbage_nonfinite_outputs_total",
+            "Requests answered 500 / INTERNAL because the model's outputs were NaN or infinite.",
+            ["model_name"],
+        ),
+        refused_connections=Counter(
+            "garbage_refused_connections_total",
+            "HTTP connections answered 408 / 431 and closed: head or body too slow, head too big.",
+            ["reason"],
         ),
     )

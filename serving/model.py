@@ -10,12 +10,14 @@ Request flow (KServe's ``Model.__call__`` runs preprocess -> predict -> postproc
   Runtime in its own thread on batches of concurrent requests;
 * ``postprocess`` turns probabilities into labels in the protocol of the request (v1 dict or v2
   ``InferResponse``), updates the metrics and calls the optional ``on_prediction`` hook.
+
+A model output that is not finite (``NonFiniteOutputError`` from the classifier) fails the whole
+batch as a server error, counted in ``garbage_nonfinite_outputs_total``: never scores in a 200.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import logging
 import uuid
@@ -33,8 +35,14 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelInferRequest
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
-from garbage.core.classifier import ModelLoadError, OnnxClassifier, Prediction, default_providers
-from garbage.core.preprocessing import InvalidImageError
+from garbage.core.classifier import (
+    ModelLoadError,
+    NonFiniteOutputError,
+    OnnxClassifier,
+    Prediction,
+    default_providers,
+)
+from garbage.core.preprocessing import InvalidImageError, preprocess_bytes
 from garbage.core.protocol import (
     BYTES_INPUT,
     OUTPUT_LABEL,
@@ -47,7 +55,7 @@ from garbage.core.protocol import (
 from serving.batcher import Deferred, MicroBatcher
 from serving.errors import InputRejected
 from serving.metrics import serving_metrics
-from serving.payload import grpc_payload_bytes, v1_images, v2_images
+from serving.payload import Parsed, grpc_payload_bytes, v1_images, v2_images
 from serving.settings import ServingSettings, thread_budget
 
 logger = logging.getLogger(__name__)
@@ -109,6 +117,7 @@ class GarbageClassifierModel(Model):
         self._decode_pool: ThreadPoolExecutor | None = None
         self._infer_pool: ThreadPoolExecutor | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._stopped = False
         self._metrics = serving_metrics()
         #: Run on the model in each worker process after it is rebuilt there (``--workers > 1``):
         #: the server's routes and start-up hooks. A module-level function, so that it pickles.
@@ -123,6 +132,7 @@ class GarbageClassifierModel(Model):
             ModelLoadError: No usable model at ``model_dir``, or it failed the warm-up.
         """
         self.stop()  # a reload replaces the pools
+        self.classifier = None
         cuda = default_providers(self.settings.device)[0] == "CUDAExecutionProvider"
         intra, decode = thread_budget(self.settings, self.workers, cuda=cuda)
         classifier = OnnxClassifier.load(
@@ -148,8 +158,10 @@ class GarbageClassifierModel(Model):
             executor=self._infer_pool,
             on_batch=on_batch,
         )
-        self.model_sha256 = hashlib.sha256(classifier.model_file.read_bytes()).hexdigest()
+        # The digest export recorded over every file the model loads (metadata.json's `digest`).
+        self.model_sha256 = classifier.digest or ""
         self.classifier = classifier
+        self._stopped = False
         logger.info(
             "model %s loaded from %s: providers %s, threads %s",
             self.name,
@@ -171,14 +183,13 @@ class GarbageClassifierModel(Model):
         Image.new("RGB", (classifier.width, classifier.height), (128, 128, 128)).save(
             buffer, "JPEG"
         )
-        pixels = classifier.preprocess(
-            buffer.getvalue(),
-            allowed_formats=self.settings.allowed_formats,
-            max_pixels=self.settings.max_image_pixels,
-        )
+        pixels = self._decode_one(classifier, buffer.getvalue())
         largest = self.settings.max_batch_size
         for n in range(1, largest + 1) if every_batch_size else sorted({1, largest}):
-            probabilities = classifier.predict_pixels(np.repeat(pixels[None], n, axis=0))
+            try:
+                probabilities = classifier.predict_pixels(np.repeat(pixels[None], n, axis=0))
+            except NonFiniteOutputError as e:
+                raise ModelLoadError(f"{classifier.model_file} failed the warm-up: {e}") from e
             if (
                 probabilities.shape != (n, len(classifier.classes))
                 or not np.all(np.isfinite(probabilities))
@@ -193,9 +204,19 @@ class GarbageClassifierModel(Model):
     def start(self) -> None:
         """KServe calls this after registering the model; readiness stays what ``load`` made it."""
 
+    @property
+    def live(self) -> bool:
+        """The model can answer: loaded, and its thread pools not stopped (liveness)."""
+        return self.classifier is not None and not self._stopped
+
+    async def healthy(self) -> bool:
+        """Ready and live: what KServe's model readiness (v1, v2 and gRPC) reports."""
+        return self.ready and self.live
+
     def stop(self) -> None:
         """Not ready any more; stop the thread pools."""
         self.ready = False
+        self._stopped = True
         for pool in (self._decode_pool, self._infer_pool):
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -254,7 +275,11 @@ class GarbageClassifierModel(Model):
             "model_sha256": self.model_sha256,
             "max_instances": s.max_instances,
             "max_payload_bytes": s.max_payload_bytes,
+            "max_body_bytes": s.max_body_bytes,
+            "max_image_bytes": s.max_image_bytes,
             "max_image_pixels": s.max_image_pixels,
+            "max_image_side": s.max_image_side,
+            "max_aspect_ratio": s.max_aspect_ratio,
             "allowed_formats": list(s.allowed_formats),
             "max_batch_size": s.max_batch_size,
         }
@@ -267,11 +292,14 @@ class GarbageClassifierModel(Model):
         headers: dict[str, str] | None = None,
         verb: InferenceVerb = InferenceVerb.PREDICT,
     ) -> Any:
-        """KServe's pipeline, counting rejected requests by reason."""
+        """KServe's pipeline, counting rejected requests by reason and non-finite outputs."""
         try:
             return await super().__call__(body, headers, verb)
         except InputRejected as e:
             self._metrics.rejected.labels(self.name, e.kind).inc()
+            raise
+        except NonFiniteOutputError:
+            self._metrics.nonfinite.labels(self.name).inc()
             raise
 
     def validate(self, payload: Any) -> Any:
@@ -279,28 +307,21 @@ class GarbageClassifierModel(Model):
         return payload
 
     async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Work:
-        """Read and decode the request's images."""
+        """Read and decode the request's images.
+
+        ``payload`` is a v1 body (dict), a v2 or gRPC request, or a REST request the routes
+        already parsed off the event loop (:class:`~serving.payload.Parsed`).
+        """
         classifier = self._loaded()
         headers = headers or {}
-        if isinstance(payload, ModelInferRequest):
-            payload = InferRequest.from_grpc(payload)
-        if isinstance(payload, InferRequest):
-            protocol = "grpc" if payload.from_grpc else "v2"
-            if protocol == "grpc":
-                size = grpc_payload_bytes(payload)
-                if size > self.settings.max_payload_bytes:
-                    raise InputRejected(
-                        f"the request carries {size} bytes of tensor data, over the limit of "
-                        f"{self.settings.max_payload_bytes}",
-                        "payload_too_large",
-                    )
-            inputs = v2_images(payload, self.settings)
-            request_id = headers.get("x-request-id") or payload.id or uuid.uuid4().hex
-        else:
-            protocol = "v1"
-            inputs = v1_images(payload, self.settings)
-            payload = None
-            request_id = headers.get("x-request-id") or uuid.uuid4().hex
+        parsed = payload if isinstance(payload, Parsed) else self._parse(payload)
+        request = parsed.request
+        inputs = parsed.inputs
+        request_id = (
+            headers.get("x-request-id")
+            or (request.id if request is not None else None)
+            or uuid.uuid4().hex
+        )
         assert self._batcher is not None
         pixels: np.ndarray | Deferred
         if isinstance(inputs, np.ndarray):
@@ -309,8 +330,27 @@ class GarbageClassifierModel(Model):
             pixels = partial(self._decode_now, classifier, inputs)
         else:
             pixels = await self._decode(classifier, inputs)
-        self._metrics.request_images.labels(self.name, protocol).observe(len(inputs))
-        return _Work(request_id, protocol, inputs, pixels, payload)
+        self._metrics.request_images.labels(self.name, parsed.protocol).observe(len(inputs))
+        return _Work(request_id, parsed.protocol, inputs, pixels, request)
+
+    def _parse(self, payload: Any) -> Parsed:
+        """The images of a v1 body, a v2 request or a gRPC request (on the event loop)."""
+        if isinstance(payload, ModelInferRequest):
+            payload = InferRequest.from_grpc(payload)
+        if not isinstance(payload, InferRequest):
+            return Parsed("v1", v1_images(payload, self.settings))
+        if payload.from_grpc:
+            size = grpc_payload_bytes(payload)
+            limit = self.settings.max_body_bytes
+            if size > limit:
+                raise InputRejected(
+                    f"the request carries {size} bytes of tensor data, over the limit of {limit}; "
+                    "send fewer or smaller images",
+                    "payload_too_large",
+                )
+        return Parsed(
+            "grpc" if payload.from_grpc else "v2", v2_images(payload, self.settings), payload
+        )
 
     async def predict(
         self,
@@ -419,15 +459,25 @@ class GarbageClassifierModel(Model):
         Raises:
             InputRejected: An image is not a valid, allowed image (the message names which).
         """
-        s = self.settings
         for i in range(start, stop):
             try:
-                out[i] = classifier.preprocess(
-                    images[i], allowed_formats=s.allowed_formats, max_pixels=s.max_image_pixels
-                )
+                out[i] = self._decode_one(classifier, images[i])
             except InvalidImageError as e:
                 where = f"image {i}: " if len(images) > 1 else ""
                 raise InputRejected(f"{where}{e}", e.reason) from e
+
+    def _decode_one(self, classifier: OnnxClassifier, data: bytes) -> np.ndarray:
+        """One encoded image to the model's input, within the serving limits."""
+        s = self.settings
+        return preprocess_bytes(
+            data,
+            classifier.height,
+            classifier.width,
+            allowed_formats=s.allowed_formats,
+            max_pixels=s.max_image_pixels,
+            max_side=s.max_image_side,
+            max_aspect_ratio=s.max_aspect_ratio,
+        )
 
     async def _fit(self, classifier: OnnxClassifier, pixels: np.ndarray) -> np.ndarray:
         """Resize a pixel tensor to the model's input size (no-op when it already is)."""

@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = "/mnt/models"
 GRPC_LIMIT_HEADROOM = 2
-"""gRPC's own message limit is kept at least this many times ``max_payload_bytes`` so that a
-payload over the server's limit reaches the model and gets INVALID_ARGUMENT with a message
-(a message over gRPC's limit gets RESOURCE_EXHAUSTED from gRPC itself)."""
+"""gRPC's own message limit is kept at least this many times the body limit
+(``ServingSettings.max_body_bytes``) so that a payload over the server's limit reaches the model
+and gets INVALID_ARGUMENT with a message (a message over gRPC's limit gets RESOURCE_EXHAUSTED
+from gRPC itself)."""
 
 
 def build_model(
@@ -56,7 +57,10 @@ def serve_model(
     workers: int = 1,
     **server_options: Any,
 ) -> None:
-    """Run KServe's ``ModelServer`` with ``model`` until the process is stopped.
+    """Run the model server (:class:`serving.kserve_server.GarbageModelServer`) until stopped.
+
+    KServe's ``ModelServer`` without the model repository API, with truthful health and with
+    the REST read limits of ``model.settings`` (see :mod:`serving.kserve_server`).
 
     Args:
         model: A loaded predictor.
@@ -68,9 +72,10 @@ def serve_model(
         server_options: More ``kserve.ModelServer`` arguments (``enable_grpc``, ``max_threads``,
             ``enable_latency_logging``, ...).
     """
-    import kserve
     from kserve import model_server
 
+    from serving.http_guard import ReadLimits
+    from serving.kserve_server import GarbageModelServer
     from serving.rest import install_routes
 
     install_routes(model_server.app, model)
@@ -86,10 +91,18 @@ def serve_model(
     # KServe's gRPC server reads its options from KServe's parsed command line.
     model_server.args.grpc_max_receive_message_length = max(
         model_server.args.grpc_max_receive_message_length,
-        GRPC_LIMIT_HEADROOM * model.settings.max_payload_bytes,
+        GRPC_LIMIT_HEADROOM * model.settings.max_body_bytes,
     )
-    kserve.ModelServer(
-        http_port=http_port, grpc_port=grpc_port, workers=workers, **server_options
+    limits = ReadLimits(
+        header_timeout_s=model.settings.header_timeout_s,
+        body_timeout_s=model.settings.body_timeout_s,
+    )
+    GarbageModelServer(
+        read_limits=limits,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        workers=workers,
+        **server_options,
     ).start([model])
 
 

@@ -20,9 +20,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from garbage.core.names import MODEL_NAME
-from garbage.core.preprocessing import DEFAULT_MAX_PIXELS
+from garbage.core.preprocessing import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_SIDE,
+)
 
 ENV_PREFIX = "GARBAGE_SERVE_"
+JSON_OVERHEAD_BYTES = 64 * 1024
+"""What a REST body may hold besides its images: JSON structure, ids, parameters."""
+INSTANCE_OVERHEAD_BYTES = 64
+"""JSON around one image: ``{"image_bytes": {"b64": "..."}}`` and its separator."""
 
 
 class SettingsError(ValueError):
@@ -69,12 +77,38 @@ class ServingSettings(BaseModel):
     max_payload_bytes: int = Field(
         16 * 1024 * 1024,
         ge=1024,
-        description="Largest request body (REST) or tensor payload (gRPC).",
+        description="Largest request body (REST) or tensor payload (gRPC); the limit in force is "
+        "the smaller of this and what max_instances images of max_image_bytes need.",
     )
     max_image_pixels: int = Field(
         DEFAULT_MAX_PIXELS,
         ge=1,
         description="Largest width x height of one image (decompression-bomb guard).",
+    )
+    max_image_side: int = Field(
+        DEFAULT_MAX_SIDE, ge=1, description="Largest width and height of one image, in pixels."
+    )
+    max_aspect_ratio: float = Field(
+        DEFAULT_MAX_ASPECT_RATIO,
+        ge=1,
+        description="Largest longest-side / shortest-side ratio of one image.",
+    )
+    max_image_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1024,
+        description="Largest encoded file, or uint8 pixel image, in one request, in bytes.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a REST client has to send a request's line and headers.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a REST client has to send a request's body, once its headers are in.",
     )
     allowed_formats: tuple[str, ...] = Field(
         ("JPEG", "PNG"), min_length=1, description="Accepted encoded formats (Pillow names)."
@@ -84,6 +118,16 @@ class ServingSettings(BaseModel):
         description="uvicorn's access log line per request. Off by default: it costs the event "
         "loop about 0.15 ms per request and /metrics counts requests anyway.",
     )
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest REST body (or gRPC tensor data) accepted: what the limits can need.
+
+        ``max_instances`` images of ``max_image_bytes`` each, base64-encoded in JSON, plus
+        :data:`JSON_OVERHEAD_BYTES`; never more than ``max_payload_bytes``.
+        """
+        per_image = 4 * math.ceil(self.max_image_bytes / 3) + INSTANCE_OVERHEAD_BYTES
+        return min(self.max_payload_bytes, self.max_instances * per_image + JSON_OVERHEAD_BYTES)
 
     @field_validator("allowed_formats", mode="before")
     @classmethod

@@ -200,3 +200,83 @@ def aliases(client: MlflowClient, config: Config) -> dict[str, str]:
     """The aliases of the config's registered model: ``{"champion": "2", ...}``."""
     model = client.get_registered_model(config.registry.model_name)
     return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def seal_model(folder: Path) -> dict:
+    """Record the digests of the files ``folder/model.onnx`` loads in its ``metadata.json``, as
+    export does: for test models built or altered by hand. Returns the metadata written."""
+    from garbage.core.classifier import combined_digest, model_file_digests
+
+    metadata_file = folder / "metadata.json"
+    metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
+    metadata["files"] = model_file_digests(folder / "model.onnx")
+    metadata["digest"] = combined_digest(metadata["files"])
+    metadata_file.write_text(json.dumps(metadata, indent=2))
+    return metadata
+
+
+def constant_onnx_model(
+    folder: Path,
+    logits: list[float],
+    size: int = 16,
+    external_data: str | None = None,
+    seal: bool = True,
+) -> Path:
+    """A classifier graph built with ``onnx.helper`` whose logits are ``logits`` for every image
+    (NaN and infinity allowed), with the garbage-classifier metadata and its ``metadata.json``.
+
+    Args:
+        folder: Where ``model.onnx`` goes (created).
+        logits: One value per class (classes ``c0``, ``c1``...).
+        size: Input height and width.
+        external_data: A file name to store the logits in as ONNX external data.
+        seal: Record the files' digests in ``metadata.json`` (:func:`seal_model`).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    classes = [f"c{i}" for i in range(len(logits))]
+    row = numpy_helper.from_array(np.asarray([logits], dtype=np.float32), "row")
+    axes = numpy_helper.from_array(np.asarray([1, 2, 3], dtype=np.int64), "axes")
+    column = numpy_helper.from_array(np.asarray([1], dtype=np.int64), "column")
+    zero = numpy_helper.from_array(np.asarray(0, dtype=np.float32), "zero")
+    nodes = [
+        helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["pixels", "axes"], ["total"], keepdims=0),
+        helper.make_node("Unsqueeze", ["total", "column"], ["per_image"]),
+        helper.make_node("Mul", ["per_image", "zero"], ["zeros"]),  # [N, 1] of 0
+        helper.make_node("Add", ["zeros", "row"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(logits)]),
+            helper.make_tensor_value_info(
+                "probabilities", TensorProto.FLOAT, ["batch", len(logits)]
+            ),
+        ],
+        [row, axes, column, zero],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    properties = {
+        "classes": json.dumps(classes),
+        "image_height": str(size),
+        "image_width": str(size),
+    }
+    helper.set_model_props(model, properties)
+    folder.mkdir(parents=True, exist_ok=True)
+    if external_data:  # the logits only: shape inference needs the axes in the graph
+        [stored] = [t for t in model.graph.initializer if t.name == "row"]
+        set_external_data(stored, location=external_data)
+        (folder / external_data).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(folder / "model.onnx"))
+    metadata = {"classes": classes, "image_height": size, "image_width": size}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    if seal:
+        seal_model(folder)
+    return folder

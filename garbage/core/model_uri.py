@@ -142,7 +142,8 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
         destination: A folder (created).
 
     Raises:
-        ModelUriError: MLflow is not installed, there is no registry yet, or nothing is there.
+        ModelUriError: MLflow is not installed, there is no registry yet, nothing is there, or
+            what came down lies (or links) outside ``destination``.
     """
     mlflow = _mlflow(uri)
     tracking = tracking_uri or mlflow.get_tracking_uri()
@@ -171,7 +172,20 @@ def download(uri: str, tracking_uri: str | None, destination: Path) -> Path:
             f"cannot load {uri} from {tracking}: {e}. Run `make run` (or `garbage pipeline run`) "
             "to train and register a champion, or pass --model with a folder that holds model.onnx"
         ) from e
-    return Path(local)
+    return _inside(Path(local), destination, uri)
+
+
+def _inside(local: Path, destination: Path, uri: str) -> Path:
+    """``local``, when it and everything under it lie inside ``destination`` (links included)."""
+    root = destination.resolve()
+    paths = [local, *local.rglob("*")] if local.is_dir() else [local]
+    for path in paths:
+        if not path.resolve().is_relative_to(root):
+            raise ModelUriError(
+                f"the download of {uri} put {path} outside the download folder {root} (a path "
+                "or link that leads out): refused; check what the artifact store holds there"
+            )
+    return local
 
 
 def _underlying_uri(uri: str, tracking_uri: str) -> str:

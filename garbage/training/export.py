@@ -2,12 +2,12 @@
 
 The graph takes ``uint8 [N, H, W, 3]`` RGB pixels (the output of the shared preprocessing) and
 returns ``logits`` and ``probabilities``; class names, input size and normalisation travel in the
-ONNX metadata properties and in ``metadata.json`` beside the model.
+ONNX metadata properties and in ``metadata.json`` beside the model, with the sha256 of every file
+the model loads (``files``) and their combined ``digest``, which loading checks.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +24,10 @@ from garbage.core.classifier import (
     MODEL_FILENAME,
     OUTPUT_LOGITS,
     OUTPUT_PROBABILITIES,
+    ModelMetadata,
     OnnxClassifier,
+    combined_digest,
+    model_file_digests,
 )
 from garbage.core.names import MODEL_NAME
 from garbage.training.train import load_checkpoint
@@ -62,14 +65,19 @@ def export_onnx(
         extra_metadata: More string-able facts to embed (e.g. training run id).
 
     Returns:
-        The metadata written, including ``parity_max_abs_diff``.
+        The metadata written, including ``parity_max_abs_diff``, ``files`` (sha256 by file name)
+        and ``digest``.
 
     Raises:
         ExportParityError: ONNX Runtime's logits differ from PyTorch's by more than 1e-4.
+        CheckpointError: ``checkpoint`` is not one the training core wrote.
+        ModelLoadError: The metadata breaks a limit that loading enforces (e.g. a class name).
     """
     model, state = load_checkpoint(checkpoint)
     height, width = state["image_height"], state["image_width"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A metadata.json left from an earlier export would describe another model.
+    (out_dir / METADATA_FILENAME).unlink(missing_ok=True)
     model_path = out_dir / MODEL_FILENAME
     wrapper = _WithProbabilities(model).eval()
     example = torch.zeros(2, height, width, 3, dtype=torch.uint8)
@@ -115,7 +123,8 @@ def export_onnx(
     pixels = np.stack(batch)
     with torch.no_grad():
         expected = model(torch.from_numpy(pixels)).numpy()
-    actual = OnnxClassifier(model_path, device="cpu").logits(pixels)
+    # Checked before its digests are recorded: a model that fails parity gets no metadata.json.
+    actual = OnnxClassifier(model_path, device="cpu", allow_unverified=True).logits(pixels)
     diff = float(np.max(np.abs(expected - actual)))
     if diff > PARITY_TOLERANCE:
         raise ExportParityError(
@@ -124,6 +133,8 @@ def export_onnx(
         )
     metadata["parity_max_abs_diff"] = diff
     metadata["parity_images"] = len(pixels)
-    metadata["sha256"] = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    metadata["files"] = model_file_digests(model_path)
+    metadata["digest"] = combined_digest(metadata["files"])
+    ModelMetadata.from_dict(metadata, str(out_dir / METADATA_FILENAME))  # what loading accepts
     (out_dir / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2))
     return metadata

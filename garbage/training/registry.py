@@ -11,6 +11,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from garbage.core.classifier import METADATA_FILENAME, MODEL_FILENAME, external_data_files
 from garbage.core.config import Config
 
 
@@ -119,16 +120,31 @@ def log_onnx_model(
 
     ``metadata.json`` and, when given, the monitoring reference profile (``reference/``) are
     stored inside the logged model, so that ``models:/garbage-classifier@champion`` carries them.
+    The model's files are stored as exported (the graph re-serialised byte for byte, no external
+    data of MLflow's making, each external-data file copied), so that they match the digests
+    ``metadata.json`` records and the model loads verified from the registry.
     """
     import onnx
 
+    model_file = export_dir / MODEL_FILENAME
+    graph = onnx.load(str(model_file), load_external_data=False)
+    if graph.SerializeToString() != model_file.read_bytes():  # what mlflow.onnx will write
+        raise RegistryError(
+            f"{model_file} does not serialise back to the same bytes, so the registry's copy "
+            "would not match the digest metadata.json records; export it again with "
+            "garbage.training.export (`garbage pipeline run`)"
+        )
     info = mlflow.onnx.log_model(
-        onnx.load(str(export_dir / "model.onnx")),
+        graph,
         name="model",
         metadata={k: v for k, v in metadata.items() if isinstance(v, str | int | float | list)},
+        save_as_external_data=False,
     )
     client = MlflowClient()
-    client.log_model_artifact(info.model_id, str(export_dir / "metadata.json"))
+    for name in external_data_files(model_file):
+        folder = str(Path(name).parent) if Path(name).parent != Path() else None
+        client.log_model_artifact(info.model_id, str(export_dir / name), folder)
+    client.log_model_artifact(info.model_id, str(export_dir / METADATA_FILENAME))
     if reference is not None and reference.is_dir():
         client.log_model_artifacts(info.model_id, str(reference), "reference")
     elif reference is not None:

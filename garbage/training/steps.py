@@ -210,7 +210,12 @@ def register_step(
     """
     import mlflow
 
-    from garbage.core.classifier import OnnxClassifier
+    from garbage.core.classifier import (
+        METADATA_FILENAME,
+        ModelIntegrityError,
+        ModelMetadata,
+        OnnxClassifier,
+    )
     from garbage.core.model_uri import champion_uri, resolve_model_dir
     from garbage.training.registry import (
         champion_version,
@@ -232,12 +237,16 @@ def register_step(
     champion_score = None
     note = ""
     if previous is not None:
-        champion = OnnxClassifier.load(
-            resolve_model_dir(champion_uri(config), config), device="cpu"
-        )
-        if champion.classes == config.data.classes:
+        try:
+            champion = OnnxClassifier.load(
+                resolve_model_dir(champion_uri(config), config), device="cpu"
+            )
+        except ModelIntegrityError as e:
+            champion = None
+            note = f" (champion v{previous} fails verification, not comparable: {e})"
+        if champion is not None and champion.classes == config.data.classes:
             champion_score = score_on_split(champion, images_dir, manifest)[metric]
-        else:
+        elif champion is not None:
             note = (
                 f" (champion v{previous} predicts other classes {champion.classes}; not comparable)"
             )
@@ -249,7 +258,7 @@ def register_step(
         config.registry.min_metric,
         previous,
     )
-    metadata = json.loads((export_dir / "metadata.json").read_text())
+    metadata = ModelMetadata.read(export_dir / METADATA_FILENAME).to_dict()
     with mlflow.start_run(run_id=run_id):
         model_uri = log_onnx_model(export_dir, metadata, reference)
         version = register_model(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
     from garbage.core.config import Config
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable, holds more than tensors and plain values, or lacks a field."""
 
 
 @dataclass
@@ -106,30 +112,59 @@ def save_checkpoint(
     config: Config,
     extra: dict[str, Any],
 ) -> None:
-    """Save weights plus everything needed to rebuild the model without the config file."""
-    torch.save(
-        {
-            "state_dict": model.state_dict(),
-            "classes": list(classes),
-            "model": config.model.model_dump(mode="json"),
-            "image_height": config.model.image_height,
-            "image_width": config.model.image_width,
-            "norm_mean": list(model.norm_mean),
-            "norm_std": list(model.norm_std),
-            **extra,
-        },
-        path,
-    )
+    """Save weights plus everything needed to rebuild the model without the config file.
+
+    Besides the tensors, the checkpoint holds only JSON values (dicts, lists, strings, numbers),
+    so that :func:`load_checkpoint` can read it with ``weights_only=True``.
+
+    Raises:
+        TypeError: ``extra`` holds something JSON cannot represent (a NumPy scalar, an object).
+    """
+    facts = {
+        "classes": list(classes),
+        "model": config.model.model_dump(mode="json"),
+        "image_height": config.model.image_height,
+        "image_width": config.model.image_width,
+        "norm_mean": list(model.norm_mean),
+        "norm_std": list(model.norm_std),
+        **extra,
+    }
+    torch.save({"state_dict": model.state_dict(), **json.loads(json.dumps(facts))}, path)
 
 
 def load_checkpoint(path: Path) -> tuple[GarbageClassifier, dict[str, Any]]:
-    """Rebuild the classifier from a checkpoint written by :func:`save_checkpoint`."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    spec = state["model"]
-    model = build_model(
-        spec["backbone"], len(state["classes"]), pretrained=False, dropout=spec.get("dropout", 0.0)
-    )
-    model.load_state_dict(state["state_dict"])
+    """Rebuild the classifier from a checkpoint written by :func:`save_checkpoint`.
+
+    The file is read with ``weights_only=True``: tensors and plain values only, so a crafted
+    checkpoint cannot run code while it loads.
+
+    Raises:
+        CheckpointError: Unreadable, holding other objects, or missing a field.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, which could run code "
+            f"when loaded: refused ({str(e).splitlines()[0]}). Use a checkpoint written by "
+            "`garbage pipeline run` (save_checkpoint), or train again"
+        ) from e
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    try:
+        spec = state["model"]
+        model = build_model(
+            spec["backbone"],
+            len(state["classes"]),
+            pretrained=False,
+            dropout=spec.get("dropout", 0.0),
+        )
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by save_checkpoint (missing or wrong {e}); "
+            "train again to write one"
+        ) from e
     model.eval()
     return model, state
 

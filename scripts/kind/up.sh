@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=scripts/kind/lib.sh
 source scripts/kind/lib.sh
-need kind kubectl helm openssl
+need kind kubectl helm openssl htpasswd
 
 if cluster_exists; then
   log "kind cluster $CLUSTER_NAME exists"
@@ -69,7 +69,7 @@ expect_image_tag monitoring kube-prometheus-stack-operator "$PROMETHEUS_OPERATOR
 
 log "project manifests (overlays/kind)"
 # Namespaces first, so the Secrets can be created before the pods that mount them start.
-kc apply -f manifests/base/namespaces.yaml
+kc apply -f manifests/base/namespaces.yaml -f manifests/monitoring/namespace.yaml
 scripts/kind/secrets.sh
 kc apply -k manifests/overlays/kind
 log "waiting for the MLflow stack"
@@ -77,5 +77,6 @@ wait_for_rollout garbage-mlflow statefulset/mlflow-postgres 600s
 wait_for_rollout garbage-mlflow deployment/minio 600s
 kc -n garbage-mlflow wait --for=condition=complete job/minio-buckets --timeout=600s
 wait_for_rollout garbage-mlflow deployment/mlflow 600s
+kc -n garbage-mlflow wait --for=condition=complete job/mlflow-users --timeout=600s
 log "ready: KFP UI  kubectl --context $KUBE_CONTEXT port-forward -n kubeflow svc/ml-pipeline-ui 8080:80"
 log "       MLflow  kubectl --context $KUBE_CONTEXT port-forward -n garbage-mlflow svc/mlflow 5000:5000"

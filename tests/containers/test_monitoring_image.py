@@ -47,6 +47,9 @@ PER_CLASS = 18
 #: The summary keys that carry the verdict (timings and output paths differ between runs).
 VERDICT_KEYS = ("drift_detected", "drift_share", "window_size", "status", "drifted_columns")
 
+#: The collector's feedback token in these tests.
+FEEDBACK_TOKEN = "test-feedback-token-0123456789"
+
 
 def _run(engine: Engine, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """``run --rm`` the image hardened, on the host network (the container's ports are loopback)."""
@@ -183,8 +186,16 @@ def test_every_monitoring_and_core_module_imports(engine: Engine, monitoring_ima
 def collector(
     engine: Engine, monitoring_image: str, mounted_model: Path, tmp_path: Path
 ) -> Iterator[tuple[str, Path]]:
-    """The collector container on a loopback port; yields (its URL, the host's SQLite file)."""
+    """The collector container on a loopback port; yields (its URL, the host's SQLite file).
+
+    Its feedback token comes from a read-only mounted file, as from the Secret on the cluster.
+    """
     data = writable_dir(tmp_path / "data")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "tokens").write_text(f"labeller:{FEEDBACK_TOKEN}\n")
+    secret.chmod(0o755)
+    (secret / "tokens").chmod(0o644)
     port = free_port()
     name = f"garbage-monitoring-test-{port}"
     engine.run(
@@ -200,8 +211,12 @@ def collector(
         f"{mounted_model}:/mnt/models:ro",
         "-v",
         f"{data}:/data",
+        "-v",
+        f"{secret}:/var/run/secrets/garbage-collector:ro",
         monitoring_image,
         "collector",
+        "--token-file",
+        "/var/run/secrets/garbage-collector/tokens",
         "--host",
         "127.0.0.1",
         "--port",
@@ -263,10 +278,17 @@ def test_collector_stores_a_payload_logger_event(collector: tuple[str, Path]) ->
     assert list(rows["prediction"]) == ["glass", "paper"]
     assert rows["inference_service"].eq("garbage-classifier").all()
     assert rows.iloc[1]["brightness"] > rows.iloc[0]["brightness"]  # features from the pixels
-    # The class names come from the mounted model: a label it does not know is refused.
-    unknown = httpx.post(f"{url}/feedback", json={"inference_id": "req-1", "label": "bottle"})
+    # Labels need the token; the class names come from the mounted model.
+    anonymous = httpx.post(f"{url}/feedback", json={"inference_id": "req-1", "label": "glass"})
+    assert anonymous.status_code == 401, anonymous.text
+    auth = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+    unknown = httpx.post(
+        f"{url}/feedback", json={"inference_id": "req-1", "label": "bottle"}, headers=auth
+    )
     assert unknown.status_code == 422, unknown.text
-    known = httpx.post(f"{url}/feedback", json={"inference_id": "req-1", "label": "glass"})
+    known = httpx.post(
+        f"{url}/feedback", json={"inference_id": "req-1", "label": "glass"}, headers=auth
+    )
     assert known.status_code == 200 and known.json()["matched"] == 1, known.text
 
 

@@ -1,6 +1,7 @@
 """The cluster as the manifest tests model it: KServe v0.20's rules for the predictor's ports and
 Service (each rule names the upstream file it comes from), the callers that exist on the cluster,
-and the pods the rendered workloads run. Importable as ``manifests.cluster_model``.
+the pods the rendered workloads run, and who needs to reach what (:func:`access_needs`).
+Importable as ``manifests.cluster_model``.
 """
 
 from __future__ import annotations
@@ -263,7 +264,19 @@ CALLERS = {
     "grafana": Pod("monitoring", {"app.kubernetes.io/name": "grafana"}),
     "kserve controller": Pod("kserve", {"control-plane": "kserve-controller-manager"}),
     "knative controller": Pod("knative-serving", {"app": "controller"}),
-    "pipeline step": Pod("kubeflow", {"workflows.argoproj.io/workflow": "run"}),
+    # KFP's Argo compiler labels every pod of a v2 run (driver and launcher alike) in the workflow's
+    # podMetadata (kubeflow/pipelines backend/src/v2/compiler/argocompiler).
+    "pipeline step": Pod(
+        "kubeflow",
+        {"workflows.argoproj.io/workflow": "run", "pipelines.kubeflow.org/v2_component": "true"},
+    ),
+    "kfp api server": Pod("kubeflow", {"app": "ml-pipeline"}),
+    "other workflow pod in kubeflow": Pod("kubeflow", {"workflows.argoproj.io/workflow": "x"}),
+    "other pod in garbage-monitoring": Pod("garbage-monitoring", {"app": "debug"}),
+    "other pod in garbage-mlflow": Pod("garbage-mlflow", {"app": "debug"}),
+    "other pod in monitoring": Pod("monitoring", {"app.kubernetes.io/name": "alertmanager"}),
+    # Knative Eventing's Kafka broker delivers a Trigger's events from its dispatcher pods.
+    "knative broker dispatcher": Pod("knative-eventing", {"app": "kafka-broker-dispatcher"}),
     "other pod in garbage-serving": Pod("garbage-serving", {"app": "debug"}),
     "unlabelled namespace": Pod("default", {"app": "curl"}),
     "client label with another value": Pod("sandbox", {"app": "curl"}, {CLIENT_LABEL: "false"}),
@@ -320,10 +333,21 @@ def predictor_pod(isvc: Mapping[str, Any], runtime: Mapping[str, Any]) -> Pod:
     return Pod(isvc["metadata"]["namespace"], labels, ports=ports)
 
 
+def pod_template(workload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The pod template of a Deployment, StatefulSet, Job or CronJob."""
+    spec = workload["spec"]
+    return (
+        spec["jobTemplate"]["spec"]["template"]
+        if workload["kind"] == "CronJob"
+        else spec["template"]
+    )
+
+
 def workload_pod(docs: list[dict[str, Any]], kind: str, name: str) -> Pod:
-    """The pod a rendered Deployment/StatefulSet runs: its template's labels and named ports."""
+    """The pod a rendered Deployment/StatefulSet/Job/CronJob runs: its template's labels and
+    named ports."""
     workload = one_doc(docs, kind, name)
-    template = workload["spec"]["template"]
+    template = pod_template(workload)
     ports = {
         p["name"]: p["containerPort"]
         for c in template["spec"]["containers"]
@@ -331,3 +355,123 @@ def workload_pod(docs: list[dict[str, Any]], kind: str, name: str) -> Pod:
         if "name" in p
     }
     return Pod(workload["metadata"]["namespace"], template["metadata"]["labels"], ports=ports)
+
+
+DNS = Pod("kube-system", {"k8s-app": "kube-dns"})
+"""The cluster DNS (CoreDNS keeps kube-dns's pod label)."""
+
+PROJECT_WORKLOADS = {
+    "mlflow": ("Deployment", "mlflow"),
+    "postgres": ("StatefulSet", "mlflow-postgres"),
+    "minio": ("Deployment", "minio"),
+    "minio buckets job": ("Job", "minio-buckets"),
+    "mlflow users job": ("Job", "mlflow-users"),
+    "collector": ("Deployment", "garbage-collector"),
+    "pushgateway": ("Deployment", "garbage-pushgateway"),
+    "drift job": ("CronJob", "garbage-drift"),
+}
+"""The project's own pods by name: the rendered workload each one is."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One flow the system needs: ``caller`` opens ``port`` on ``target``, because ``why``.
+
+    ``caller`` and ``target`` name pods of :func:`access_pods`.
+    """
+
+    caller: str
+    target: str
+    port: int
+    why: str
+    protocol: str = "TCP"
+
+
+def access_pods(docs: list[dict[str, Any]]) -> dict[str, Pod]:
+    """Every pod the access rules talk about: :data:`CALLERS`, the cluster DNS, the predictor
+    (``predictor``) and the project's workloads (:data:`PROJECT_WORKLOADS`) as rendered."""
+    project = {"predictor": predictor_pod(*serving_objects(docs))}
+    for name, (kind, workload) in PROJECT_WORKLOADS.items():
+        project[name] = workload_pod(docs, kind, workload)
+
+    def rendered(caller: Pod) -> bool:  # a caller that is one of the project's pods
+        return any(
+            pod.namespace == caller.namespace and caller.labels.items() <= pod.labels.items()
+            for pod in project.values()
+        )
+
+    return {
+        **{name: pod for name, pod in CALLERS.items() if not rendered(pod)},
+        "kube-dns": DNS,
+        **project,
+    }
+
+
+def _service_port(docs: list[dict[str, Any]], url: str) -> tuple[str, int]:
+    """The workload name (in :data:`PROJECT_WORKLOADS`) and container port behind an in-cluster
+    ``http://service.namespace.svc...[:port]/path`` URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    service_name, namespace = (parts.hostname or "").split(".")[:2]
+    [service] = [
+        d
+        for d in docs
+        if d["kind"] == "Service"
+        and (d["metadata"]["name"], d["metadata"].get("namespace")) == (service_name, namespace)
+    ]
+    port = parts.port or 80
+    [target_port] = [p["targetPort"] for p in service["spec"]["ports"] if p["port"] == port]
+    for name, (kind, workload) in PROJECT_WORKLOADS.items():
+        pod = workload_pod(docs, kind, workload)
+        if pod.namespace == namespace and all(
+            pod.labels.get(k) == v for k, v in service["spec"]["selector"].items()
+        ):
+            return name, pod.ports.get(target_port, target_port)
+    raise AssertionError(f"{url}: Service {namespace}/{service_name} selects no project workload")
+
+
+def access_needs(docs: list[dict[str, Any]]) -> list[Need]:
+    """Who needs to reach what on a rendered overlay, each with its reason; nobody else may.
+
+    The predictor's inbound flows come from KServe's rules (:func:`required_callers`); its payload
+    logger's destination from the InferenceService's logger URL.
+    """
+    isvc, runtime = serving_objects(docs)
+    needs = [
+        Need(caller, "predictor", port, "prediction, metrics or Knative traffic (KServe's rules)")
+        for port, callers in required_callers(isvc, runtime).items()
+        for caller in sorted(callers)
+    ]
+    logger, logger_port = _service_port(docs, isvc["spec"]["predictor"]["logger"]["url"])
+    needs.append(Need("predictor", logger, logger_port, "the payload logger posts CloudEvents"))
+    needs += [
+        Need("predictor", "minio", 9000, "KServe's storage initializer downloads the model"),
+        Need("mlflow", "postgres", 5432, "the backend store and the auth app's users"),
+        Need("mlflow", "minio", 9000, "the artifact proxy stores artifacts in bucket mlflow"),
+        Need("minio buckets job", "minio", 9000, "creates the bucket, policies and users"),
+        Need("mlflow users job", "mlflow", 5000, "creates the MLflow users as the admin"),
+        Need("pipeline step", "mlflow", 5000, "runs, the registry and artifacts (proxied)"),
+        Need("collector", "mlflow", 5000, "the champion's class names at start"),
+        Need("drift job", "mlflow", 5000, "the champion and its reference profile"),
+        Need("drift job", "pushgateway", 9091, "pushes the drift metrics"),
+        Need("prometheus", "pushgateway", 9091, "scrapes the drift metrics (ServiceMonitor)"),
+        Need("prometheus", "collector", 8080, "scrapes the collector (ServiceMonitor)"),
+    ]
+    for trigger in (d for d in docs if d["kind"] == "Trigger"):
+        subscriber = trigger["spec"]["subscriber"]
+        url = subscriber.get("uri") or (
+            f"http://{subscriber['ref']['name']}."
+            f"{subscriber['ref'].get('namespace', trigger['metadata']['namespace'])}.svc"
+        )
+        target, port = _service_port(docs, url)
+        needs.append(
+            Need("knative broker dispatcher", target, port, "delivers the Trigger's events")
+        )
+    # Every project pod resolves Service names; the allow-dns policies admit it for all of them.
+    for name in ["predictor", *PROJECT_WORKLOADS]:
+        needs += [
+            Need(name, "kube-dns", 53, "resolves Service names", protocol)
+            for protocol in ("UDP", "TCP")
+        ]
+    return needs

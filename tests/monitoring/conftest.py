@@ -16,7 +16,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import pandas as pd
 import pytest
@@ -29,6 +29,9 @@ from garbage.core.config import Config, load_config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from monitoring_helpers import RELABELLED, kserve_headers, wait_for_port
 from support import free_port
+
+if TYPE_CHECKING:
+    from monitoring.collector import CollectorAuth
 
 DEV_SHA256 = "cb0934a9c4e8c36e8cf510364a57c55f006eabc831a9c5a78194c8059155cb08"
 
@@ -94,6 +97,7 @@ def relabelled_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
     onnx.save(graph, str(out / "model.onnx"))
     metadata = json.loads((tiny_model_dir / "metadata.json").read_text())
     (out / "metadata.json").write_text(json.dumps({**metadata, "classes": RELABELLED}))
+    support.seal_model(out)  # new digests: the model is a different one now
     assert OnnxClassifier.load(out).classes == RELABELLED
     return out
 
@@ -141,13 +145,14 @@ class ServerThread:
 @pytest.fixture
 def collector_server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[ServerThread]:
     """The collector app on a SQLite store, served by uvicorn on a free loopback port; the model's
-    classes are the tiny model's (TrashNet's)."""
+    classes are the tiny model's (TrashNet's); /feedback takes the token of
+    :func:`collector_auth_header`."""
     from monitoring.collector import create_app
     from monitoring.store import InferenceStore
 
     store = InferenceStore(str(tmp_path / "inferences.db"))
     classes = OnnxClassifier.load(tiny_model_dir, device="cpu").classes
-    with ServerThread(create_app(store, classes), free_port()) as server:
+    with ServerThread(create_app(store, classes, auth=feedback_auth()), free_port()) as server:
         server.store = store
         yield server
     store.close()
@@ -250,3 +255,39 @@ def pushgateway() -> Iterator[str]:
 def event_headers() -> Callable[..., dict[str, str]]:
     """Factory for KServe-format binary-mode headers."""
     return kserve_headers
+
+
+#: The feedback credential of :func:`secured_collector` (``name:token``).
+COLLECTOR_LABELLER = "labeller-1"
+COLLECTOR_TOKEN = "test-feedback-token-0123456789abcdef"
+
+
+def feedback_auth() -> CollectorAuth:
+    """The collector's credentials in these tests: :data:`COLLECTOR_TOKEN` on /feedback."""
+    from monitoring.collector import CollectorAuth, parse_credentials
+
+    return CollectorAuth(
+        feedback=parse_credentials(f"{COLLECTOR_LABELLER}:{COLLECTOR_TOKEN}", "the test")
+    )
+
+
+@pytest.fixture
+def collector_auth_header() -> dict[str, str]:
+    """The ``Authorization`` header that :func:`secured_collector` accepts on /feedback."""
+    return {"Authorization": f"Bearer {COLLECTOR_TOKEN}"}
+
+
+@pytest.fixture
+def secured_collector(tmp_path: Path) -> Iterator[ServerThread]:
+    """The collector app on a SQLite store behind uvicorn on a free loopback port, /feedback
+    taking the bearer token of :func:`collector_auth_header` (recorded as
+    :data:`COLLECTOR_LABELLER`); the classes are the configured ones (TrashNet's)."""
+    from monitoring.collector import create_app
+    from monitoring.store import InferenceStore
+
+    store = InferenceStore(str(tmp_path / "inferences.db"))
+    classes = load_config(environ={}).data.classes
+    with ServerThread(create_app(store, classes, auth=feedback_auth()), free_port()) as server:
+        server.store = store
+        yield server
+    store.close()

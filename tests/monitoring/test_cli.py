@@ -122,7 +122,9 @@ def test_drift_without_a_champion_says_how_to_get_one(
 
 def test_collector_without_a_champion_says_how_to_get_one(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["collector", "--db", str(tmp_path / "log.db"), "--set", f"work_dir={tmp_path}"]
+        app,
+        ["collector", "--db", str(tmp_path / "log.db"), "--set", f"work_dir={tmp_path}"],
+        env={"GARBAGE_COLLECTOR_TOKEN": "labeller:test-token-0123456789"},
     )
     assert result.exit_code == 1
     assert "make run" in _one_line(result.stderr)
@@ -149,15 +151,23 @@ def test_python_m_monitoring_collector_checks_labels_against_the_model(
             "warning",
         ],
         cwd=REPO,
+        env={**os.environ, "GARBAGE_COLLECTOR_TOKEN": "labeller:test-token-0123456789"},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port(port, timeout=60)
         url = f"http://127.0.0.1:{port}"
-        known = httpx.post(f"{url}/feedback", json={"inference_id": "none", "label": "bottle"})
+        auth = {"Authorization": "Bearer test-token-0123456789"}
+        anonymous = httpx.post(f"{url}/feedback", json={"inference_id": "none", "label": "bottle"})
+        assert anonymous.status_code == 401, anonymous.text
+        known = httpx.post(
+            f"{url}/feedback", json={"inference_id": "none", "label": "bottle"}, headers=auth
+        )
         assert known.status_code == 404, known.text  # a valid label, but nothing logged
-        unknown = httpx.post(f"{url}/feedback", json={"inference_id": "none", "label": "glass"})
+        unknown = httpx.post(
+            f"{url}/feedback", json={"inference_id": "none", "label": "glass"}, headers=auth
+        )
         assert unknown.status_code == 422 and "unknown labels ['glass']" in unknown.json()["detail"]
         assert list(httpx.get(f"{url}/accuracy").json()["recall"]) == RELABELLED
     finally:

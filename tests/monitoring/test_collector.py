@@ -28,13 +28,13 @@ def _log(url: str, event_id: str, images: list[bytes], labels: list[str]) -> Non
     assert r.status_code == 202, r.text
 
 
-def test_events_feedback_accuracy_and_metrics(collector_server) -> None:
-    url = collector_server.url
+def test_events_feedback_accuracy_and_metrics(secured_collector, collector_auth_header) -> None:
+    url = secured_collector.url
     glass, paper = make_jpeg((60, 160, 90), 1), make_jpeg((235, 235, 225), 2)
     _log(url, "req-1", [glass, paper], ["glass", "glass"])
     _log(url, "req-2", [paper], ["paper"])
 
-    rows = collector_server.store.load_window().sort_values(["inference_id", "item"])
+    rows = secured_collector.store.load_window().sort_values(["inference_id", "item"])
     assert list(rows["inference_id"]) == ["req-1", "req-1", "req-2"]
     assert list(rows["prediction"]) == ["glass", "glass", "paper"]
     assert (
@@ -52,11 +52,12 @@ def test_events_feedback_accuracy_and_metrics(collector_server) -> None:
             {"inference_id": "req-1", "item": 1, "label": "paper"},
             {"inference_id": "req-2", "label": "paper"},
         ],
+        headers=collector_auth_header,
     )
     assert r.status_code == 200, r.text
     assert r.json()["matched"] == 3
 
-    labelled = collector_server.store.load_window(labelled_only=True).sort_values(
+    labelled = secured_collector.store.load_window(labelled_only=True).sort_values(
         ["inference_id", "item"]
     )
     assert list(labelled["true_label"]) == ["glass", "paper", "paper"]
@@ -68,9 +69,9 @@ def test_events_feedback_accuracy_and_metrics(collector_server) -> None:
     assert "garbage_live_labelled" in body and "garbage_monitoring_feature_seconds_bucket" in body
 
 
-def test_live_accuracy_over_recent_events(collector_server) -> None:
+def test_live_accuracy_over_recent_events(secured_collector, collector_auth_header) -> None:
     """Events stamped now fall in the 1h window: the gauge shows the live accuracy."""
-    url = collector_server.url
+    url = secured_collector.url
     image = make_jpeg((150, 150, 160), 5)
     for i, (predicted, truth) in enumerate(
         [("metal", "metal"), ("metal", "glass"), ("glass", "glass"), ("metal", "metal")]
@@ -91,7 +92,9 @@ def test_live_accuracy_over_recent_events(collector_server) -> None:
         )
         assert (
             httpx.post(
-                f"{url}/feedback", json={"inference_id": f"now-{i}", "label": truth}
+                f"{url}/feedback",
+                json={"inference_id": f"now-{i}", "label": truth},
+                headers=collector_auth_header,
             ).status_code
             == 200
         )
@@ -111,8 +114,8 @@ def test_live_accuracy_over_recent_events(collector_server) -> None:
     assert 'garbage_live_labelled{window="24h"} 4.0' in body
 
 
-def test_structured_mode_and_v2_payloads(collector_server) -> None:
-    url = collector_server.url
+def test_structured_mode_and_v2_payloads(secured_collector) -> None:
+    url = secured_collector.url
     image = make_jpeg((40, 90, 200), 7)
     request = {
         "specversion": "1.0",
@@ -149,7 +152,7 @@ def test_structured_mode_and_v2_payloads(collector_server) -> None:
         f"{url}/events", content=json.dumps(response), headers=kserve_headers("v2-1", "response")
     )
     assert r.status_code == 202
-    [row] = collector_server.store.load_window().to_dict("records")
+    [row] = secured_collector.store.load_window().to_dict("records")
     assert (row["prediction"], row["score"], row["model_id"]) == (
         "plastic",
         pytest.approx(0.66),
@@ -157,24 +160,29 @@ def test_structured_mode_and_v2_payloads(collector_server) -> None:
     )
 
 
-def test_client_mistakes_get_4xx_with_a_reason(collector_server) -> None:
-    url = collector_server.url
+def test_client_mistakes_get_4xx_with_a_reason(secured_collector, collector_auth_header) -> None:
+    url = secured_collector.url
+    auth = collector_auth_header
     r = httpx.post(f"{url}/events", content=b"{}", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not a CloudEvent" in r.json()["detail"]
     r = httpx.post(
         f"{url}/events", content=b'{"foo": 1}', headers=kserve_headers("bad-1", "request")
     )
     assert r.status_code == 400 and "instances" in r.json()["detail"]
-    r = httpx.post(f"{url}/feedback", json={"inference_id": "unknown", "label": "glass"})
-    assert r.status_code == 404 and "no logged prediction" in r.json()["detail"]
-    r = httpx.post(f"{url}/feedback", json={"inference_id": "x", "label": "banana"})
-    assert r.status_code == 422 and "unknown labels" in r.json()["detail"]
-    r = httpx.post(f"{url}/feedback", json={"label": "glass"})
-    assert r.status_code == 422
     r = httpx.post(
-        f"{url}/feedback", content=b"not json", headers={"Content-Type": "application/json"}
+        f"{url}/feedback", json={"inference_id": "unknown", "label": "glass"}, headers=auth
     )
-    assert r.status_code == 400
+    assert r.status_code == 404 and "no logged prediction" in r.json()["detail"]
+    r = httpx.post(f"{url}/feedback", json={"inference_id": "x", "label": "banana"}, headers=auth)
+    assert r.status_code == 422 and "unknown labels" in r.json()["detail"]
+    r = httpx.post(f"{url}/feedback", json={"label": "glass"}, headers=auth)
+    assert r.status_code == 422 and "inference_id: Field required" in r.json()["detail"]
+    r = httpx.post(
+        f"{url}/feedback",
+        content=b"not json",
+        headers={"Content-Type": "application/json", **auth},
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
     assert httpx.get(f"{url}/accuracy", params={"window": "soon"}).status_code == 422
     # An undecodable image is logged as such, not refused: the model answered something for it.
     r = httpx.post(

@@ -11,6 +11,8 @@ from monitoring_helpers import REQUEST_TYPE, RESPONSE_TYPE, kserve_headers
 
 from monitoring.events import (
     BATCH_CONTENT_TYPE,
+    EARLIEST_TIME,
+    MAX_BATCH_EVENTS,
     STRUCTURED_CONTENT_TYPE,
     CloudEventError,
     binary_headers,
@@ -174,3 +176,72 @@ def test_binary_headers_carry_kserve_attributes_and_model_id() -> None:
         b"\x00raw",
     )
     assert event.time == datetime(2026, 1, 2, 3, 4, 5, 6)
+
+
+NOW = datetime(2026, 12, 1, 12, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-12-01T11:00:00Z", datetime(2026, 12, 1, 11)),
+        ("2026-12-02T11:59:59+00:00", datetime(2026, 12, 2, 11, 59, 59)),  # a skewed clock
+        ("2000-01-01T00:00:00Z", EARLIEST_TIME),
+    ],
+)
+def test_times_within_the_calendar_range(value: str, expected: datetime) -> None:
+    assert parse_time(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0001-01-01T00:00:00+01:00", "not an RFC 3339"),  # before year 1 in UTC
+        ("9999-12-31T23:59:59-01:00", "not an RFC 3339"),  # after year 9999 in UTC
+        ("1999-12-31T23:59:59Z", "outside 2000-01-01"),
+        ("2026-12-02T12:00:01Z", "outside 2000-01-01"),  # more than a day ahead
+        ("2026-13-01T00:00:00Z", "not an RFC 3339"),
+        ("x" * 10_000, r"'x{64}'\.\.\. is not"),  # quoted, but cut
+    ],
+)
+def test_times_outside_the_calendar_range_are_refused(value: str, message: str) -> None:
+    with pytest.raises(CloudEventError, match=message):
+        parse_time(value, now=NOW)
+
+
+def _structured(**attributes: object) -> bytes:
+    event = {"specversion": "1.0", "id": "s", "type": REQUEST_TYPE, "source": "/x", "data": {}}
+    return json.dumps({**event, **attributes}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_structured(id=7), "id must be strings"),
+        (_structured(source=["/x"]), "source must be strings"),
+        (_structured(time=1_700_000_000), "time must be strings"),
+        (_structured(id="   "), "blank"),
+        (_structured(inferenceservicename={"a": 1}), "inferenceservicename must be a string"),
+        (b"[" * 100 + b"]" * 100, "nested more than 32 levels"),
+        (b'{"id": ' + b"1" * 5000 + b"}", "not valid JSON"),
+    ],
+)
+def test_wrongly_typed_or_oversized_structured_events(body: bytes, message: str) -> None:
+    with pytest.raises(CloudEventError, match=message):
+        parse_cloudevents({"Content-Type": STRUCTURED_CONTENT_TYPE}, body)
+
+
+def test_a_batch_holds_a_limited_number_of_events() -> None:
+    item = json.loads(_structured())
+    body = json.dumps([item] * MAX_BATCH_EVENTS).encode()
+    assert len(parse_cloudevents({"Content-Type": BATCH_CONTENT_TYPE}, body)) == MAX_BATCH_EVENTS
+    body = json.dumps([item] * (MAX_BATCH_EVENTS + 1)).encode()
+    with pytest.raises(CloudEventError, match=f"at most {MAX_BATCH_EVENTS}"):
+        parse_cloudevents({"Content-Type": BATCH_CONTENT_TYPE}, body)
+
+
+def test_metadata_headers_that_are_not_usable_json_are_kept_raw() -> None:
+    headers = kserve_headers("m", "request")
+    headers["Ce-Metadata"] = "[" * 1000
+    [event] = parse_cloudevents(headers, b"{}")
+    assert event.metadata["metadata"] == {"raw": "[" * 1000}

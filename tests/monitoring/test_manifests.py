@@ -532,7 +532,7 @@ def collector(overlay_docs, tiny_model_dir: Path, tmp_path_factory) -> Producer:
     from fastapi.testclient import TestClient
 
     from garbage.core.classifier import OnnxClassifier
-    from monitoring.collector import EVENTS_PATH, create_app
+    from monitoring.collector import EVENTS_PATH, CollectorAuth, create_app, parse_credentials
     from monitoring.store import InferenceStore
 
     [container] = _one(overlay_docs, "Deployment", "garbage-collector")["spec"]["template"]["spec"][
@@ -543,7 +543,8 @@ def collector(overlay_docs, tiny_model_dir: Path, tmp_path_factory) -> Producer:
     store = InferenceStore(str(tmp_path_factory.mktemp("collector") / "inferences.db"))
     sent = datetime.now(UTC)
     try:
-        with TestClient(create_app(store, classes, windows=windows)) as client:
+        auth = CollectorAuth(feedback=parse_credentials("labeller:test-token-0123456789", "test"))
+        with TestClient(create_app(store, classes, windows=windows, auth=auth)) as client:
             for kind, body in (
                 ("request", v1_request([make_jpeg((60, 160, 90))])),
                 ("response", v1_response([classes[0]], classes)),
@@ -558,7 +559,11 @@ def collector(overlay_docs, tiny_model_dir: Path, tmp_path_factory) -> Producer:
                 EVENTS_PATH, content=b"{}", headers={"Content-Type": "application/json"}
             )
             assert r.status_code == 400, r.text
-            r = client.post("/feedback", json={"inference_id": "c-1", "label": classes[0]})
+            r = client.post(
+                "/feedback",
+                json={"inference_id": "c-1", "label": classes[0]},
+                headers={"Authorization": "Bearer test-token-0123456789"},
+            )
             assert r.status_code == 200, r.text
             exposition = client.get(METRICS_PATH).text
     finally:
@@ -702,8 +707,9 @@ def test_rules_pass_promtool_check_and_alert_unit_tests(docs, tmp_path: Path) ->
     (tmp_path / "rules.yaml").write_text(
         yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False)
     )
+    shutil.copy(REPO / "monitoring/rules/payload-logger.rules.yaml", tmp_path)
     check = subprocess.run(
-        [promtool, "check", "rules", "rules.yaml"],
+        [promtool, "check", "rules", "rules.yaml", "payload-logger.rules.yaml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

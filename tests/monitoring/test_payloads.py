@@ -11,7 +11,15 @@ import pytest
 from monitoring_helpers import make_jpeg, v1_request, v1_response
 
 from garbage.core.protocol import pack_bytes_tensor
-from monitoring.payloads import PayloadError, parse_request, parse_response
+from monitoring.payloads import (
+    MAX_ITEMS,
+    MAX_JSON_CONTAINERS,
+    PayloadError,
+    check_json,
+    load_json,
+    parse_request,
+    parse_response,
+)
 
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
 
@@ -257,3 +265,127 @@ def test_binary_data_that_does_not_add_up(size: int, tail: bytes, message: str) 
     ).encode()
     with pytest.raises(PayloadError, match=message):
         parse_request(header + tail, "application/octet-stream")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"[" * 33 + b"]" * 33, "nested more than 32 levels"),
+        (b"[" * 100_000, "nested more than 32 levels"),  # never reaches the parser's recursion
+        (b"[" + b"{}," * MAX_JSON_CONTAINERS + b"{}]", "more than 2000000 objects and arrays"),
+    ],
+)
+def test_json_is_measured_before_it_is_parsed(body: bytes, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        check_json(body)
+
+
+def test_json_limits_leave_binary_data_and_strings_alone() -> None:
+    """Brackets inside strings and in the binary data after the header are not JSON."""
+    check_json(json.dumps({"a": "[" * 100 + "{" * 100, "b": [[[]]]}).encode())
+    pixels = np.full((1, 40, 40, 3), ord("["), dtype=np.uint8)  # bytes that read as '['
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    [item] = parse_request(header + pixels.tobytes()).items
+    assert item.pixels.shape == (40, 40, 3) and int(item.pixels[0, 0, 0]) == ord("[")
+    assert load_json(b" [[1], {}] ") == [[1], {}]
+
+
+def _input(**fields: object) -> bytes:
+    return json.dumps({"inputs": [{"name": "image", "datatype": "UINT8", **fields}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (_input(shape="1x2", data=[1]), "shape must be a list of non-negative integers"),
+        (_input(shape=[1, -2, 2, 3], data=[1]), "shape must be a list"),
+        (_input(shape=[True, 1, 1, 3], data=[1, 2, 3]), "shape must be a list"),
+        (_input(shape=[1.0, 1, 1, 3], data=[1, 2, 3]), "shape must be a list"),
+        (_input(shape=[MAX_ITEMS + 1, 1, 1, 3], data=[1]), f"more than {MAX_ITEMS} images"),
+        (_input(shape=[1, 2**40, 2**40, 3], data=[1, 2, 3]), "3 values for shape"),
+        (_input(shape=[1, 1, 1, 3], data=[1, 2, 3, 4]), r"shape \[1, 1, 1, 3\] holds more than 3"),
+        (
+            json.dumps(
+                {"inputs": [{"name": "b", "datatype": "BYTES", "data": [""] * 2000}]}
+            ).encode(),
+            f"holds more than {MAX_ITEMS} values",
+        ),
+        (json.dumps({"instances": ["AAAA"] * (MAX_ITEMS + 1)}).encode(), f"more than {MAX_ITEMS}"),
+        (b'{"instances": [' + b"9" * 5000 + b"]}", "not usable JSON"),
+    ],
+)
+def test_wrongly_typed_and_oversized_requests(body: bytes, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_request(body)
+
+
+def test_pixel_values_that_are_not_finite_make_the_image_unreadable() -> None:
+    [item] = parse_request(b'{"instances": [[[[NaN, 1, 2]]]]}').items
+    assert item.error == "bad_pixels" and "finite" in item.message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"predictions": [{"label": "glass", "probabilities": {"glass": "high"}}]},
+            "a probability",
+        ),
+        ({"predictions": [{"label": "glass", "score": {"a": 1}}]}, "a score must be a number"),
+        ({"predictions": [{"label": "glass", "score": True}]}, "a score must be a number"),
+        ({"predictions": [{"label": "glass", "score": 10**400}]}, "a score is out of range"),
+        ({"predictions": ["glass"] * (MAX_ITEMS + 1)}, f"more than {MAX_ITEMS} predictions"),
+        (
+            {"outputs": [{"name": "score", "shape": [1], "datatype": "FP32", "data": ["x"]}]},
+            "must hold numbers",
+        ),
+        (
+            {"outputs": [{"name": "p", "shape": "1,6", "datatype": "FP32", "data": [0.5]}]},
+            "shape must be a list",
+        ),
+        (
+            {
+                "model_name": ["gc"],
+                "outputs": [{"name": "label", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
+            },
+            "'model_name' must be a string",
+        ),
+    ],
+)
+def test_wrongly_typed_responses(body: dict, message: str) -> None:
+    with pytest.raises(PayloadError, match=message):
+        parse_response(json.dumps(body).encode(), CLASSES)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"predictions": [{"label": "glass", "score": NaN}]}',
+        b'{"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [Infinity]}]}',
+    ],
+)
+def test_scores_and_labels_must_be_finite(body: bytes) -> None:
+    with pytest.raises(PayloadError, match="finite"):
+        parse_response(body, CLASSES)
+
+
+def test_binary_scores_must_be_finite_and_whole() -> None:
+    scores = np.array([np.inf], dtype=np.float32).tobytes()
+    header = {"name": "score", "shape": [1], "datatype": "FP32"}
+    for tail, message in ((scores, "finite"), (scores[:3], "not a whole number of values")):
+        body = json.dumps(
+            {"outputs": [{**header, "parameters": {"binary_data_size": len(tail)}}]}
+        ).encode()
+        with pytest.raises(PayloadError, match=message):
+            parse_response(body + tail, CLASSES)

@@ -1,4 +1,5 @@
-"""``garbage serve --logger-url``: the real model server logs each request to the real collector."""
+"""``garbage serve --logger-url``: the real model server logs each request to the real collector,
+counts on its /metrics, and hands the logger its --logger-* settings."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import typer
 from monitoring_helpers import make_jpeg, wait_for_port
+from prometheus_client.parser import text_string_to_metric_families
 from support import free_port
 
+from cli.serve import logger_hook
 from monitoring.payload_logger import CloudEventsHook, encode_request
 from monitoring.payloads import parse_request
 
@@ -38,9 +42,48 @@ def test_hook_encodes_both_input_kinds_and_pickles_without_its_emitter() -> None
     assert copy.url == hook.url and copy.options == {"namespace": "x"} and copy._logger is None
 
 
+def test_the_logger_flags_reach_the_logger_and_a_bad_spill_folder_stops_the_server(
+    tmp_path: Path, capsys
+) -> None:
+    settings = {
+        "model_name": "garbage-classifier",
+        "max_spill_bytes": 10_000_000,
+        "max_queue_bytes": 1_000_000,
+        "max_queue_events": 50,
+        "timeout": 2.5,
+    }
+    hook = logger_hook("http://127.0.0.1:9/events", spill_dir=tmp_path / "a" / "b", **settings)
+    emitter = hook.logger
+    assert emitter.spill is not None and emitter.spill.max_bytes == 10_000_000
+    assert emitter.spill.folder.parent == tmp_path / "a" / "b"
+    assert (emitter.max_queue_bytes, emitter.max_queue_events, emitter.timeout) == (
+        1_000_000,
+        50,
+        2.5,
+    )
+    emitter.spill.close()
+    without = {**settings, "max_spill_bytes": 0}
+    no_spill = logger_hook("http://127.0.0.1:9/events", spill_dir=tmp_path / "c", **without)
+    assert no_spill.logger.spill is None and not (tmp_path / "c").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(typer.Exit):
+        logger_hook("http://127.0.0.1:9/events", spill_dir=blocker / "spill", **settings)
+    assert "cannot create the payload logger's spill folder" in capsys.readouterr().err
+
+
+def _payload_counters(metrics_text: str) -> dict[str, float]:
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "garbage_payload_events_total"
+    }
+
+
 @pytest.mark.integration
 def test_served_predictions_reach_the_collector(
-    collector_server, tiny_model_dir: Path, tmp_path: Path
+    collector_server, collector_auth_header: dict[str, str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
@@ -57,6 +100,8 @@ def test_served_predictions_reach_the_collector(
             "--no-grpc",
             "--logger-url",
             f"{collector_server.url}/events",
+            "--logger-spill-dir",
+            str(tmp_path / "spill"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -91,8 +136,12 @@ def test_served_predictions_reach_the_collector(
         feedback = httpx.post(
             f"{collector_server.url}/feedback",
             json={"inference_id": "served-1", "item": 1, "label": "glass"},
+            headers=collector_auth_header,
         )
         assert feedback.status_code == 200 and feedback.json()["matched"] == 1
+        counters = _payload_counters(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+        assert counters["delivered"] >= 2
+        assert counters["dropped"] == counters["rejected"] == 0
     finally:
         server.terminate()
         try:
@@ -100,3 +149,4 @@ def test_served_predictions_reach_the_collector(
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+    assert not list((tmp_path / "spill").rglob("*.event"))  # everything went out

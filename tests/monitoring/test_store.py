@@ -12,7 +12,14 @@ import pandas as pd
 import pytest
 
 from monitoring.features import FEATURE_COLUMNS
-from monitoring.store import EventMeta, InferenceStore, StoreError, normalise_url, redact
+from monitoring.store import (
+    EventMeta,
+    InferenceStore,
+    InvalidRecordError,
+    StoreError,
+    normalise_url,
+    redact,
+)
 
 T0 = datetime(2026, 11, 26, 12, 0, 0)
 
@@ -143,3 +150,84 @@ def test_urls_and_errors(tmp_path: Path) -> None:
         InferenceStore("notadialect://x")
     with pytest.raises(StoreError, match=r"u:\*\*\*@127.0.0.1"):
         InferenceStore("postgresql://u:secret@127.0.0.1:1/db")
+
+
+def test_relabels_keep_their_history_and_the_latest_label_counts(store: InferenceStore) -> None:
+    store.record_request(EventMeta("h-1", T0), [_features(1.0), _features(2.0)])
+    store.record_response(EventMeta("h-1", T0), [("glass", 0.9, None), ("paper", 0.8, None)])
+    assert store.record_feedback("h-1", 0, "metal", T0 + timedelta(minutes=1), "alice")
+    assert store.record_feedback("h-1", 0, "glass", T0 + timedelta(minutes=3), "bob")
+    # A label given earlier but written later joins the history without replacing the newer one.
+    assert store.record_feedback("h-1", 0, "trash", T0 + timedelta(minutes=2), "carol")
+    assert not store.record_feedback("h-1", 2, "glass", T0, "alice")  # no third image
+    history = store.label_history("h-1", 0)
+    assert [(h["label"], h["labeller"]) for h in history] == [
+        ("metal", "alice"),
+        ("trash", "carol"),
+        ("glass", "bob"),
+    ]
+    assert pd.Timestamp(history[-1]["label_time"]) == pd.Timestamp(T0 + timedelta(minutes=3))
+    assert store.label_history("h-1", 1) == [] and store.label_history("h-1", 2) == []
+    [row] = store.load_window(labelled_only=True).to_dict("records")
+    assert (row["item"], row["true_label"]) == (0, "glass")
+    assert store.items_logged("h-1") == 2 and store.items_logged("nope") == 0
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "problem"),
+    [
+        (lambda s: s.record_request(EventMeta("i" * 201, T0), [{}]), "inference_id", "201 char"),
+        (lambda s: s.record_request(EventMeta("", T0), [{}]), "inference_id", "empty"),
+        (lambda s: s.record_request(EventMeta("a", T0, source="s" * 501), [{}]), "source", "501"),
+        (
+            lambda s: s.record_request(EventMeta("a", T0, component="c\x00"), [{}]),
+            "component",
+            "NUL",
+        ),
+        (lambda s: s.record_request(EventMeta("a\ud800", T0), [{}]), "inference_id", "Unicode"),
+        (lambda s: s.record_request(EventMeta("a", "2026"), [{}]), "time", "datetime"),
+        (
+            lambda s: s.record_response(EventMeta("a", T0), [("l" * 101, 0.5, None)]),
+            "prediction",
+            "101",
+        ),
+        (lambda s: s.record_feedback("a", 2**31, "glass", T0), "item", "out of range"),
+        (lambda s: s.record_feedback("a", -1, "glass", T0), "item", "out of range"),
+        (lambda s: s.record_feedback("a", True, "glass", T0), "item", "integer"),
+        (lambda s: s.record_feedback("a", 0, "g" * 101, T0), "true_label", "101"),
+        (lambda s: s.record_feedback("a", 0, "glass", T0, "n" * 101), "labeller", "101"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused_before_any_sql(
+    store: InferenceStore, call, field: str, problem: str
+) -> None:
+    """PostgreSQL would refuse these with an error quoting the statement; SQLite stores them."""
+    store.record_request(EventMeta("a", T0), [_features(1.0)])
+    with pytest.raises(InvalidRecordError, match=problem) as caught:
+        call(store)
+    assert caught.value.field == field
+    assert store.count() == 1 and store.label_history("a") == []
+
+
+def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path) -> None:
+    """The migration-free path: the new table is created, the old rows and columns stay."""
+    from sqlalchemy import MetaData, inspect
+
+    from monitoring.store import HISTORY_TABLE_NAME, TABLE_NAME, _table
+
+    path = tmp_path / "old.db"
+    old = InferenceStore(str(path), create=False)
+    metadata = MetaData()
+    _table(metadata).create(old.engine)  # what an older collector created
+    old.record_request(EventMeta("old-1", T0), [_features(3.0)])
+    old.close()
+    assert inspect(InferenceStore(str(path), create=False).engine).get_table_names() == [TABLE_NAME]
+
+    store = InferenceStore(str(path))
+    assert set(inspect(store.engine).get_table_names()) == {TABLE_NAME, HISTORY_TABLE_NAME}
+    assert store.record_feedback("old-1", 0, "paper", T0, "alice")
+    assert store.label_history("old-1") == [
+        {"label": "paper", "labeller": "alice", "label_time": T0}
+    ]
+    assert store.load_window()["brightness"].tolist() == [3.0]
+    store.close()

@@ -132,3 +132,25 @@ def test_the_deploy_task_publishes_the_model_the_library_names(ir):
         "namespace": DEFAULT_NAMESPACE,
         "artifacts_destination": ARTIFACTS_DESTINATION,
     }
+
+
+def test_only_the_steps_that_talk_to_mlflow_get_its_login(ir):
+    platform = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_login = {
+        name
+        for name, spec in platform.items()
+        for secret in spec.get("secretAsEnv") or []
+        if secret["secretName"] == "garbage-pipeline-mlflow"
+    }
+    assert with_login == {
+        "exec-train-model",
+        "exec-evaluate-model",
+        "exec-export-model",
+        "exec-register-model",
+        "exec-deploy-model",
+    }
+    train = platform["exec-train-model"]["secretAsEnv"][0]
+    assert sorted(k["envVar"] for k in train["keyToEnv"]) == [
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_USERNAME",
+    ]

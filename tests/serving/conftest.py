@@ -62,10 +62,12 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     )
 
 
-def encoded(size: tuple[int, int], fmt: str = "PNG") -> bytes:
+def encoded(
+    size: tuple[int, int], fmt: str = "PNG", color: tuple[int, int, int] = (90, 120, 30)
+) -> bytes:
     """A flat image of ``size`` (width, height) in ``fmt``."""
     buffer = io.BytesIO()
-    Image.new("RGB", size, (90, 120, 30)).save(buffer, format=fmt)
+    Image.new("RGB", size, color).save(buffer, format=fmt)
     return buffer.getvalue()
 
 
@@ -81,6 +83,61 @@ def bad_images() -> dict[str, bytes]:
         "not_an_image": b"hello, world",
         "empty": b"",
     }
+
+
+@pytest.fixture(scope="session")
+def nonfinite_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, changed to answer NaN probabilities for an all-white image only.
+
+    A real ONNX graph (the tiny model's, plus ``probabilities += white ? NaN : 0``) with its
+    digests recorded again, so it loads and passes the warm-up (a grey image) like any model.
+    """
+    import json
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from garbage.core.classifier import combined_digest, model_file_digests
+
+    folder = tmp_path_factory.mktemp("nonfinite-model")
+    shutil.copytree(tiny_model_dir, folder, dirs_exist_ok=True)
+    model = onnx.load(folder / "model.onnx")
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["raw_probabilities" if o == "probabilities" else o for o in node.output]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(254.5, dtype=np.float32), "white_level"),
+            numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "column"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Cast", ["image"], ["image_float"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMin", ["image_float"], ["darkest"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Greater", ["darkest", "white_level"], ["white"]),
+            helper.make_node("Where", ["white", "nan", "zero"], ["poison"]),
+            helper.make_node("Unsqueeze", ["poison", "column"], ["poison_column"]),
+            helper.make_node("Add", ["raw_probabilities", "poison_column"], ["probabilities"]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    onnx.save(model, folder / "model.onnx")
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata["files"] = model_file_digests(folder / "model.onnx")
+    metadata["digest"] = combined_digest(metadata["files"])
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def white_png() -> bytes:
+    """An all-white PNG: the image :func:`nonfinite_model_dir`'s model answers NaN for."""
+    return encoded((48, 48), "PNG", color=(255, 255, 255))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, 
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from garbage.core.classifier import ModelLoadError, OnnxClassifier
+from garbage.core.classifier import ModelLoadError, NonFiniteOutputError, OnnxClassifier
 from serving.errors import InputRejected
 from serving.model import GarbageClassifierModel
 from serving.settings import ServingSettings
@@ -367,13 +367,13 @@ def test_a_lone_image_is_decoded_on_the_model_thread_and_concurrent_ones_in_the_
     serving = GarbageClassifierModel(NAME, tiny_model_dir, ServingSettings(max_batch_size=32))
     serving.load()
     threads: list[str] = []
-    preprocess = serving.classifier.preprocess
+    decode_one = serving._decode_one
 
-    def recording_preprocess(*args, **kwargs):
+    def recording_decode(*args, **kwargs):
         threads.append(threading.current_thread().name)
-        return preprocess(*args, **kwargs)
+        return decode_one(*args, **kwargs)
 
-    serving.classifier.preprocess = recording_preprocess
+    serving._decode_one = recording_decode
 
     async def lone_then_concurrent():
         lone = await serving(v1_body(sample_images[:1]))
@@ -481,3 +481,33 @@ def test_warm_up_covers_every_batch_size_where_shapes_are_tuned(model, reference
     sizes.clear()
     model._warm_up(Recording())
     assert sizes == [1, 4]
+
+
+def test_a_model_output_that_is_not_finite_is_a_server_error_with_a_metric(
+    nonfinite_model_dir: Path, sample_images, white_png
+) -> None:
+    """A real ONNX model that answers NaN for white images: loads (the warm-up is grey), fails
+    the white request as NonFiniteOutputError (500 / INTERNAL), counts it, serves the next."""
+    broken = GarbageClassifierModel(NAME, nonfinite_model_dir, ServingSettings(max_batch_size=4))
+    broken.load()
+    series = f"garbage_nonfinite_outputs_total{{model_name={NAME}}}"
+    before = sample(series)
+    with pytest.raises(NonFiniteOutputError, match="NaN or infinity"):
+        call(broken, v1_body([white_png]))
+    with pytest.raises(NonFiniteOutputError):
+        call(broken, v1_body([sample_images[0], white_png]))  # the whole batch fails
+    assert sample(series) == before + 2
+    assert call(broken, v1_body(sample_images[:1]))["predictions"][0]["label"]
+    broken.stop()
+
+
+def test_liveness_and_readiness_follow_load_and_stop(tiny_model_dir: Path) -> None:
+    fresh = GarbageClassifierModel(NAME, tiny_model_dir, ServingSettings(max_batch_size=2))
+    assert (fresh.live, asyncio.run(fresh.healthy())) == (False, False)
+    fresh.load()
+    assert (fresh.live, asyncio.run(fresh.healthy())) == (True, True)
+    fresh.stop()
+    assert (fresh.live, asyncio.run(fresh.healthy())) == (False, False)
+    fresh.load()  # a reload brings it back
+    assert fresh.live
+    fresh.stop()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -11,7 +13,15 @@ import pytest
 
 from garbage.core.protocol import ProtocolError, pack_bytes_tensor
 from serving.errors import InputRejected, as_rejection
-from serving.payload import parse_v2_rest, v2_images
+from serving.payload import (
+    json_container_budget,
+    parse_v1_body,
+    parse_v2_body,
+    parse_v2_rest,
+    quoted,
+    v1_images,
+    v2_images,
+)
 from serving.settings import ServingSettings, SettingsError, _cgroup_cpu_quota, thread_budget
 
 NAME = "garbage-classifier"
@@ -231,3 +241,122 @@ def test_binary_data_without_a_header_length_is_not_guessed() -> None:
     with pytest.raises(InputRejected, match="not valid JSON") as caught:
         parse_v2_rest(head + pixels.tobytes(), None, NAME)
     assert caught.value.kind == "malformed_json"
+
+
+def test_body_limit_fits_the_instance_limit_and_never_exceeds_the_payload_limit() -> None:
+    small = ServingSettings(max_instances=4, max_image_bytes=3 * 1024, max_payload_bytes=1 << 20)
+    assert small.max_body_bytes == 4 * (4 * 1024 + 64) + 64 * 1024
+    assert ServingSettings().max_body_bytes == ServingSettings().max_payload_bytes
+    assert ServingSettings(max_payload_bytes=4096).max_body_bytes == 4096
+
+
+def _v2_json(**tensor) -> bytes:
+    base = {"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}
+    return json.dumps({"inputs": [{**base, **tensor}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("tensor", "kind", "message"),
+    [
+        ({"shape": [True]}, "bad_shape", "got '[true]'"),
+        ({"shape": [False, 1]}, "bad_shape", "no booleans"),
+        ({"shape": [1.0]}, "bad_shape", "non-negative integers"),
+        ({"shape": [-1]}, "bad_shape", "non-negative integers"),
+        ({"shape": ["1"]}, "bad_shape", "non-negative integers"),
+        ({"shape": [[1]]}, "bad_shape", "non-negative integers"),
+        ({"name": 7}, "bad_request", "string 'name' and 'datatype'"),
+        ({"datatype": None}, "bad_request", "string 'name' and 'datatype'"),
+        ({"parameters": [1]}, "bad_request", "'parameters' must be an object"),
+    ],
+)
+def test_v2_tensor_fields_of_the_wrong_type_are_named(tensor, kind, message) -> None:
+    with pytest.raises(InputRejected, match=re.escape(message)) as caught:
+        parse_v2_rest(_v2_json(**tensor), None, NAME)
+    assert caught.value.kind == kind
+
+
+def test_client_values_in_messages_are_cut_short() -> None:
+    long_name = "x" * 10_000
+    with pytest.raises(InputRejected) as caught:
+        v2_images(parse_v2_rest(_v2_json(name=long_name), None, NAME), ServingSettings())
+    assert caught.value.kind == "bad_tensor_name"
+    assert len(str(caught.value)) < 400 and "xxx..." in str(caught.value)
+    assert quoted("abc") == "'abc'" and quoted([1, True]) == "'[1,true]'"
+    with pytest.raises(InputRejected, match="at most 256 characters"):
+        body = json.loads(_v2_json())
+        parse_v2_rest(json.dumps({**body, "id": "i" * 300}).encode(), None, NAME)
+
+
+def test_images_over_the_byte_limit_are_refused_before_decoding() -> None:
+    settings = ServingSettings(max_image_bytes=3000)
+    big = base64.b64encode(b"\xff" * 3001).decode()
+    with pytest.raises(InputRejected, match=r"more than an image of at most 3000 bytes"):
+        v1_images({"instances": [{"b64": big + "AAAA"}]}, settings)
+    raw = pack_bytes_tensor([b"ok", b"\0" * 3001])
+    request = parse_v2_rest(*_binary_tensor("image_bytes", "BYTES", [2], raw), NAME)
+    with pytest.raises(InputRejected, match="element 1 of 'image_bytes' is 3001 bytes") as caught:
+        v2_images(request, settings)
+    assert caught.value.kind == "file_too_large"
+
+
+def _binary_tensor(name: str, datatype: str, shape: list[int], raw: bytes) -> tuple[bytes, str]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": shape,
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return head + raw, str(len(head))
+
+
+@pytest.mark.parametrize(
+    ("shape", "kind", "message"),
+    [
+        ([1, 1, 5000, 3], "aspect_ratio", "aspect ratio of 5000.0:1"),
+        ([1, 13000, 13000, 3], "too_large", "over the limit"),
+        ([1, 1000, 1000, 3], "file_too_large", "3000000 bytes, over the limit"),
+        ([10**12, 1, 1, 3], "too_many_instances", "over the limit of 64"),
+    ],
+)
+def test_pixel_tensors_get_the_image_limits_from_their_shape(shape, kind, message) -> None:
+    settings = ServingSettings(max_image_bytes=2 * 1024 * 1024, max_image_side=12_000)
+    request = parse_v2_rest(*_binary_tensor("image", "UINT8", shape, b"\0" * 12), NAME)
+    with pytest.raises(InputRejected, match=re.escape(message)) as caught:
+        v2_images(request, settings)
+    assert caught.value.kind == kind
+
+
+def test_parsed_bodies_carry_their_images_and_request() -> None:
+    settings = ServingSettings()
+    v1 = parse_v1_body(b'{"instances": [{"b64": "aGk="}]}', settings)
+    assert (v1.protocol, v1.inputs, v1.request) == ("v1", [b"hi"], None)
+    v2 = parse_v2_body(_v2_json(), None, NAME, settings)
+    assert (v2.protocol, v2.inputs) == ("v2", [b"hi"]) and v2.request.model_name == NAME
+    with pytest.raises(InputRejected, match="not valid JSON") as caught:
+        parse_v1_body(b"[" * 2000, settings)  # deeper than orjson parses: a 400, not a crash
+    assert caught.value.kind == "malformed_json"
+    assert json_container_budget(settings) == 4 * settings.max_instances + 64
+
+
+def test_new_limits_are_settings_with_flags() -> None:
+    from serving.settings import setting_flags
+
+    names = {flag.name for flag in setting_flags()}
+    assert {
+        "max_image_bytes",
+        "max_image_side",
+        "max_aspect_ratio",
+        "header_timeout_s",
+        "body_timeout_s",
+    } <= names
+    env = {"GARBAGE_SERVE_MAX_ASPECT_RATIO": "4", "GARBAGE_SERVE_HEADER_TIMEOUT_S": "2.5"}
+    settings = ServingSettings.from_sources(env)
+    assert (settings.max_aspect_ratio, settings.header_timeout_s) == (4.0, 2.5)
+    with pytest.raises(SettingsError, match="max_aspect_ratio"):
+        ServingSettings.from_sources({}, max_aspect_ratio=0.5)

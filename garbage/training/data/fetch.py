@@ -60,13 +60,31 @@ def _archive_path(source: str, sha256: str, cache_dir: Path) -> Path:
     return cache_dir / "archives" / f"{sha256[:12]}-{name}"
 
 
+def _untrusted_member(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """Python's ``data`` filter, and no absolute names (which that filter makes relative).
+
+    The ``data`` filter refuses ``..`` out of the folder, links and hard links that lead out,
+    devices, and drops set-id bits.
+    """
+    if member.name.startswith(("/", "\\")) or Path(member.name).is_absolute():
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, path)
+
+
 def _extract(archive: Path, destination: Path) -> None:
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
+            tar.extractall(staging, filter=_untrusted_member)
+    except tarfile.FilterError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataFetchError(
+            f"refusing to extract {archive}: {e} (a member would land outside the extraction "
+            "folder or is not a plain file or folder); the archive is crafted or broken, check "
+            f"where {ENV_DATA_SOURCE} points"
+        ) from e
     except (tarfile.TarError, OSError) as e:
         shutil.rmtree(staging, ignore_errors=True)
         raise DataFetchError(f"cannot extract {archive}: {e}") from e

@@ -46,7 +46,7 @@ def test_train_model_runs_under_kfp_local(
     model = run.outputs["model"]
     folder = Path(model.path)
     assert folder.is_relative_to(kfp_local.pipeline_root)
-    checkpoint = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     assert checkpoint["classes"] == pipeline_config.data.classes
     run_id = run.outputs["run_id"]
     assert model.metadata["run_id"] == run_id and model.metadata["file"] == "best.pt"

@@ -24,7 +24,7 @@ def test_train_writes_the_best_checkpoint_and_returns_the_run(
 
     history = json.loads((folder / "history.json").read_text())
     assert [epoch["epoch"] for epoch in history] == [1]  # the smoke profile: one epoch
-    checkpoint = torch.load(folder / "best.pt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     assert checkpoint["classes"] == pipeline_config.data.classes
     assert (checkpoint["image_height"], checkpoint["image_width"]) == (64, 64)
 

@@ -13,6 +13,7 @@ from garbage.core.config import Config
 from garbage.core.model_uri import (
     ModelUriError,
     champion_uri,
+    download,
     require_storage_uri,
     resolve_model_dir,
     resolve_storage_uri,
@@ -108,3 +109,27 @@ def test_an_object_storage_folder_that_cannot_be_downloaded_says_what_it_needs(
     message = str(raised.value)
     assert message.startswith("cannot download s3://no-such-bucket/models/m-1/artifacts")
     assert "make run" not in message and "local folder" in message
+
+
+@pytest.mark.parametrize("escape", ["answer", "link"])
+def test_a_download_that_lands_outside_the_cache_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, escape: str
+) -> None:
+    """A fake MLflow download (a real store cannot be made to misbehave here): what it reports,
+    and every link in what it wrote, must stay inside the destination."""
+    import mlflow
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def fake_download_artifacts(artifact_uri: str, dst_path: str, tracking_uri: str) -> str:
+        if escape == "answer":
+            return str(outside)
+        (Path(dst_path) / "model").mkdir()
+        (Path(dst_path) / "model" / "weights.bin").symlink_to(outside / "secret")
+        return str(Path(dst_path) / "model")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", fake_download_artifacts)
+    destination = tmp_path / "cache" / "s3_bucket_model"
+    with pytest.raises(ModelUriError, match="outside the download folder"):
+        download("s3://bucket/model", "sqlite:///unused.db", destination)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,13 @@ import pytest
 import torch
 from support import CLASSES, jpeg_bytes
 
-from garbage.core.classifier import ModelLoadError, OnnxClassifier, find_model_file
+from garbage.core.classifier import (
+    ModelIntegrityError,
+    ModelLoadError,
+    OnnxClassifier,
+    combined_digest,
+    find_model_file,
+)
 from garbage.core.config import load_config
 from garbage.training.export import PARITY_TOLERANCE, ExportParityError, export_onnx
 from garbage.training.model import build_model
@@ -57,6 +65,8 @@ def test_parity_failure_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     model = build_model("efficientnet_lite0", len(CLASSES), pretrained=False)
     save_checkpoint(tmp_path / "best.pt", model, CLASSES, config, {})
     monkeypatch.setattr("garbage.training.export.PARITY_TOLERANCE", -1.0)  # nothing can pass
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "metadata.json").write_text("{}")  # an earlier export's
     with pytest.raises(ExportParityError, match="not used"):
         export_onnx(tmp_path / "best.pt", tmp_path / "export")
     assert not (tmp_path / "export" / "metadata.json").exists()
@@ -67,3 +77,29 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
         find_model_file(tmp_path)
     with pytest.raises(ModelLoadError, match="does not exist"):
         OnnxClassifier.load(tmp_path / "nowhere")
+
+
+def test_export_records_the_digest_of_every_file_the_model_loads(tiny_model_dir: Path) -> None:
+    metadata = json.loads((tiny_model_dir / "metadata.json").read_text())
+    model_bytes = (tiny_model_dir / "model.onnx").read_bytes()
+    assert metadata["files"] == {"model.onnx": hashlib.sha256(model_bytes).hexdigest()}
+    assert metadata["digest"] == combined_digest(metadata["files"])
+    assert OnnxClassifier.load(tiny_model_dir, device="cpu").digest == metadata["digest"]
+
+
+def test_exported_weights_moved_to_an_external_file_are_refused_until_sealed(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The weights are in model.onnx; moved out (as MLflow stores them), model.onnx changes."""
+    import onnx
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    onnx.save_model(
+        onnx.load(str(folder / "model.onnx")),
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        location="weights.bin",
+    )
+    with pytest.raises(ModelIntegrityError, match=r"model\.onnx does not match"):
+        OnnxClassifier.load(folder, device="cpu")

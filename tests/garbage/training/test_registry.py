@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from support import CLASSES, jpeg_bytes, mlflow_server
+from support import CLASSES, constant_onnx_model, jpeg_bytes, mlflow_server, register_champion
 
 from garbage.core.classifier import OnnxClassifier
 from garbage.core.config import Config
@@ -45,6 +45,7 @@ def assert_same_model(downloaded: Path, exported: Path) -> None:
     """The registry's copy carries the same metadata and gives the same outputs."""
     a, b = OnnxClassifier.load(downloaded), OnnxClassifier.load(exported)
     assert a.metadata == b.metadata
+    assert a.digest == b.digest is not None  # the same files, verified on both sides
     pixels = np.stack([a.preprocess(jpeg_bytes((40 * i, 90, 200), seed=i)) for i in range(4)])
     assert np.array_equal(a.logits(pixels), b.logits(pixels))
 
@@ -86,6 +87,47 @@ def test_register_and_gate_on_the_embedded_store(
     )
     assert (smoke_config.work_dir / "mlflow.db").is_file()
     assert_same_model(resolve_model_dir(None, smoke_config), tiny_model_dir)
+
+
+def test_a_champion_that_fails_verification_is_not_compared(
+    smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    """A registered champion whose stored weights changed is reported, not scored or served."""
+    manifest = _manifest(image_tree, tmp_path)
+    experiment = configure_tracking(smoke_config)
+    decisions = []
+    for i in range(2):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            run_id = run.info.run_id
+        decisions.append(
+            register_step(
+                smoke_config, tiny_model_dir, image_tree, manifest, tmp_path / f"g{i}", run_id
+            )
+        )
+        if i == 0:
+            [stored] = [
+                p
+                for p in smoke_config.work_dir.rglob("model.onnx")
+                if (smoke_config.work_dir / "models") not in p.parents
+            ]
+            data = bytearray(stored.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            stored.write_bytes(bytes(data))
+    assert decisions[1]["promote"]
+    assert "champion v1 fails verification" in decisions[1]["reason"]
+    assert "does not match the digest recorded at export" in decisions[1]["reason"]
+
+
+def test_a_model_with_external_weights_comes_back_from_the_registry_verified(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    exported = constant_onnx_model(tmp_path / "m", [0.0, 1.0, 2.0], external_data="w/weights.bin")
+    register_champion(smoke_config, exported)
+    downloaded = resolve_model_dir(None, smoke_config)
+    assert (downloaded / "w" / "weights.bin").read_bytes() == (
+        exported / "w" / "weights.bin"
+    ).read_bytes()
+    assert OnnxClassifier.load(downloaded).digest == OnnxClassifier.load(exported).digest
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 from support import CLASSES
 
 from garbage.core.config import Config
-from garbage.training.train import load_checkpoint, train_model
+from garbage.training.model import build_model
+from garbage.training.train import CheckpointError, load_checkpoint, save_checkpoint, train_model
 
 
 def items(tree: Path, indices: range) -> list[tuple[str, int]]:
@@ -82,3 +85,51 @@ def test_training_core_imports_no_orchestration_stack() -> None:
         )
     )
     assert not loaded & {"mlflow", "kfp", "kserve", "evidently", "pydantic"}
+
+
+class _Payload:
+    """Unpickling this touches ``marker``: what a crafted best.pt could do with any code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    model = build_model("efficientnet_lite0", len(CLASSES), pretrained=False)
+    save_checkpoint(tmp_path / "best.pt", model, CLASSES, smoke_config, {"epoch": 1})
+    state = torch.load(tmp_path / "best.pt", weights_only=True)
+    marker = tmp_path / "payload-ran"
+    torch.save({**state, "epoch": _Payload(marker)}, tmp_path / "crafted.pt")
+    with pytest.raises(CheckpointError, match="could run code") as raised:
+        load_checkpoint(tmp_path / "crafted.pt")
+    assert str(tmp_path / "crafted.pt") in str(raised.value)
+    assert not marker.exists()
+    torch.load(tmp_path / "crafted.pt", weights_only=False)  # the payload is real
+    assert marker.exists()
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    model = build_model("efficientnet_lite0", len(CLASSES), pretrained=False)
+    extra = {"epoch": 2, "val_metrics": {"macro_f1": np.float64(0.5), "pair": (1, 2)}}
+    save_checkpoint(tmp_path / "best.pt", model, CLASSES, smoke_config, extra)
+    _, state = load_checkpoint(tmp_path / "best.pt")
+    assert state["val_metrics"] == {"macro_f1": 0.5, "pair": [1, 2]}
+    assert type(state["val_metrics"]["macro_f1"]) is float
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path / "bad.pt", model, CLASSES, smoke_config, {"x": np.int64(1)})
+
+
+def test_a_checkpoint_missing_fields_is_a_clear_error(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="not a checkpoint written by save_checkpoint"):
+        load_checkpoint(tmp_path / "best.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "empty.pt")

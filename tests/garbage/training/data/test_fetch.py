@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import io
+import tarfile
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -77,3 +79,58 @@ def test_missing_local_source_is_a_clear_error(tmp_path: Path) -> None:
 def test_find_image_root_stops_at_class_folders(tmp_path: Path) -> None:
     make_image_tree(tmp_path / "a" / "b", per_class=1)
     assert find_image_root(tmp_path) == tmp_path / "a" / "b"
+
+
+def _crafted_archive(path: Path, member: tarfile.TarInfo) -> str:
+    """A .tar.gz holding one good image folder and ``member``; returns its sha256."""
+    with tarfile.open(path, "w:gz") as tar:
+        good = tarfile.TarInfo("dataset/glass/ok.jpg")
+        good.size = 3
+        tar.addfile(good, io.BytesIO(b"jpg"))
+        data = b"pwned"
+        if member.isfile():
+            member.size = len(data)
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = target
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("../escaped.txt"),
+        _member("dataset/../../escaped.txt"),
+        _member("TMP/escaped-absolute.txt"),  # the test's folder, as an absolute path
+        _member("dataset/link", tarfile.SYMTYPE, "../../escaped.txt"),
+        _member("dataset/abs-link", tarfile.SYMTYPE, "/etc/passwd"),
+        _member("dataset/hard", tarfile.LNKTYPE, "../../escaped.txt"),
+        _member("dataset/device", tarfile.CHRTYPE),
+    ],
+    ids=[
+        "dotdot",
+        "nested-dotdot",
+        "absolute",
+        "symlink-out",
+        "absolute-symlink",
+        "hardlink-out",
+        "device",
+    ],
+)
+def test_an_archive_member_that_leads_out_is_refused(
+    tmp_path: Path, member: tarfile.TarInfo
+) -> None:
+    cache = tmp_path / "deep" / "cache"
+    archive = tmp_path / "crafted.tar.gz"
+    member.name = member.name.replace("TMP", str(tmp_path))
+    sha = _crafted_archive(archive, member)
+    with pytest.raises(DataFetchError, match="refusing to extract") as raised:
+        fetch_dataset(str(archive), sha, cache)
+    assert "outside the extraction folder" in str(raised.value)
+    assert not list(tmp_path.rglob("*escaped*"))
+    assert not list((cache / "extracted").iterdir())  # nothing half-extracted is kept
