@@ -564,6 +564,28 @@ async def _with_load(
     return await load
 
 
+async def _under_load(
+    bench: Bench,
+    name: str,
+    what: str,
+    rate: float,
+    faults: Callable[[CollectorProcess, ServerProcess], Awaitable[None]],
+    settle_s: float = 60.0,
+) -> tuple[dict[str, Any], list[Sent]]:
+    """Collector and server up, ``rate`` requests/s while ``faults`` runs; the tallied row."""
+    collector, server = bench.fresh(name)
+    collector.start()
+    server.start()
+    started = time.monotonic()
+    with sampling(server):
+        sent = await _with_load(server, rate, name, bench.images, lambda: faults(collector, server))
+        await settle(collector, {s.request_id for s in sent if s.status == 200}, settle_s)
+    server.stop()
+    row = tally(name, what, sent, collector, server, time.monotonic() - started)
+    collector.stop()
+    return row, sent
+
+
 async def collector_outage(
     bench: Bench,
     *,
@@ -574,31 +596,16 @@ async def collector_outage(
     name: str = "collector-outage",
 ) -> dict[str, Any]:
     """The collector stopped (SIGTERM) for ``outage`` seconds under load, then restarted."""
-    collector, server = bench.fresh(name)
-    collector.start()
-    server.start()
-    started = time.monotonic()
 
-    async def timeline() -> None:
+    async def faults(collector: CollectorProcess, server: ServerProcess) -> None:
         await asyncio.sleep(before)
         await asyncio.to_thread(collector.stop)
         await asyncio.sleep(outage)
         await asyncio.to_thread(collector.start)
         await asyncio.sleep(after)
 
-    with sampling(server):
-        sent = await _with_load(server, rate, name, bench.images, timeline)
-        await settle(collector, {s.request_id for s in sent if s.status == 200}, 60)
-    server.stop()
-    row = tally(
-        name,
-        f"collector down {outage:g} s at {rate:g} requests/s",
-        sent,
-        collector,
-        server,
-        time.monotonic() - started,
-    )
-    collector.stop()
+    what = f"collector down {outage:g} s at {rate:g} requests/s"
+    row, _ = await _under_load(bench, name, what, rate, faults)
     return row
 
 
@@ -606,31 +613,15 @@ async def collector_kill(
     bench: Bench, *, rate: float = 20.0, before: float = 5.0, after: float = 10.0
 ) -> dict[str, Any]:
     """The collector killed (SIGKILL) under load and restarted at once."""
-    name = "collector-kill-9"
-    collector, server = bench.fresh(name)
-    collector.start()
-    server.start()
-    started = time.monotonic()
 
-    async def timeline() -> None:
+    async def faults(collector: CollectorProcess, server: ServerProcess) -> None:
         await asyncio.sleep(before)
         await asyncio.to_thread(collector.stop, signal.SIGKILL)
         await asyncio.to_thread(collector.start)
         await asyncio.sleep(after)
 
-    with sampling(server):
-        sent = await _with_load(server, rate, name, bench.images, timeline)
-        await settle(collector, {s.request_id for s in sent if s.status == 200}, 60)
-    server.stop()
-    row = tally(
-        name,
-        f"collector SIGKILL at {before:g} s, restarted ({rate:g} requests/s)",
-        sent,
-        collector,
-        server,
-        time.monotonic() - started,
-    )
-    collector.stop()
+    what = f"collector SIGKILL at {before:g} s, restarted ({rate:g} requests/s)"
+    row, _ = await _under_load(bench, "collector-kill-9", what, rate, faults)
     return row
 
 
@@ -638,14 +629,9 @@ async def server_kill(
     bench: Bench, *, rate: float = 20.0, before: float = 5.0, after: float = 10.0
 ) -> dict[str, Any]:
     """The model server killed (SIGKILL) under load, restarted on the same spill folder."""
-    name = "server-kill-9"
-    collector, server = bench.fresh(name)
-    collector.start()
-    server.start()
-    started = time.monotonic()
     killed_at = 0.0
 
-    async def timeline() -> None:
+    async def faults(collector: CollectorProcess, server: ServerProcess) -> None:
         nonlocal killed_at
         await asyncio.sleep(before)
         await asyncio.to_thread(server.sample)
@@ -656,24 +642,13 @@ async def server_kill(
         await asyncio.to_thread(server.start)
         await asyncio.sleep(after)
 
-    with sampling(server):
-        sent = await _with_load(server, rate, name, bench.images, timeline)
-        await settle(collector, {s.request_id for s in sent if s.status == 200}, 30)
-    server.stop()
-    row = tally(
-        name,
-        f"model server SIGKILL at {before:g} s, restarted on its spill ({rate:g} requests/s)",
-        sent,
-        collector,
-        server,
-        time.monotonic() - started,
-    )
+    what = f"model server SIGKILL at {before:g} s, restarted on its spill ({rate:g} requests/s)"
+    row, sent = await _under_load(bench, "server-kill-9", what, rate, faults, settle_s=30)
     answered = {s.request_id: s.answered_at for s in sent if s.status == 200}
     lost_ids = {e.split(" ", 1)[0] for e in row["lost_events"]}
     row["lost_answered_within_s_before_kill"] = (
         round(max(killed_at - answered[i] for i in lost_ids), 3) if lost_ids else None
     )
-    collector.stop()
     return row
 
 
