@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: quiet test logs
@@ -61,12 +63,25 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a developer's environment from leaking into tests."""
+def _no_ambient_overrides(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep a developer's environment, and one test's MLflow URIs, from leaking into tests.
+
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` set process-wide state (and environment
+    variables); a test that leaves them set would send the next test's client to its server.
+    """
     for var in (
         "GARBAGE_DATA_SOURCE",
         "GARBAGE_DATA_SHA256",
         "GARBAGE_WORK_DIR",
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
     ):
         monkeypatch.delenv(var, raising=False)
+    yield
+    if sys.modules.get("mlflow") is not None:  # imported (a test may have hidden it)
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)

@@ -867,7 +867,7 @@ def test_mlflow_refuses_anonymous_requests_and_writes_by_the_reader(
     def client(user: str) -> MlflowClient:
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", mlflow_auth_server[user])
-        return MlflowClient(url)
+        return MlflowClient(tracking_uri=url, registry_uri=url)
 
     pipeline = client("garbage-pipeline")
     experiment = pipeline.create_experiment("garbage-classifier")
