@@ -20,9 +20,9 @@ from cli.options import ConfigOption, ProfileOption, SetOption, fail, load
 from monitoring.payload_logger import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_EVENTS,
-    DEFAULT_MAX_SPILL_BYTES,
     DEFAULT_TIMEOUT,
 )
+from monitoring.spill import DEFAULT_MAX_SPILL_BYTES
 from serving.settings import SettingFlag, setting_flags
 
 if TYPE_CHECKING:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,14 +28,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from support import free_port
 
 from monitoring.metrics import PAYLOAD_OUTCOMES, PayloadLoggerMetrics
-from monitoring.payload_logger import (
-    EventSpill,
-    PayloadEvent,
-    PayloadLogger,
-    SpillError,
-    _Clock,
-    _retry_after,
-)
+from monitoring.payload_logger import PayloadLogger, _Clock, _retry_after
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["cardboard", "glass", "metal", "paper", "plastic", "trash"]
@@ -359,68 +350,6 @@ def test_logging_outside_an_event_loop_is_harmless() -> None:
 # -- the spill on disk ------------------------------------------------------------------------
 
 
-def _event(seq: int, size: int = 10) -> PayloadEvent:
-    return PayloadEvent(seq, {"Ce-Id": f"e{seq}", "Ce-Type": "x.request"}, b"z" * size)
-
-
-def test_the_spill_is_adopted_after_a_crash_and_never_shared(tmp_path: Path) -> None:
-    code = (
-        "import os, sys; from monitoring.payload_logger import EventSpill, PayloadEvent; "
-        "s = EventSpill(sys.argv[1]); "
-        "[s.put(PayloadEvent(i, {'Ce-Id': f'e{i}'}, b'b')) for i in (3, 1, 2)]; "
-        "open(s.folder / '.half-written.tmp', 'wb').write(b'partial'); os._exit(0)"
-    )
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
-    adopter = EventSpill(tmp_path)
-    other = EventSpill(tmp_path)  # a second process (or logger) gets a folder of its own
-    try:
-        assert adopter.folder != other.folder and other.depth == 0
-        assert not list(adopter.folder.glob("*.tmp"))
-        taken = [adopter.take() for _ in range(3)]
-        assert [e.headers["Ce-Id"] for _, e in taken] == ["e1", "e2", "e3"]
-        assert adopter.take() is None
-        name, _ = taken[0]
-        adopter.release(name)
-        assert adopter.take()[0] == name
-    finally:
-        adopter.close()
-        other.close()
-    merged = EventSpill(tmp_path)  # both folders are free now: one adopts the other
-    try:
-        assert merged.depth == 3
-        assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
-    finally:
-        merged.close()
-
-
-def test_the_spill_refuses_what_does_not_fit_and_drops_an_unreadable_file(
-    tmp_path: Path,
-) -> None:
-    spill = EventSpill(tmp_path, max_bytes=400)  # two events of 100 bytes and their headers
-    try:
-        assert spill.put(_event(1, 100)) and spill.put(_event(2, 100))
-        assert not spill.put(_event(3, 100))
-        assert spill.depth == 2 and spill.bytes <= 400
-        assert spill.put(_event(1, 100))  # the same event again replaces its file
-        assert spill.depth == 2
-        broken = spill.folder / EventSpill.name_of(_event(1))
-        broken.write_bytes(b"\xff not a header")
-        name, event = spill.take()
-        assert event is None and not broken.exists() and spill.depth == 1
-        name, event = spill.take()
-        spill.remove(name)
-        assert (spill.depth, spill.bytes) == (0, 0)
-    finally:
-        spill.close()
-
-
-def test_an_unusable_spill_folder_says_what_to_do(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(SpillError, match="--logger-spill-dir"):
-        EventSpill(blocker / "spill")
-
-
 # -- metrics ----------------------------------------------------------------------------------
 
 
@@ -474,18 +403,6 @@ def test_events_arrive_at_the_collector_and_match(secured_collector) -> None:
     assert rows.loc["client-given-id", "prediction"] == "glass"
     assert rows["brightness"].notna().all()
     assert (rows["namespace"] == "local").all() and (rows["component"] == "predictor").all()
-
-
-def test_json_header_of_a_spilled_event_is_readable_by_hand(tmp_path: Path) -> None:
-    spill = EventSpill(tmp_path)
-    try:
-        spill.put(PayloadEvent(7, {"Ce-Id": "by-hand"}, b"payload"))
-        [path] = spill.folder.glob("*.event")
-        header, body = path.read_bytes().split(b"\n", 1)
-        assert json.loads(header) == {"seq": 7, "headers": {"Ce-Id": "by-hand"}}
-        assert body == b"payload" and oct(os.stat(path).st_mode)[-3:] == "600"
-    finally:
-        spill.close()
 
 
 # -- the cluster's durable path: KServe's agent -> Kafka broker -> Trigger -> collector ----------
