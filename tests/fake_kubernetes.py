@@ -73,6 +73,14 @@ class FakeKubernetesAPI:
         """Base URL of the fake API server."""
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def custom_objects_api(self) -> Any:
+        """The real ``kubernetes`` client's ``CustomObjectsApi``, pointed at this fake by host."""
+        from kubernetes import client
+
+        configuration = client.Configuration()
+        configuration.host = self.url
+        return client.CustomObjectsApi(client.ApiClient(configuration))
+
     def start(self) -> FakeKubernetesAPI:
         """Serve in a background thread."""
         self._thread.start()

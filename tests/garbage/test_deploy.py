@@ -8,7 +8,6 @@ kind) can run on the development and CI machines. The deploy component's tests a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from fake_kubernetes import NAME, NEW, NS, OLD, PREFIX, FakeKubernetesAPI
@@ -22,16 +21,8 @@ def fake_api() -> Iterator[FakeKubernetesAPI]:
         yield server
 
 
-def _client(fake: FakeKubernetesAPI) -> Any:
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = fake.url
-    return client.CustomObjectsApi(client.ApiClient(configuration))
-
-
 def _deployer(fake: FakeKubernetesAPI) -> InferenceServiceDeployer:
-    return InferenceServiceDeployer(_client(fake), poll_interval_s=0.01)
+    return InferenceServiceDeployer(fake.custom_objects_api(), poll_interval_s=0.01)
 
 
 class FakeClock:
@@ -105,7 +96,7 @@ def test_timeout_rolls_back_and_restores_the_previous_canary_setting(fake_api):
     fake_api.behaviour[NEW] = "never"
     clock = FakeClock()
     deployer = InferenceServiceDeployer(
-        _client(fake_api), poll_interval_s=5, clock=clock, sleep=clock.sleep
+        fake_api.custom_objects_api(), poll_interval_s=5, clock=clock, sleep=clock.sleep
     )
     with pytest.raises(DeployError, match=r"not Ready after 30 s .*Rolled back"):
         deployer.deploy(NEW, NAME, NS, canary_percent=10, timeout_s=30)
@@ -208,7 +199,9 @@ def test_rollback_that_fails_too_says_how_to_restore(fake_api):
                 fake_api.forbidden.add("PATCH")
             return self.api.patch_namespaced_custom_object(*args, **kwargs)
 
-    deployer = InferenceServiceDeployer(PatchOnce(_client(fake_api)), poll_interval_s=0.01)
+    deployer = InferenceServiceDeployer(
+        PatchOnce(fake_api.custom_objects_api()), poll_interval_s=0.01
+    )
     with pytest.raises(
         DeployError,
         match=f"rolling back to {OLD} failed too: .*HTTP 403.*garbage deploy --model-uri {OLD}",

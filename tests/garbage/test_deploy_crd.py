@@ -45,12 +45,7 @@ def fake_api() -> Iterator[FakeKubernetesAPI]:
 
 
 def _deployer(fake: FakeKubernetesAPI) -> InferenceServiceDeployer:
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = fake.url
-    api = client.CustomObjectsApi(client.ApiClient(configuration))
-    return InferenceServiceDeployer(api, poll_interval_s=0.01)
+    return InferenceServiceDeployer(fake.custom_objects_api(), poll_interval_s=0.01)
 
 
 @pytest.mark.parametrize("canary_percent", [None, 10])

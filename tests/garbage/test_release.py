@@ -48,14 +48,6 @@ def fake_api() -> Iterator[FakeKubernetesAPI]:
         yield server
 
 
-def _api(fake: FakeKubernetesAPI) -> Any:
-    from kubernetes import client
-
-    configuration = client.Configuration()
-    configuration.host = fake.url
-    return client.CustomObjectsApi(client.ApiClient(configuration))
-
-
 def _rollout(client: MlflowClient, config: Config, version: str) -> str | None:
     tags = client.get_model_version(config.registry.model_name, version).tags
     return tags.get(ROLLOUT_TAG)
@@ -63,7 +55,14 @@ def _rollout(client: MlflowClient, config: Config, version: str) -> str | None:
 
 def _release(config: Config, fake: FakeKubernetesAPI, version: str, **kwargs: Any) -> Any:
     return release(
-        config, version, NAME, NS, timeout_s=10, api=_api(fake), poll_interval_s=0.01, **kwargs
+        config,
+        version,
+        NAME,
+        NS,
+        timeout_s=10,
+        api=fake.custom_objects_api(),
+        poll_interval_s=0.01,
+        **kwargs,
     )
 
 
@@ -120,7 +119,7 @@ def test_a_rollback_moves_the_champion_back_to_what_serves(config, registry, fak
         _release(config, fake_api, "3")
 
     assert aliases(registry, config)["champion"] == "1"
-    assert status(config, NAME, NS, api=_api(fake_api)).agree
+    assert status(config, NAME, NS, api=fake_api.custom_objects_api()).agree
 
 
 def test_a_first_deploy_that_fails_moves_no_alias(config, registry, fake_api):
@@ -137,31 +136,31 @@ def test_a_canary_keeps_the_champion_until_it_is_promoted(config, registry, fake
     _release(config, fake_api, "2", canary_percent=10)
     assert aliases(registry, config)["champion"] == "1"
     assert _rollout(registry, config, "2") == "canary at 10 %"
-    during = status(config, NAME, NS, api=_api(fake_api))
+    during = status(config, NAME, NS, api=fake_api.custom_objects_api())
     assert not during.agree and during.canary_percent == 10
 
-    promote(config, NAME, NS, timeout_s=10, api=_api(fake_api), poll_interval_s=0.01)
+    promote(config, NAME, NS, timeout_s=10, api=fake_api.custom_objects_api(), poll_interval_s=0.01)
     assert aliases(registry, config) == {"champion": "2"}
-    assert status(config, NAME, NS, api=_api(fake_api)).agree
+    assert status(config, NAME, NS, api=fake_api.custom_objects_api()).agree
 
 
 def test_status_shows_both_sides_and_says_when_they_disagree(config, registry, fake_api):
     model = config.registry.model_name
     fake_api.seed(OLD, version=ServedVersion(model, "1"))
-    agreeing = status(config, NAME, NS, api=_api(fake_api))
+    agreeing = status(config, NAME, NS, api=fake_api.custom_objects_api())
     assert agreeing.agree and agreeing.state == "ready"
     text = "\n".join(agreeing.lines())
     assert f"serves      {model} v1" in text and "champion v1, challenger v2" in text
     assert text.endswith("registry and cluster agree")
 
     registry.set_registered_model_alias(model, "champion", "2")
-    disagreeing = status(config, NAME, NS, api=_api(fake_api))
+    disagreeing = status(config, NAME, NS, api=fake_api.custom_objects_api())
     assert not disagreeing.agree
     assert disagreeing.lines()[-1].startswith("registry and cluster DISAGREE")
 
 
 def test_status_without_an_inference_service(config, registry, fake_api):
-    absent = status(config, NAME, NS, api=_api(fake_api))
+    absent = status(config, NAME, NS, api=fake_api.custom_objects_api())
     assert absent.state == "absent" and absent.served is None and not absent.agree
     assert absent.champion == "1" and absent.challenger == "2"
 
