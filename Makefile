@@ -18,6 +18,15 @@ export GARBAGE_DATA_SHA256 := $(DEV_ARCHIVE_SHA256)
 endif
 endif
 
+# The site archive beside the checkout (RealWaste: photos from a real waste facility). Where it
+# is, `make run` scores the model on it for the model card's measured limits (card.external);
+# CARD_ARGS= leaves it out.
+SITE_ARCHIVE := $(abspath ../shared/data/realwaste-200-dev.tar.gz)
+SITE_ARCHIVE_SHA256 := 90fa32b3b38aae6d3a4cff57c8a4b823a12b6f161b5516fd3a0a6a793992a3af
+ifneq ($(wildcard $(SITE_ARCHIVE)),)
+CARD_ARGS ?= --set 'card.external=[{name: realwaste-200-dev, source: "$(SITE_ARCHIVE)", sha256: $(SITE_ARCHIVE_SHA256)}]'
+endif
+
 PYTEST_ARGS ?=
 
 .PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults clean
@@ -44,7 +53,7 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	@echo "data source: $${GARBAGE_DATA_SOURCE:-default public TrashNet archive}"
-	$(BIN)/garbage pipeline run $(RUN_ARGS)
+	$(BIN)/garbage pipeline run $(CARD_ARGS) $(RUN_ARGS)
 
 test: $(STAMP) tools
 	TQDM_DISABLE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

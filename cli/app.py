@@ -10,7 +10,10 @@ from cli import data, pipeline
 from cli.deploy import deploy
 from cli.predict import predict
 from cli.serve import serve
+from cli.train import train
+from cli.tune import tune
 from monitoring.cli import collector, drift
+from monitoring.review_cli import labels_app, review
 
 app = typer.Typer(
     help="Garbage classifier: data, pipeline, prediction, serving, monitoring.",
@@ -28,8 +31,12 @@ def quiet_downloads() -> None:
 
 app.add_typer(data.app, name="data")
 app.add_typer(pipeline.app, name="pipeline")
+app.command("train")(train)
+app.command("tune")(tune)
 app.command("predict")(predict)
 app.command("serve")(serve)
 app.command("collector")(collector)
 app.command("drift")(drift)
+app.command("review")(review)
+app.add_typer(labels_app, name="labels")
 app.command("deploy")(deploy)

@@ -161,6 +161,17 @@ def drift(
         raise typer.Exit(3)
 
 
+def _default_image_store(db: str, config: Config) -> str:
+    """The image folder beside a SQLite store's file, else ``<work_dir>/monitoring/images``."""
+    from monitoring.store import normalise_url
+
+    url = normalise_url(db)
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if path and path != ":memory:":
+        return str(Path(path).parent / "images")
+    return str(config.work_dir / "monitoring" / "images")
+
+
 def collector(
     host: Annotated[
         str, typer.Option("--host", help="Interface to listen on (0.0.0.0 in a pod).")
@@ -210,6 +221,49 @@ def collector(
             help="Accept labels from anyone who can reach /feedback: local development only.",
         ),
     ] = False,
+    image_store: Annotated[
+        str | None,
+        typer.Option(
+            "--image-store",
+            envvar="GARBAGE_IMAGE_STORE",
+            help="Where logged images are kept, once each by SHA-256: a folder or an fsspec URL "
+            "such as s3://bucket/prefix (endpoint and keys from AWS_ENDPOINT_URL, "
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY). Default: the folder images beside a "
+            "SQLite --db (work/monitoring/images), else <work_dir>/monitoring/images.",
+        ),
+    ] = None,
+    keep_images_days: Annotated[
+        float | None,
+        typer.Option(
+            "--keep-images-days",
+            min=0,
+            help="Delete unlabelled images last seen more than this many days ago (labelled "
+            "ones are kept). Default: no age limit.",
+        ),
+    ] = None,
+    keep_images_gb: Annotated[
+        float | None,
+        typer.Option(
+            "--keep-images-gb",
+            min=0,
+            help="Keep the stored images under this many GB (10^9 bytes), deleting the least "
+            "recently seen first, unlabelled before labelled. Default: no size limit.",
+        ),
+    ] = None,
+    prune_interval: Annotated[
+        str,
+        typer.Option(
+            "--prune-interval", help="How often retention runs while the collector runs (30m, 1h)."
+        ),
+    ] = "1h",
+    prune_images_once: Annotated[
+        bool,
+        typer.Option(
+            "--prune-images",
+            help="Apply --keep-images-days/--keep-images-gb once, print what was deleted, exit "
+            "(no server, no model needed).",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
     config: ConfigOption = None,
     profile: ProfileOption = "default",
@@ -217,9 +271,10 @@ def collector(
 ) -> None:
     """Run the monitoring collector: payload-logger CloudEvents in, features and labels stored.
 
-    /feedback needs Authorization: Bearer <token>, the tokens coming from $GARBAGE_COLLECTOR_TOKEN
-    and --token-file (name:token entries); without any, the collector does not start unless
-    --allow-unauthenticated-feedback is given.
+    /feedback and /images need Authorization: Bearer <token>, the tokens coming from
+    $GARBAGE_COLLECTOR_TOKEN and --token-file (name:token entries); without any, the collector
+    does not start unless --allow-unauthenticated-feedback is given. Every readable logged image
+    is kept in the image store (--image-store), within the retention limits.
     """
     import uvicorn
 
@@ -233,6 +288,7 @@ def collector(
         create_app,
         load_credentials,
     )
+    from monitoring.images import GB, ImageStore, ImageStoreError, Retention, prune_images
     from monitoring.store import InferenceStore, StoreError
 
     logging.basicConfig(  # uvicorn's own levels (trace) are below DEBUG
@@ -246,14 +302,41 @@ def collector(
         except ValueError as e:
             raise typer.BadParameter(str(e), param_hint="--windows") from e
     try:
-        auth = CollectorAuth(
-            feedback=load_credentials(TOKEN_ENV, token_file),
-            events=load_credentials(EVENTS_TOKEN_ENV, events_token_file),
-            allow_unauthenticated_feedback=allow_unauthenticated_feedback,
+        interval = parse_window(prune_interval).total_seconds()
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--prune-interval") from e
+    retention = Retention(
+        keep_days=keep_images_days,
+        keep_bytes=int(keep_images_gb * GB) if keep_images_gb is not None else None,
+    )
+    if prune_images_once and not retention.active:
+        raise typer.BadParameter(
+            "give --keep-images-days and/or --keep-images-gb: the limits to apply",
+            param_hint="--prune-images",
         )
-    except TokenError as e:
+    if not prune_images_once:
+        try:
+            auth = CollectorAuth(
+                feedback=load_credentials(TOKEN_ENV, token_file),
+                events=load_credentials(EVENTS_TOKEN_ENV, events_token_file),
+                allow_unauthenticated_feedback=allow_unauthenticated_feedback,
+            )
+        except TokenError as e:
+            raise _fail(f"error: {e}", code=2) from e
+    cfg = _config(config, profile, overrides)
+    try:
+        images = ImageStore(image_store or _default_image_store(db, cfg))
+    except ImageStoreError as e:
         raise _fail(f"error: {e}", code=2) from e
-    model_dir = _model_dir(model, _config(config, profile, overrides))
+    if prune_images_once:
+        try:
+            store = InferenceStore(db)
+            result = prune_images(store, images, retention)
+        except (StoreError, ImageStoreError) as e:
+            raise _fail(f"error: {e}") from e
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    model_dir = _model_dir(model, cfg)
     try:
         classes = OnnxClassifier.load(model_dir, device="cpu", intra_op_threads=1).classes
     except ModelLoadError as e:
@@ -263,7 +346,15 @@ def collector(
     except StoreError as e:
         raise _fail(f"error: {e}") from e
     uvicorn.run(
-        create_app(store, classes, auth=auth, windows=spans),
+        create_app(
+            store,
+            classes,
+            auth=auth,
+            windows=spans,
+            images=images,
+            retention=retention,
+            prune_interval=interval,
+        ),
         host=host,
         port=port,
         log_level=log_level,

@@ -10,6 +10,8 @@ Endpoints:
         <token>``: ``{"inference_id": "...", "label": "glass", "item": 0}`` or a list of such
         objects. Every label is kept in the store's label history with the token's name; the
         latest one counts for accuracy.
+    ``GET /images/{sha256}``: a logged image's bytes, for a labeller, with the same bearer
+        token as ``/feedback``; 404 for an image never stored or deleted by retention.
     ``GET /accuracy?window=24h``: live accuracy and per-class recall as JSON.
     ``GET /metrics``: Prometheus text format (collector counters plus live accuracy).
     ``GET /healthz`` (process up) and ``GET /readyz`` (store reachable).
@@ -20,6 +22,17 @@ they arrive: 413 and the connection closed as soon as the limit is passed), JSON
 before it is parsed, and every value is checked against the store's columns before any SQL runs.
 A server-side failure is logged with its details and answered with a short message and a
 reference id that finds the log line: no SQL, parameters, URLs or tracebacks reach a client.
+
+Images: with an image store (:mod:`monitoring.images`), every readable image of a request is
+kept once, by the SHA-256 of the bytes the request carried (pixels sent as a tensor are stored as
+a lossless PNG), and its row gets ``image_sha256`` and ``image_dhash``. The image is recorded in
+the store's ``images`` table first and its bytes written next, so every stored image is known to
+retention. Should the write fail, the event is still logged (features, prediction, dhash) with
+``image_sha256`` left empty, the failure is logged and counted
+(``garbage_monitoring_image_store_errors_total{operation="put"}``), and the request is
+answered as usual: the image store is never a reason to lose an event. Unreadable images are not
+stored. Retention (age, total size) runs in the background every ``prune_interval`` seconds
+while the application runs (its lifespan), sharing a lock with the image writes.
 """
 
 from __future__ import annotations
@@ -30,9 +43,11 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,6 +69,20 @@ from garbage.core.preprocessing import InvalidImageError, decode_image, to_model
 from monitoring.accuracy import live_accuracy, parse_window
 from monitoring.events import CloudEventError, InferenceEvent, parse_cloudevents
 from monitoring.features import FEATURE_SIZE, pixel_features
+from monitoring.images import (
+    OCTET_STREAM,
+    ImageNotFoundError,
+    ImageStore,
+    ImageStoreError,
+    InvalidDigestError,
+    PruneResult,
+    Retention,
+    check_sha256,
+    dhash,
+    encode_png,
+    media_type,
+    prune_images,
+)
 from monitoring.metrics import CollectorMetrics, LiveAccuracyCollector
 from monitoring.payloads import (
     MAX_ITEMS,
@@ -76,6 +105,9 @@ log = logging.getLogger(__name__)
 
 EVENTS_PATH = "/events"
 FEEDBACK_PATH = "/feedback"
+IMAGES_PATH = "/images"
+#: Seconds between two retention runs of the image store.
+DEFAULT_PRUNE_INTERVAL = 3600.0
 #: Largest event body: serving's largest request (16 MiB) in a structured event, base64-encoded.
 MAX_BODY_BYTES = 24 * 1024 * 1024
 MAX_FEEDBACK_BYTES = 1024 * 1024
@@ -278,6 +310,24 @@ class Feedback(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class ItemReading:
+    """What the collector takes from one request image.
+
+    Attributes:
+        features: The feature columns, or ``{"feature_error": reason}``.
+        image: The bytes to keep in the image store (the request's own encoded bytes, or a PNG
+            of pixels sent as a tensor); None when the image is unreadable or none is kept.
+        sha256: The SHA-256 of ``image``.
+        dhash: The difference hash of the decoded image (:func:`monitoring.images.dhash`).
+    """
+
+    features: Mapping[str, float | str]
+    image: bytes | None = None
+    sha256: str | None = None
+    dhash: str | None = None
+
+
 def extract_item(item: ImageItem) -> Mapping[str, float | str]:
     """Features of one request image, or ``{"feature_error": reason}`` when it cannot be read.
 
@@ -285,18 +335,43 @@ def extract_item(item: ImageItem) -> Mapping[str, float | str]:
     limits, the ones serving applies, so an image serving accepts is read here too and one it
     refuses is logged as unreadable.
     """
+    return read_item(item).features
+
+
+def read_item(item: ImageItem, *, keep_image: bool = False) -> ItemReading:
+    """Features, difference hash and (with ``keep_image``) the bytes to store of one image.
+
+    Decoding is :func:`extract_item`'s; the bytes kept are exactly those the request carried,
+    never re-encoded, except pixels sent as a tensor, which are kept as a lossless PNG. An
+    unreadable image yields its ``feature_error`` and nothing to keep.
+    """
     if item.error:
-        return {"feature_error": item.error}
+        return ItemReading({"feature_error": item.error})
+    encoded: bytes | None
     if item.pixels is not None:
         pixels = item.pixels
+        if pixels.size == 0:
+            return ItemReading({"feature_error": "empty"})
+        image = Image.fromarray(pixels)
+        encoded = encode_png(pixels) if keep_image else None
     else:
         try:
             image = decode_image(item.data or b"")
         except InvalidImageError as e:
-            return {"feature_error": e.reason}
+            return ItemReading({"feature_error": e.reason})
         pixels = np.asarray(image, dtype=np.uint8)
+        encoded = item.data if keep_image else None
     if pixels.size == 0:
-        return {"feature_error": "empty"}
+        return ItemReading({"feature_error": "empty"})
+    features = _features(pixels)
+    if "feature_error" in features:
+        return ItemReading(features)
+    sha256 = hashlib.sha256(encoded).hexdigest() if encoded is not None else None
+    return ItemReading(features, encoded, sha256, dhash(image))
+
+
+def _features(pixels: np.ndarray) -> Mapping[str, float | str]:
+    """The feature columns of decoded pixels (``[H, W, 3]`` uint8)."""
     height, width = pixels.shape[:2]
     if min(height, width) < 3:
         # Serving resizes any image to the model's input; features need 3x3 pixels, so a tiny
@@ -402,6 +477,9 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     max_concurrent_events: int = MAX_CONCURRENT_EVENTS,
     metrics: CollectorMetrics | None = None,
+    images: ImageStore | None = None,
+    retention: Retention | None = None,
+    prune_interval: float = DEFAULT_PRUNE_INTERVAL,
 ) -> FastAPI:
     """Build the collector application around a store.
 
@@ -414,17 +492,69 @@ def create_app(
         max_body_bytes: Larger event bodies are refused with 413.
         max_concurrent_events: Event bodies parsed and decoded at once.
         metrics: Metric holder (a fresh registry by default).
+        images: Where the logged images are kept; None keeps none (and ``GET /images`` finds
+            none).
+        retention: The image store's limits, applied every ``prune_interval`` seconds while the
+            application runs (its lifespan); None or no limit: images are kept for ever.
+        prune_interval: Seconds between two retention runs (the first runs at start).
     """
     classes = list(classes)
     metrics = metrics or CollectorMetrics()
     metrics.registry.register(LiveAccuracyCollector(store, classes, windows))
+    #: Held while an event's images are recorded and written, and around each retention batch.
+    image_lock = threading.Lock()
+
+    def prune_now() -> PruneResult | None:
+        """One retention run; a failure is logged and counted, and the next run tries again."""
+        if images is None or retention is None or not retention.active:
+            return None
+        try:
+            result = prune_images(
+                store,
+                images,
+                retention,
+                lock=image_lock,
+                on_delete=lambda reason, n: metrics.images_pruned.labels(reason=reason).inc(n),
+            )
+        except (StoreError, ImageStoreError) as e:
+            metrics.image_errors.labels(operation="prune").inc()
+            log.error("image retention failed (it runs again in %.0f s): %s", prune_interval, e)
+            return None
+        metrics.image_store_images.set(result.images)
+        metrics.image_store_bytes.set(result.total_bytes)
+        if result.deleted["age"] or result.deleted["size"]:
+            log.info("image retention: %s", result.as_dict())
+        return result
+
+    async def prune_periodically() -> None:
+        while True:
+            try:
+                await anyio.to_thread.run_sync(prune_now, abandon_on_cancel=True)
+            except Exception:  # a bug in one run must not stop the next ones, nor the server
+                metrics.image_errors.labels(operation="prune").inc()
+                log.exception("image retention failed unexpectedly; it runs again later")
+            await anyio.sleep(prune_interval)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if images is None or retention is None or not retention.active:
+            yield
+            return
+        async with anyio.create_task_group() as group:
+            group.start_soon(prune_periodically)
+            yield
+            group.cancel_scope.cancel()
+
     app = FastAPI(
         title="garbage-classifier monitoring collector",
         version="1",
         default_response_class=SafeJSONResponse,
+        lifespan=lifespan,
     )
     app.state.store = store
     app.state.metrics = metrics
+    app.state.images = images
+    app.state.prune_images = prune_now
     limiter = anyio.CapacityLimiter(max_concurrent_events)
     if auth.allow_unauthenticated_feedback and not auth.feedback:
         log.warning(
@@ -476,6 +606,41 @@ def create_app(
             500, f"internal error; the collector's log has it under reference {reference}"
         )
 
+    def keep_images(readings: Sequence[ItemReading]) -> list[dict[str, Any]]:
+        """Record and store the readable images of a request; return each row's values.
+
+        A failed write leaves that row's ``image_sha256`` empty (see the module's docstring).
+
+        Raises:
+            StoreError: The ``images`` table cannot be written (nothing was stored).
+        """
+        rows = [dict(r.features) for r in readings]
+        for row, reading in zip(rows, readings, strict=True):
+            if reading.dhash is not None:
+                row["image_dhash"] = reading.dhash
+        if images is None:
+            return rows
+        pending = {r.sha256: r.image for r in readings if r.sha256 and r.image is not None}
+        if not pending:
+            return rows
+        stored: set[str] = set()
+        with image_lock:
+            seen = datetime.now(UTC).replace(tzinfo=None)
+            store.record_images({sha: len(data) for sha, data in pending.items()}, seen)
+            for sha, data in pending.items():
+                try:
+                    _, written = images.save(data)
+                except ImageStoreError as e:
+                    metrics.image_errors.labels(operation="put").inc()
+                    log.warning("image %s logged without its bytes: %s", sha[:12], e)
+                    continue
+                stored.add(sha)
+                metrics.images_stored.labels(result="written" if written else "duplicate").inc()
+        for row, reading in zip(rows, readings, strict=True):
+            if reading.sha256 in stored:
+                row["image_sha256"] = reading.sha256
+        return rows
+
     def prepare(event: InferenceEvent) -> _Prepared:
         where = f"event {_short(event.inference_id)} ({event.kind})"
         try:
@@ -483,23 +648,23 @@ def create_app(
                 payload = parse_request(event.data, event.content_type)
                 meta = _meta(event)
                 meta.check()
-                rows = []
+                readings = []
                 for item in payload.items:
                     started = time.perf_counter()
-                    rows.append(extract_item(item))
+                    readings.append(read_item(item, keep_image=images is not None))
                     metrics.feature_seconds.observe(time.perf_counter() - started)
-                unreadable = sum(1 for r in rows if "feature_error" in r)
+                unreadable = sum(1 for r in readings if "feature_error" in r.features)
                 return _Prepared(
                     event,
-                    lambda: store.record_request(meta, rows),
+                    lambda: store.record_request(meta, keep_images(readings)),
                     {
                         "id": event.inference_id,
                         "type": "request",
                         "protocol": payload.protocol,
-                        "images": len(rows),
+                        "images": len(readings),
                         "unreadable": unreadable,
                     },
-                    images=len(rows),
+                    images=len(readings),
                     unreadable=unreadable,
                 )
             response = parse_response(event.data, classes)
@@ -655,6 +820,45 @@ def create_app(
                 "results": results,
             }
         )
+
+    @app.get(IMAGES_PATH + "/{sha256}")
+    async def image(request: Request, sha256: str) -> Response:
+        if auth.feedback:
+            _authenticate(auth.feedback, request.headers.get("authorization"))
+        digest = sha256.lower()
+        try:
+            check_sha256(digest)
+        except InvalidDigestError as e:
+            raise HTTPException(422, f"{e}; got {len(sha256)} characters") from e
+        if images is None:
+            raise HTTPException(404, "this collector keeps no images: start it with --image-store")
+        try:
+            data = await run_in_threadpool(images.get, digest)
+        except ImageNotFoundError as e:
+            raise HTTPException(
+                404,
+                f"no stored image {digest[:12]}...: it was never logged, was unreadable, or "
+                "retention deleted it (its row and labels are kept)",
+            ) from e
+        except ImageStoreError as e:
+            reference = _reference()
+            metrics.image_errors.labels(operation="get").inc()
+            log.error("image store failure [%s] reading %s: %s", reference, digest[:12], e)
+            return _error(
+                503,
+                f"the image store is unavailable; retry later (reference {reference})",
+                {"Retry-After": "5"},
+            )
+        kind = media_type(data)
+        headers = {
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, max-age=3600",
+            "ETag": f'"{digest}"',
+        }
+        if kind == OCTET_STREAM:
+            headers["Content-Disposition"] = f'attachment; filename="{digest}"'
+        return Response(data, media_type=kind, headers=headers)
 
     @app.get("/accuracy")
     async def accuracy(window: str = Query("24h", description="e.g. 1h, 24h, 7d")) -> JSONResponse:

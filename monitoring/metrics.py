@@ -9,6 +9,14 @@ Collector (scraped from ``/metrics``):
     ``garbage_monitoring_feedback_total{result}``: label feedback
     (``matched``/``unknown``/``invalid``).
     ``garbage_monitoring_feature_seconds``: time to extract one image's features.
+    ``garbage_monitoring_stored_images_total{result}``: images of logged requests put into the
+    image store: ``written``, or ``duplicate`` (the same bytes were stored already).
+    ``garbage_monitoring_image_store_errors_total{operation}``: image store operations that
+    failed (``put``: the event was logged without its image; ``get``, ``prune``).
+    ``garbage_monitoring_pruned_images_total{reason}``: images deleted by retention (``age``,
+    ``size``).
+    ``garbage_monitoring_image_store_images``, ``garbage_monitoring_image_store_bytes``: images
+    stored and their total size, as of the last retention run.
     ``garbage_live_accuracy{window}``, ``garbage_live_recall{window,label}``,
     ``garbage_live_labelled{window}``: computed from the store at scrape time.
 
@@ -87,6 +95,34 @@ class CollectorMetrics:
             "garbage_monitoring_feedback",
             "Label feedback, by result.",
             ["result"],
+            registry=self.registry,
+        )
+        self.images_stored = Counter(
+            "garbage_monitoring_stored_images",
+            "Images of logged requests put into the image store: written, or duplicate.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.image_errors = Counter(
+            "garbage_monitoring_image_store_errors",
+            "Image store operations that failed (put: the event was logged without its image).",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.images_pruned = Counter(
+            "garbage_monitoring_pruned_images",
+            "Images deleted by retention, by reason (age, size).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.image_store_images = Gauge(
+            "garbage_monitoring_image_store_images",
+            "Images in the image store at the last retention run.",
+            registry=self.registry,
+        )
+        self.image_store_bytes = Gauge(
+            "garbage_monitoring_image_store_bytes",
+            "Total size of the images in the image store at the last retention run.",
             registry=self.registry,
         )
         self.feature_seconds = Histogram(

@@ -6,10 +6,21 @@ response event the prediction, label feedback the true label; they may arrive in
 each only fills its own columns, so the three meet in one row whatever the order.
 
 Every label ever given is kept in a second table, ``label_history`` (who gave it and when); the
-row of ``inference_log`` holds the latest one, which is what accuracy counts. The table is new:
-opening a store created before it existed creates it (``CREATE TABLE IF NOT EXISTS``), and no
-column of ``inference_log`` changed, so existing SQLite files and PostgreSQL databases need no
-migration.
+row of ``inference_log`` holds the latest one, which is what accuracy counts.
+
+Each row points to its image in the image store (:mod:`monitoring.images`): ``image_sha256``
+(the SHA-256 of the stored bytes; empty when the image was unreadable or could not be stored)
+and ``image_dhash`` (its difference hash, for near duplicates). A third table, ``images``, has a
+row per stored image (size, first and last seen by the collector's clock, ``deleted_at`` once
+retention deleted it), so retention needs no listing of the bucket; a deleted image's rows in
+``inference_log`` keep everything, ``image_sha256`` included.
+
+Migration: opening a store with ``create=True`` (the collector does) creates the tables that are
+missing (``label_history``, ``images``) and adds the columns of ``inference_log`` that an older
+database lacks (``image_sha256``, ``image_dhash``: ``ALTER TABLE ... ADD COLUMN``, nullable, on
+SQLite and PostgreSQL; two processes opening it at once are fine) with their index; old rows keep
+their values and get no image. A store opened with ``create=False`` (the drift job) is left as it
+is and reads only the columns it names.
 
 Values are checked before any SQL runs (:class:`InvalidRecordError`): text no longer than its
 column (PostgreSQL refuses longer values, SQLite would store them), valid UTF-8 without NUL
@@ -38,17 +49,21 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
+    exists,
     func,
     insert,
+    inspect,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
@@ -57,6 +72,7 @@ _T = TypeVar("_T")
 
 TABLE_NAME = "inference_log"
 HISTORY_TABLE_NAME = "label_history"
+IMAGES_TABLE_NAME = "images"
 KEY = ("inference_id", "item")
 #: Longest text of each column, in characters: the one definition of what the store takes.
 FIELD_LENGTHS: dict[str, int] = {
@@ -71,6 +87,8 @@ FIELD_LENGTHS: dict[str, int] = {
     "prediction": 100,
     "true_label": 100,
     "labeller": 100,
+    "image_sha256": 64,
+    "image_dhash": 16,
 }
 #: ``item`` is an ``INTEGER`` column: 32 bits on PostgreSQL.
 MAX_ITEM = 2**31 - 1
@@ -185,6 +203,25 @@ class EventMeta:
             raise InvalidRecordError("time", f"must be a datetime, got {type(self.time).__name__}")
 
 
+@dataclass(frozen=True)
+class PruneCandidate:
+    """An image that retention may delete, and why.
+
+    Attributes:
+        sha256: Its hash.
+        size_bytes: Its size.
+        last_seen: When the collector last saw it (naive UTC).
+        labelled: Whether a row pointing at it has a true label.
+        reason: ``age`` (last seen too long ago) or ``size`` (the store is over its size).
+    """
+
+    sha256: str
+    size_bytes: int
+    last_seen: datetime
+    labelled: bool
+    reason: str
+
+
 def _table(metadata: MetaData) -> Table:
     return Table(
         TABLE_NAME,
@@ -213,8 +250,25 @@ def _table(metadata: MetaData) -> Table:
         Column("probabilities", Text),
         Column("true_label", _text("true_label")),
         Column("label_time", DateTime),
+        Column("image_sha256", _text("image_sha256")),
+        Column("image_dhash", _text("image_dhash")),
         UniqueConstraint(*KEY, name="uq_inference_item"),
         Index("ix_inference_log_ts", "ts"),
+        Index("ix_inference_log_image_sha256", "image_sha256"),
+    )
+
+
+def _images_table(metadata: MetaData) -> Table:
+    """One row per image in the image store: its size, when the collector saw it, its deletion."""
+    return Table(
+        IMAGES_TABLE_NAME,
+        metadata,
+        Column("sha256", _text("image_sha256"), primary_key=True),
+        Column("size_bytes", Integer, nullable=False),
+        Column("first_seen", DateTime, nullable=False),
+        Column("last_seen", DateTime, nullable=False),
+        Column("deleted_at", DateTime),
+        Index("ix_images_last_seen", "last_seen"),
     )
 
 
@@ -277,6 +331,7 @@ class InferenceStore:
         self.metadata = MetaData()
         self.table = _table(self.metadata)
         self.history = _history_table(self.metadata)
+        self.images = _images_table(self.metadata)
         try:
             if self.url.startswith("sqlite:///"):
                 path = self.url[len("sqlite:///") :]
@@ -295,8 +350,53 @@ class InferenceStore:
                 )
             if create:
                 self.metadata.create_all(self.engine)
+                self._add_missing_columns()
         except (ArgumentError, SQLAlchemyError, OSError, ImportError) as e:
             raise StoreError(f"cannot open the inference store at {redact(self.url)}: {e}") from e
+
+    def _add_missing_columns(self) -> None:
+        """Add the columns of ``inference_log`` that an older database lacks, and their indexes.
+
+        Only nullable columns without a default are added (the ones added since the table first
+        shipped), so old rows need no value. PostgreSQL skips a column that exists
+        (``IF NOT EXISTS``); on SQLite a column that another process added meanwhile is seen
+        when the table is inspected again.
+
+        Raises:
+            StoreError: A column that ALTER TABLE cannot add to an existing table.
+            SQLAlchemyError: The database refused the change.
+        """
+        present = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
+        missing = [c for c in self.table.columns if c.name not in present]
+        if not missing:
+            return
+        dialect = self.engine.dialect
+        quote = dialect.identifier_preparer.quote
+        if_missing = "IF NOT EXISTS " if dialect.name == "postgresql" else ""
+        for column in missing:
+            if not column.nullable or column.server_default is not None:
+                raise StoreError(
+                    f"{TABLE_NAME}.{column.name} cannot be added to an existing table by "
+                    "ALTER TABLE alone; migrate the database by hand"
+                )
+            kind = column.type.compile(dialect=dialect)
+            name = quote(column.name)
+            statement = f"ALTER TABLE {quote(TABLE_NAME)} ADD COLUMN {if_missing}{name} {kind}"
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(text(statement))
+            except (OperationalError, ProgrammingError):
+                added = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
+                if column.name not in added:
+                    raise
+        for index in self.table.indexes:
+            try:
+                with self.engine.begin() as conn:
+                    index.create(conn, checkfirst=True)
+            except (OperationalError, ProgrammingError):
+                names = {i["name"] for i in inspect(self.engine).get_indexes(TABLE_NAME)}
+                if index.name not in names:
+                    raise
 
     def close(self) -> None:
         """Release every pooled connection."""
@@ -339,7 +439,8 @@ class InferenceStore:
 
         Args:
             meta: The event context.
-            items: Per image, a mapping of feature columns, or ``{"feature_error": reason}``.
+            items: Per image, a mapping of feature columns, or ``{"feature_error": reason}``;
+                with ``image_sha256`` and ``image_dhash`` where the image was stored.
 
         Returns:
             The number of rows written.
@@ -350,7 +451,8 @@ class InferenceStore:
         """
         meta.check()
         for values in items:
-            check_text("feature_error", values.get("feature_error"))
+            for name in ("feature_error", "image_sha256", "image_dhash"):
+                check_text(name, values.get(name))
 
         def work(conn: Connection) -> int:
             for index, values in enumerate(items):
@@ -359,6 +461,209 @@ class InferenceStore:
             return len(items)
 
         return self._transaction(work)
+
+    def record_images(self, sizes: Mapping[str, int], seen: datetime) -> int:
+        """Record that the collector saw these images at ``seen``, before their bytes are written.
+
+        A new image gets a row (first and last seen ``seen``); a known one its ``last_seen``
+        moved and any ``deleted_at`` cleared (it is stored again). Recording first means an
+        image in the store always has a row, so retention finds it, even when the write of the
+        event's rows fails afterwards.
+
+        Args:
+            sizes: ``{sha256: size in bytes}``.
+            seen: The collector's clock (naive UTC), never the sender's event time.
+
+        Returns:
+            The number of images recorded.
+
+        Raises:
+            InvalidRecordError: A hash or size that does not fit (nothing is written).
+            StoreError: The database failed.
+        """
+        for sha256, size in sizes.items():
+            check_text("image_sha256", sha256, required=True)
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_ITEM:
+                raise InvalidRecordError("size_bytes", f"must be an integer 0..{MAX_ITEM}")
+        if not sizes:
+            return 0
+        i = self.images
+
+        def work(conn: Connection) -> int:
+            statement = UPSERT_DIALECTS[conn.dialect.name](i).values(
+                [
+                    {
+                        "sha256": sha256,
+                        "size_bytes": sizes[sha256],
+                        "first_seen": seen,
+                        "last_seen": seen,
+                        "deleted_at": None,
+                    }
+                    for sha256 in sorted(sizes)  # one order: concurrent upserts cannot deadlock
+                ]
+            )
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["sha256"],
+                    set_={
+                        "last_seen": statement.excluded.last_seen,
+                        "size_bytes": statement.excluded.size_bytes,
+                        "deleted_at": None,
+                    },
+                )
+            )
+            return len(sizes)
+
+        return self._transaction(work)
+
+    def _labelled(self) -> Any:
+        """True where a row of ``inference_log`` that points at the image has a true label."""
+        t, i = self.table, self.images
+        return exists().where(t.c.image_sha256 == i.c.sha256, t.c.true_label.is_not(None))
+
+    def images_to_prune(
+        self, older_than: datetime | None, max_bytes: int | None, *, limit: int = 200
+    ) -> list[PruneCandidate]:
+        """The next images retention deletes, in the order it deletes them; at most ``limit``.
+
+        First the unlabelled images last seen before ``older_than``, oldest first; when there
+        are none (left), those that bring the stored total down to ``max_bytes``: unlabelled
+        before labelled, each least recently seen first.
+
+        Args:
+            older_than: The age limit (naive UTC); None for none.
+            max_bytes: The size limit; None for none.
+            limit: Most candidates returned.
+
+        Raises:
+            StoreError: The database cannot be read.
+        """
+        i = self.images
+        live = i.c.deleted_at.is_(None)
+        labelled = self._labelled()
+        columns = (i.c.sha256, i.c.size_bytes, i.c.last_seen)
+
+        def work(conn: Connection) -> list[PruneCandidate]:
+            if older_than is not None:
+                old = (
+                    select(*columns)
+                    .where(live, i.c.last_seen < older_than, ~labelled)
+                    .order_by(i.c.last_seen, i.c.sha256)
+                    .limit(limit)
+                )
+                rows: list[Any] = list(conn.execute(old))
+                found = [
+                    PruneCandidate(str(sha256), int(size), seen, False, "age")
+                    for sha256, size, seen in rows
+                ]
+                if found:
+                    return found
+            if max_bytes is None:
+                return []
+            total: Any = conn.execute(
+                select(func.coalesce(func.sum(i.c.size_bytes), 0)).where(live)
+            ).scalar_one()
+            excess = int(total) - max_bytes
+            chosen: list[PruneCandidate] = []
+            if excess <= 0:
+                return chosen
+            is_labelled = case((labelled, 1), else_=0)
+            oldest = (
+                select(*columns, is_labelled)
+                .where(live)
+                .order_by(is_labelled, i.c.last_seen, i.c.sha256)
+                .limit(limit)
+            )
+            ordered: list[Any] = list(conn.execute(oldest))
+            for sha256, size, seen, flag in ordered:
+                chosen.append(PruneCandidate(str(sha256), int(size), seen, bool(flag), "size"))
+                excess -= int(size)
+                if excess <= 0:
+                    break
+            return chosen
+
+        return self._read(work)
+
+    def claim_images_for_deletion(
+        self, candidates: Sequence[PruneCandidate], when: datetime
+    ) -> list[PruneCandidate]:
+        """Mark candidates deleted at ``when``, unless they were seen again since they were chosen.
+
+        An age candidate that got a label meanwhile is skipped too. Returns the ones marked: the
+        caller deletes their bytes next (and :meth:`release_images` the ones it could not).
+
+        Raises:
+            StoreError: The database failed.
+        """
+        i = self.images
+        claimed: list[PruneCandidate] = []
+
+        def work(conn: Connection) -> int:
+            claimed.clear()
+            for candidate in candidates:
+                conditions = [
+                    i.c.sha256 == candidate.sha256,
+                    i.c.deleted_at.is_(None),
+                    i.c.last_seen <= candidate.last_seen,
+                ]
+                if candidate.reason == "age":
+                    conditions.append(~self._labelled())
+                marked = conn.execute(update(i).where(*conditions).values(deleted_at=when))
+                if marked.rowcount:
+                    claimed.append(candidate)
+            return len(claimed)
+
+        self._transaction(work)
+        return claimed
+
+    def release_images(self, sha256s: Sequence[str]) -> int:
+        """Clear ``deleted_at`` of images whose deletion failed (they are still stored).
+
+        Raises:
+            StoreError: The database failed.
+        """
+        i = self.images
+        if not sha256s:
+            return 0
+        statement = update(i).where(i.c.sha256.in_(list(sha256s))).values(deleted_at=None)
+        return self._transaction(lambda conn: conn.execute(statement).rowcount)
+
+    def image_usage(self) -> tuple[int, int]:
+        """``(images, bytes)`` stored: the rows of ``images`` not deleted.
+
+        Raises:
+            StoreError: The database cannot be read.
+        """
+        i = self.images
+        query = select(func.count(), func.coalesce(func.sum(i.c.size_bytes), 0)).where(
+            i.c.deleted_at.is_(None)
+        )
+
+        def work(conn: Connection) -> tuple[int, int]:
+            row: Any = conn.execute(query).one()
+            return int(row[0]), int(row[1] or 0)
+
+        return self._read(work)
+
+    def image_record(self, sha256: str) -> dict[str, Any] | None:
+        """The ``images`` row of one image, or None when the collector never saw it.
+
+        Returns:
+            ``{"sha256", "size_bytes", "first_seen", "last_seen", "deleted_at"}`` or None.
+
+        Raises:
+            InvalidRecordError: The hash does not fit its column.
+            StoreError: The database cannot be read.
+        """
+        check_text("image_sha256", sha256, required=True)
+        i = self.images
+        query = select(i).where(i.c.sha256 == sha256)
+
+        def work(conn: Connection) -> dict[str, Any] | None:
+            row = conn.execute(query).first()
+            return dict(row._mapping) if row is not None else None
+
+        return self._read(work)
 
     def record_response(
         self,

@@ -8,6 +8,9 @@
 #   CONTAINER_ENGINE  docker or podman (default: docker when its daemon answers, else podman)
 #   BASE_IMAGE  base image (default: python:3.11-slim; with podman and no registry access, the
 #              local image that scripts/container-engine-setup.sh builds, when present)
+#   GIT_COMMIT, GIT_DIRTY  the code version baked into the components image for run lineage
+#              (default: this checkout's HEAD, and true when a tracked file differs from it;
+#              untracked files do not count)
 # Behind a TLS-inspecting proxy (these development machines), the host's CA bundle is mounted
 # into the build and handed to pip.
 set -euo pipefail
@@ -20,6 +23,17 @@ LOCAL_BASE=localhost/python-base:3.11-bookworm
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 log() { printf 'build-images: %s\n' "$*" >&2; }
+
+GIT_COMMIT="${GIT_COMMIT:-$(git rev-parse --verify HEAD 2>/dev/null || echo unknown)}"
+if [ -z "${GIT_DIRTY:-}" ]; then
+  if [ "$GIT_COMMIT" = unknown ] || ! status=$(git status --porcelain --untracked-files=no 2>/dev/null); then
+    GIT_DIRTY=unknown
+  elif [ -n "$status" ]; then
+    GIT_DIRTY=true
+  else
+    GIT_DIRTY=false
+  fi
+fi
 
 engine="${CONTAINER_ENGINE:-}"
 if [ -z "$engine" ]; then
@@ -50,7 +64,8 @@ fi
 
 for image in $IMAGES; do
   case "$image" in
-    components) file=components/Dockerfile; tag="$REGISTRY/components:$IMAGE_TAG"; extra=() ;;
+    components) file=components/Dockerfile; tag="$REGISTRY/components:$IMAGE_TAG"
+      extra=(--build-arg "GIT_COMMIT=$GIT_COMMIT" --build-arg "GIT_DIRTY=$GIT_DIRTY") ;;
     serving) file=serving/Dockerfile; tag="$REGISTRY/serving:$IMAGE_TAG"; extra=() ;;
     monitoring) file=monitoring/Dockerfile; tag="$REGISTRY/monitoring:$IMAGE_TAG"; extra=() ;;
     serving-gpu) file=serving/Dockerfile; tag="$REGISTRY/serving:$IMAGE_TAG-gpu"

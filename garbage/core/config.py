@@ -7,10 +7,11 @@ travels as JSON from there: every KFP component re-creates it with
 
 from __future__ import annotations
 
+import copy
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -116,12 +117,29 @@ class TrainConfig(_Section):
         0, ge=0, le=7, description="Backbone stages (after the stem) kept frozen: faster on CPU."
     )
     channels_last: bool = Field(True, description="channels-last memory format (faster convs).")
-    num_workers: int = Field(1, ge=0)
+    low_res_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Input side scale of the epochs before the last full_res_epochs (progressive "
+        "resizing): cheaper epochs early, the served size at the end.",
+    )
+    full_res_epochs: int = Field(
+        0, ge=0, description="Last epochs trained at the model's input size (all when scale is 1)."
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Per-step decay of an exponential moving average of the weights; the average "
+        "is what is validated and saved. None: the raw weights.",
+    )
+    compile: bool = Field(False, description="torch.compile the model for the training steps.")
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; default: all cores."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: bool = True
+    mixed_precision: bool = Field(True, description="bf16 autocast on CUDA (ignored on the CPU).")
     seed: int = 42
     augment: AugmentConfig = AugmentConfig()
 
@@ -147,6 +165,226 @@ class RegistryConfig(_Section):
     min_metric: float = Field(0.0, ge=0, le=1, description="Absolute floor for any promotion.")
 
 
+class ExternalSet(_Section):
+    """An evaluation set unlike the training data, for the model card's measured limits.
+
+    A ``.tar.gz`` of class folders (the layout of ``data.source``), fetched and checked the same
+    way; classes the model does not know are left out.
+    """
+
+    name: str = Field(min_length=1, max_length=64, description="Name shown on the card.")
+    source: str = Field(description="http(s) URL or local path of the .tar.gz archive.")
+    sha256: str = Field(description="Expected sha256 of the archive.")
+    max_per_class: int = Field(60, ge=1, description="Images scored per class (a fixed sample).")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        return DataConfig._hex_digest(value)  # the one rule for an archive's digest
+
+
+DEFAULT_INTENDED_USE = (
+    "Sorting single photographed items of household waste into six materials (cardboard, "
+    "glass, metal, paper, plastic, trash), one item per photo, to assist a person or a sorting "
+    "line. Not for safety-critical decisions, hazardous waste, or photos of several items; "
+    "check the measured limits below before using it on photos unlike its training data."
+)
+
+
+class CardConfig(_Section):
+    """The model card written for every registered version."""
+
+    intended_use: str = Field(
+        DEFAULT_INTENDED_USE, min_length=1, description="What the model is for, on its card."
+    )
+    low_confidence: float = Field(
+        0.5, gt=0, lt=1, description="A prediction below this top probability counts as unsure."
+    )
+    external: list[ExternalSet] = Field(
+        default_factory=list,
+        description="Evaluation sets unlike the training data, scored for the card's limits.",
+    )
+
+    @field_validator("external")
+    @classmethod
+    def _unique_names(cls, value: list[ExternalSet]) -> list[ExternalSet]:
+        names = [s.name for s in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"external set names must be unique, got {names}")
+        return value
+
+
+class FloatParam(_Section):
+    """A float of the search space: uniform on ``[low, high]``, or log-uniform with ``log``."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = Field(False, description="Sample log-uniformly (needs low > 0).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatParam:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log sampling needs low > 0, got low={self.low}")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values that must be valid for the key: ``low`` and ``high``."""
+        return [self.low, self.high]
+
+
+class IntParam(_Section):
+    """An integer of the search space: ``low``, ``low + step``, ... ``high``."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntParam:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if (self.high - self.low) % self.step:
+            raise ValueError(
+                f"high - low ({self.high - self.low}) must be a multiple of step ({self.step})"
+            )
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values that must be valid for the key: ``low`` and ``high``."""
+        return [self.low, self.high]
+
+
+class CategoricalParam(_Section):
+    """A choice among values of the search space."""
+
+    type: Literal["categorical"]
+    choices: list[bool | int | float | str | None] = Field(min_length=2)
+
+    @field_validator("choices")
+    @classmethod
+    def _unique_choices(cls, value: list[Any]) -> list[Any]:
+        if len({repr(v) for v in value}) != len(value):
+            raise ValueError(f"choices must be unique, got {value}")
+        return value
+
+    def bounds(self) -> list[Any]:
+        """The values that must be valid for the key: every choice."""
+        return list(self.choices)
+
+
+#: One parameter of the search space, told apart by its ``type``.
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+#: The config sections whose keys a search may tune: data and split are prepared once per study
+#: (every trial must see the same validation images), registry, card and tune do not train.
+TUNABLE_SECTIONS = ("model", "train")
+
+
+class PrunerConfig(_Section):
+    """The median pruner (Katib: medianstop) on per-epoch validation macro-F1."""
+
+    n_startup_trials: int = Field(
+        5, ge=0, description="Trials that finish unpruned before any is compared with the median."
+    )
+    n_warmup_steps: int = Field(
+        3,
+        ge=0,
+        description="The first epoch at which a trial may be pruned (earlier ones are noisy); "
+        "Katib's start_step.",
+    )
+
+
+class TuneConfig(_Section):
+    """Hyperparameter search (``garbage tune``: Optuna locally, Katib on a cluster)."""
+
+    trials: int = Field(20, ge=1, description="Trials a study runs in all (a re-run resumes).")
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Stop starting trials after this long (local runs)."
+    )
+    metric: Literal["val_macro_f1"] = Field(
+        "val_macro_f1", description="The objective, maximized: best validation macro-F1."
+    )
+    seed: int = Field(42, description="Seed of the sampler (TPE).")
+    parallel_trials: int = Field(
+        2, ge=1, description="Katib: trials that run at once (local trials run one by one)."
+    )
+    pruner: PrunerConfig = PrunerConfig()
+    space: dict[str, ParamSpec] = Field(
+        default_factory=dict,
+        description="Dotted config key (train.learning_rate) -> {type: float, low, high, log} | "
+        "{type: int, low, high, step} | {type: categorical, choices}; a key set to null is "
+        "dropped (from the default space).",
+    )
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _drop_nulls(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if v is not None}
+        return value
+
+
+def _tunable_field(key: str) -> Any:
+    """The annotation of the config leaf that ``key`` names; ValueError when it names none."""
+    parts = key.split(".")
+    if parts[0] not in TUNABLE_SECTIONS or len(parts) < 2:
+        raise ValueError(
+            f"cannot be tuned: name a key of {' or '.join(TUNABLE_SECTIONS)} (data and split are "
+            "prepared once per study; registry, card and tune do not change training)"
+        )
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the config"
+        if part not in model.model_fields:
+            raise ValueError(
+                f"not a config key: {where} has no {part!r} "
+                f"(it has {', '.join(model.model_fields)})"
+            )
+        annotation = model.model_fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if depth == len(parts) - 1:
+            if is_section:
+                raise ValueError("a section, not a value: name one of its keys")
+            return annotation
+        if not is_section:
+            raise ValueError(f"not a config key: {'.'.join(parts[: depth + 1])} is a value")
+        model = annotation  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def _check_space(config: Config) -> None:
+    """Every key of ``config.tune.space`` names a tunable leaf, and its bounds are its values."""
+    base = config.model_dump(exclude={"tune"})
+    for key, spec in config.tune.space.items():
+        try:
+            annotation = _tunable_field(key)
+        except ValueError as e:
+            raise ValueError(f"tune.space.{key}: {e}") from e
+        kinds = set(get_args(annotation)) or {annotation}
+        if isinstance(spec, FloatParam) and int in kinds and float not in kinds:
+            raise ValueError(f"tune.space.{key}: {key} takes integers: use type: int")
+        for value in spec.bounds():
+            tree = copy.deepcopy(base)
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+            try:
+                Config.model_validate(tree)
+            except ValidationError as e:
+                reasons = "; ".join(
+                    f"{'.'.join(map(str, err['loc'])) or key}: {err['msg']}" for err in e.errors()
+                )
+                raise ValueError(
+                    f"tune.space.{key}: {value!r} is not a valid value of {key} ({reasons})"
+                ) from e
+
+
 class Config(_Section):
     """The whole run configuration."""
 
@@ -156,11 +394,18 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     registry: RegistryConfig = RegistryConfig()
+    card: CardConfig = CardConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> Config:
         if self.split.val_fraction + self.split.test_fraction >= 0.8:
             raise ValueError("split.val_fraction + split.test_fraction must be below 0.8")
+        return self
+
+    @model_validator(mode="after")
+    def _tune_space_names_training_keys(self) -> Config:
+        _check_space(self)
         return self
 
     @property

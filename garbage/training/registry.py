@@ -152,14 +152,56 @@ def log_onnx_model(
     return info.model_uri
 
 
-def register_model(config: Config, model_uri: str, tags: dict[str, Any]) -> str:
-    """Register ``model_uri`` under the configured name; return the new version."""
+def register_model(
+    config: Config, model_uri: str, tags: dict[str, Any], run_id: str | None = None
+) -> str:
+    """Register ``model_uri`` under the configured name; return the new version.
+
+    Args:
+        config: The run config (registry and model name).
+        model_uri: The logged model (``models:/<model id>`` of :func:`log_onnx_model`).
+        tags: Tags of the new version (its lineage: run, git commit, data version).
+        run_id: The run the model was logged in: the version must link to it (MLflow takes the
+            link from the logged model; a version that lacks it is refused here).
+
+    Raises:
+        RegistryError: The registry refused, or the new version does not link to ``run_id``.
+    """
     name = config.registry.model_name
     try:
         version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
     except MlflowException as e:
         raise RegistryError(f"cannot register {model_uri} as {name}: {e}") from e
+    if run_id is not None and version.run_id != run_id:
+        raise RegistryError(
+            f"{name} v{version.version} links to run {version.run_id!r}, not to the run "
+            f"{run_id} it was logged in; log the model inside that run "
+            "(mlflow.start_run(run_id=...)) before registering it"
+        )
     return str(version.version)
+
+
+#: The longest model-version description every MLflow store keeps (a VARCHAR(5000) column).
+MAX_DESCRIPTION = 5000
+
+
+def describe_version(config: Config, version: str, description: str) -> None:
+    """Set the description of a version of the configured model (its model card).
+
+    Raises:
+        RegistryError: The description is longer than :data:`MAX_DESCRIPTION`, or the registry
+            refused it.
+    """
+    name = config.registry.model_name
+    if len(description) > MAX_DESCRIPTION:
+        raise RegistryError(
+            f"the description of {name} v{version} has {len(description)} characters, over "
+            f"MLflow's limit of {MAX_DESCRIPTION}; shorten it (model_card.fit_description)"
+        )
+    try:
+        _client(config).update_model_version(name, version, description=description)
+    except MlflowException as e:
+        raise RegistryError(f"cannot set the description of {name} v{version}: {e}") from e
 
 
 def _client(config: Config) -> MlflowClient:

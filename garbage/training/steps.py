@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -17,6 +17,10 @@ from garbage.core.config import Config
 from garbage.training.data.fetch import fetch_dataset
 from garbage.training.data.split import read_manifest, split_dataset, split_summary, write_manifest
 from garbage.training.data.validate import raise_for_errors, validate_dataset, write_report
+
+if TYPE_CHECKING:  # sklearn loads with the metrics, torch with training: only where used
+    from garbage.training.metrics import Scored
+    from garbage.training.train import EpochCallback
 
 TABLE_FILENAME = "images.csv"
 
@@ -66,33 +70,77 @@ def manifest_items(manifest: pd.DataFrame, split: str, classes: list[str]) -> li
 
 
 def train_step(
-    config: Config, images_dir: Path, manifest_csv: Path, out_dir: Path, run_name: str | None = None
+    config: Config,
+    images_dir: Path,
+    manifest_csv: Path,
+    out_dir: Path,
+    run_name: str | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train with MLflow tracking; write ``best.pt`` and ``history.json`` into ``out_dir``.
 
+    The one tracked training of the project: the pipeline's train step, ``garbage train`` and
+    every trial of ``garbage tune`` (a run nested in the study's when a run is active).
+
+    The run carries its lineage (:mod:`garbage.training.lineage`): the git commit
+    (``mlflow.source.git.commit``) and ``git.dirty``, the data version (``data.version``,
+    ``data.sha256``, ``data.manifest_digest``), the resolved config, and each split of the
+    manifest as an MLflow dataset input. Its name says what it is (``run_name``, default e.g.
+    ``train efficientnet_lite0 112x112 data:3f2a11bc git:5601964``).
+
+    Args:
+        config: The validated config.
+        images_dir: The folder the manifest's paths are relative to.
+        manifest_csv: The split manifest.
+        out_dir: Where ``best.pt``, ``history.json`` and ``train_summary.json`` go.
+        run_name: The MLflow run's name (default: what it is, see above).
+        on_epoch: Called after each epoch's metrics are logged; returning True stops training.
+        tags: More tags of the run.
+
     Returns:
-        ``run_id``, ``best_epoch``, ``best_val_macro_f1``, ``device``, ``train_images_per_second``.
+        ``run_id``, ``best_epoch``, ``best_val_macro_f1``, ``device``, ``train_images_per_second``,
+        ``train_seconds``, ``stopped_early`` and ``checkpoint``.
     """
     import mlflow
 
+    from garbage.training.lineage import (
+        code_version,
+        data_version,
+        lineage_tags,
+        log_dataset_inputs,
+    )
+    from garbage.training.lineage import run_name as describe_run
     from garbage.training.registry import configure_tracking
     from garbage.training.train import train_model
 
     manifest = read_manifest(manifest_csv)
+    code, data = code_version(), data_version(config, manifest)
     experiment_id = configure_tracking(config)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.log_params(flatten(config.model_dump(mode="json")))
+    name = run_name or describe_run("train", config, data, code)
+    nested = mlflow.active_run() is not None
+
+    def log_epoch(epoch: int, metrics: dict[str, float]) -> bool | None:
+        mlflow.log_metrics(metrics, step=epoch)
+        return on_epoch(epoch, metrics) if on_epoch is not None else None
+
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=nested) as run:
+        mlflow.log_params(flatten(config.model_dump(mode="json", exclude={"tune"})))
         mlflow.log_dict(config.model_dump(mode="json"), "config/resolved_config.json")
         mlflow.log_dict(split_summary(manifest), "data/split_summary.json")
         mlflow.log_artifact(str(manifest_csv), "data")
-        mlflow.set_tags({"data.sha256": config.data.sha256, "data.source": config.data.source})
+        mlflow.set_tags(
+            {**lineage_tags(code, data), "data.source": config.data.source, **(tags or {})}
+        )
+        log_dataset_inputs(manifest, data)
         result = train_model(
             config,
             images_dir,
             manifest_items(manifest, "train", config.data.classes),
             manifest_items(manifest, "val", config.data.classes),
             out_dir,
-            on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch),
+            on_epoch=log_epoch,
         )
         summary = {
             "run_id": run.info.run_id,
@@ -101,6 +149,8 @@ def train_step(
             "device": result.device,
             "train_images_per_second": result.train_images_per_second,
             "train_seconds": result.seconds,
+            "stopped_early": result.stopped_early,
+            "checkpoint": str(result.checkpoint),
         }
         mlflow.log_metrics(
             {
@@ -168,23 +218,53 @@ def export_step(
     return metadata
 
 
-def score_on_split(
-    classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
-) -> dict[str, Any]:
-    """Metrics of an ONNX classifier on one split of the manifest."""
-    from garbage.training.metrics import classification_metrics
+def predict_on_split(
+    classifier: Any,
+    images_dir: Path,
+    manifest: pd.DataFrame,
+    split: str = "test",
+    slice_name: str = "dataset",
+) -> Scored:
+    """One scoring pass of an ONNX classifier on one split of the manifest.
+
+    Args:
+        classifier: An :class:`garbage.core.classifier.OnnxClassifier`.
+        images_dir: The folder the manifest's paths are relative to.
+        manifest: The split manifest.
+        split: Which split to score.
+        slice_name: The data slice of every image when the manifest has no ``source`` column.
+
+    Returns:
+        True and predicted classes, top probabilities and each image's slice (its ``source``).
+
+    Raises:
+        ValueError: The split holds classes the model does not know.
+    """
+    from garbage.training.metrics import Scored
 
     rows = manifest[manifest["split"] == split]
-    predictions = classifier.predict_bytes([(images_dir / p).read_bytes() for p in rows["path"]])
     index = {c: i for i, c in enumerate(classifier.classes)}
     unknown = set(rows["label"]) - set(index)
     if unknown:
         raise ValueError(f"the model does not know the classes {sorted(unknown)}")
-    return classification_metrics(
-        [index[label] for label in rows["label"]],
-        [index[p.label] for p in predictions],
-        classifier.classes,
+    predictions = classifier.predict_bytes([(images_dir / p).read_bytes() for p in rows["path"]])
+    groups = (
+        [str(s) for s in rows["source"]] if "source" in rows.columns else [slice_name] * len(rows)
     )
+    return Scored(
+        classes=list(classifier.classes),
+        y_true=[index[label] for label in rows["label"]],
+        y_pred=[index[p.label] for p in predictions],
+        confidence=[p.score for p in predictions],
+        groups=groups,
+    )
+
+
+def score_on_split(
+    classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
+) -> dict[str, Any]:
+    """Metrics of an ONNX classifier on one split of the manifest (see :func:`predict_on_split`)."""
+    return predict_on_split(classifier, images_dir, manifest, split).metrics()
 
 
 def register_step(
@@ -197,7 +277,7 @@ def register_step(
     reference: Path | None = None,
     rollout_follows: bool = False,
 ) -> dict[str, Any]:
-    """Register the exported model; a candidate that passes the gate is promoted.
+    """Register the exported model with its card; a candidate that passes the gate is promoted.
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
     test set, so the comparison is fair even when the champion was trained on other data.
@@ -206,7 +286,13 @@ def register_step(
     Promoted means: the champion alias moves to the new version at once, or, with
     ``rollout_follows`` (a deploy step comes next), the challenger alias marks it and the champion
     alias moves only once the InferenceService serves it (``garbage.release``).
-    Writes ``decision.json`` and ``decision.md`` into ``out_dir``.
+
+    The version links to ``run_id`` and carries its lineage as tags (``git.commit``,
+    ``git.dirty``, ``data.version``, ``data.sha256``). Its model card
+    (:func:`garbage.training.model_card.build_model_card`, from the candidate's one scoring pass
+    on the test split and the external sets of ``card.external``) is the version's description,
+    the run's ``model_card.md`` and ``out_dir/model_card.md``.
+    Writes ``decision.json``, ``decision.md`` and ``model_card.md`` into ``out_dir``.
     """
     import mlflow
 
@@ -217,10 +303,19 @@ def register_step(
         OnnxClassifier,
     )
     from garbage.core.model_uri import champion_uri, resolve_model_dir
+    from garbage.training.lineage import CodeVersion, code_version, data_version, version_tags
+    from garbage.training.model_card import (
+        CARD_FILENAME,
+        build_model_card,
+        fit_description,
+        measure_external,
+    )
     from garbage.training.registry import (
+        MAX_DESCRIPTION,
         champion_version,
         configure_tracking,
         decide_promotion,
+        describe_version,
         log_onnx_model,
         record_decision,
         register_model,
@@ -231,8 +326,13 @@ def register_step(
     out_dir.mkdir(parents=True, exist_ok=True)
     configure_tracking(config)
     manifest = read_manifest(manifest_csv)
+    data = data_version(config, manifest)
     metric = config.registry.gate_metric
-    candidate = score_on_split(OnnxClassifier.load(export_dir, device="cpu"), images_dir, manifest)
+    exported = OnnxClassifier.load(export_dir, device="cpu")
+    scored = predict_on_split(exported, images_dir, manifest, slice_name=data.name)
+    candidate = scored.metrics()
+    # Before anything is registered: a configured set that cannot be fetched stops the step.
+    external = [measure_external(exported, s, config.data_cache_dir) for s in config.card.external]
     previous = champion_version(config)
     champion_score = None
     note = ""
@@ -258,35 +358,6 @@ def register_step(
         config.registry.min_metric,
         previous,
     )
-    metadata = ModelMetadata.read(export_dir / METADATA_FILENAME).to_dict()
-    with mlflow.start_run(run_id=run_id):
-        model_uri = log_onnx_model(export_dir, metadata, reference)
-        version = register_model(
-            config,
-            model_uri,
-            {
-                "run_id": run_id,
-                "data_sha256": config.data.sha256,
-                f"test_{metric}": f"{candidate[metric]:.4f}",
-                "test_accuracy": f"{candidate['accuracy']:.4f}",
-            },
-        )
-        record_decision(config, version, decision)
-        if decision.promote and rollout_follows:
-            set_challenger(config, version, decision)
-        elif decision.promote:
-            set_champion(config, version, decision)
-        mlflow.log_dict(decision.to_dict(), "gate/decision.json")
-        mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
-    result = {
-        **decision.to_dict(),
-        "reason": decision.reason + note,
-        "version": version,
-        "model_name": config.registry.model_name,
-        "model_uri": model_uri,
-        "champion_uri": champion_uri(config),
-    }
-    (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
     if not decision.promote:
         verdict = "not promoted"
     elif rollout_follows:
@@ -296,6 +367,61 @@ def register_step(
         )
     else:
         verdict = "promoted to champion"
+    model_metadata = ModelMetadata.read(export_dir / METADATA_FILENAME)
+    metadata = model_metadata.to_dict()
+    with mlflow.start_run(run_id=run_id) as run:
+        code = CodeVersion.from_tags(run.data.tags) or code_version()
+        model_uri = log_onnx_model(export_dir, metadata, reference)
+        version = register_model(
+            config,
+            model_uri,
+            {
+                **version_tags(code, data, run_id),
+                f"test_{metric}": f"{candidate[metric]:.4f}",
+                "test_accuracy": f"{candidate['accuracy']:.4f}",
+            },
+            run_id=run_id,
+        )
+        record_decision(config, version, decision)
+        if decision.promote and rollout_follows:
+            set_challenger(config, version, decision)
+        elif decision.promote:
+            set_champion(config, version, decision)
+        card = build_model_card(
+            model_name=config.registry.model_name,
+            version=version,
+            run_id=run_id,
+            code=code,
+            data=data,
+            manifest=manifest,
+            test=scored,
+            metadata=model_metadata,
+            intended_use=config.card.intended_use,
+            low_confidence=config.card.low_confidence,
+            external=external,
+            gate=f"{verdict}: {decision.reason}{note}",
+            run_url=_run_url(config, run.info.experiment_id, run_id),
+        )
+        mlflow.log_text(card, CARD_FILENAME)
+        describe_version(
+            config,
+            version,
+            fit_description(card, MAX_DESCRIPTION, f"runs:/{run_id}/{CARD_FILENAME}"),
+        )
+        mlflow.log_dict(decision.to_dict(), "gate/decision.json")
+        mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
+    (out_dir / CARD_FILENAME).write_text(card)
+    result = {
+        **decision.to_dict(),
+        "reason": decision.reason + note,
+        "version": version,
+        "model_name": config.registry.model_name,
+        "model_uri": model_uri,
+        "champion_uri": champion_uri(config),
+        "git_commit": code.commit,
+        "data_version": data.version,
+    }
+    (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
     (out_dir / "decision.md").write_text(
         f"# Promotion gate: version {version} {verdict}\n\n{result['reason']}\n\n"
         f"| | {metric} on this test set |\n| --- | ---: |\n| candidate v{version} | "
@@ -303,3 +429,11 @@ def register_step(
         f"{'-' if champion_score is None else f'{champion_score:.4f}'} |\n"
     )
     return result
+
+
+def _run_url(config: Config, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI, when tracking goes to a server (not the embedded store)."""
+    uri = config.mlflow_tracking_uri.rstrip("/")
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -10,22 +10,25 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from garbage.training.dataset import Augmenter, ManifestDataset
+from garbage.training.augment import AugmentSpec, augment_batch
+from garbage.training.dataset import load_images
 from garbage.training.metrics import classification_metrics
 from garbage.training.model import GarbageClassifier, build_model
 
 if TYPE_CHECKING:
     from garbage.core.config import Config
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+#: Called after every epoch with its number and metrics; returning True stops training there (a
+#: pruned hyperparameter trial, early stopping).
+EpochCallback = Callable[[int, dict[str, float]], bool | None]
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +46,7 @@ class TrainResult:
     device: str = "cpu"
     train_images_per_second: float = 0.0
     seconds: float = 0.0
+    stopped_early: bool = False
 
 
 def seed_everything(seed: int) -> None:
@@ -61,42 +65,54 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed + worker_id)
-    np.random.seed((seed + worker_id) % 2**32)
-
-
-def _loader(
-    dataset: ManifestDataset, batch_size: int, shuffle: bool, workers: int, seed: int, pin: bool
-) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        pin_memory=pin,
-        persistent_workers=workers > 0,
-        worker_init_fn=_worker_init,
-        generator=generator,
-        drop_last=False,
-    )
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on CUDA (no loss scaling needed); full precision on the CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``model`` over ``loader``; return ``(logits [N, C] float32, labels [N])``."""
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: bool = False,
+) -> np.ndarray:
+    """Logits ``[N, C]`` (float32) of ``model`` on ``uint8 [N, H, W, 3]`` images, in eval mode."""
     model.eval()
-    outputs, labels = [], []
-    for pixels, target in loader:
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = model(pixels.to(device, non_blocking=True))
-        outputs.append(logits.float().cpu())
-        labels.append(target)
-    return torch.cat(outputs).numpy(), torch.cat(labels).numpy()
+    outputs = []
+    for batch in images.split(batch_size):
+        with _autocast(device, amp):
+            outputs.append(model(batch.to(device, non_blocking=True)).float().cpu())
+    return torch.cat(outputs).numpy()
+
+
+def warm_ema(
+    decay: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | int], torch.Tensor]:
+    """An exponential moving average that starts as a plain mean.
+
+    Update ``n`` (0-based) weighs the new weights by ``max(1 - decay, 1 / (n + 1))``: the
+    average of all steps so far until there are ``1 / (1 - decay)`` of them, an exponential
+    moving average after that. The average carries no bias towards the initial weights, which
+    matters in short runs.
+    """
+
+    def average(
+        averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor | int
+    ) -> torch.Tensor:
+        weight = max(1 - decay, 1.0 / (float(num_averaged) + 1))
+        return averaged + (current - averaged) * weight
+
+    return average
+
+
+def training_size(config_height: int, config_width: int, scale: float) -> tuple[int, int]:
+    """The input size of a reduced-resolution epoch: ``scale`` of each side, a multiple of 8."""
+    return (
+        max(32, round(config_height * scale / 8) * 8),
+        max(32, round(config_width * scale / 8) * 8),
+    )
 
 
 def _class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -179,13 +195,21 @@ def train_model(
 ) -> TrainResult:
     """Train the configured model and write ``best.pt`` into ``out_dir``.
 
+    The recipe (``train`` section): AdamW with a warm-up and a cosine schedule, the backbone at a
+    lower learning rate than the new head, early stages optionally frozen; augmentation on whole
+    batches on the training device; the first epochs at ``low_res_scale`` of the input size and
+    the last ``full_res_epochs`` at the size the model serves at (progressive resizing, which also
+    corrects the train/test resolution discrepancy); an exponential moving average of the weights
+    (``ema_decay``) is what is validated and saved.
+
     Args:
         config: The validated run config (``model`` and ``train`` sections are used).
         images_root: Folder the manifest paths are relative to.
         train_items: ``(relative path, class index)`` pairs for training.
         val_items: The same for validation (model selection by macro-F1).
         out_dir: Where the checkpoint goes.
-        on_epoch: Called after every epoch with the epoch number and its metrics.
+        on_epoch: Called after every epoch with the epoch number and its metrics; when it
+            returns True, training stops after that epoch (the best checkpoint so far stays).
     """
     tc, mc = config.train, config.model
     classes = config.data.classes
@@ -195,25 +219,16 @@ def train_model(
     device = resolve_device(tc.device)
     amp = tc.mixed_precision and device.type == "cuda"
     out_dir.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(tc.seed)
 
-    train_set = ManifestDataset(
-        images_root,
-        [p for p, _ in train_items],
-        [y for _, y in train_items],
-        mc.image_height,
-        mc.image_width,
-        Augmenter(tc.augment),
-    )
-    val_set = ManifestDataset(
-        images_root,
-        [p for p, _ in val_items],
-        [y for _, y in val_items],
-        mc.image_height,
-        mc.image_width,
-    )
-    pin = device.type == "cuda"
-    train_loader = _loader(train_set, tc.batch_size, True, tc.num_workers, tc.seed, pin)
-    val_loader = _loader(val_set, tc.batch_size * 2, False, 0, tc.seed, pin)
+    full_size = (mc.image_height, mc.image_width)
+    train_x = load_images(images_root, [p for p, _ in train_items], *full_size, desc="train")
+    train_y = torch.tensor([y for _, y in train_items], dtype=torch.long)
+    val_x = load_images(images_root, [p for p, _ in val_items], *full_size, desc="validation")
+    val_y = np.asarray([y for _, y in val_items])
+    if device.type == "cuda":  # the whole split fits on the GPU: no host-to-device copy per step
+        train_x, train_y = train_x.to(device), train_y.to(device)
+    spec = AugmentSpec(**tc.augment.model_dump())
 
     model = build_model(
         mc.backbone,
@@ -225,6 +240,14 @@ def train_model(
     model.freeze_early_stages(tc.freeze_stages)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    ema = (
+        AveragedModel(model, avg_fn=warm_ema(tc.ema_decay), use_buffers=True)
+        if tc.ema_decay
+        else None
+    )
+    step_model: Callable[[torch.Tensor], torch.Tensor] = (
+        torch.compile(model, dynamic=False) if tc.compile else model
+    )
     head = {id(p) for p in model.head_parameters()}
     body = [p for p in model.parameters() if id(p) not in head and p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -234,7 +257,7 @@ def train_model(
         ],
         weight_decay=tc.weight_decay,
     )
-    steps_per_epoch = max(1, math.ceil(len(train_set) / tc.batch_size))
+    steps_per_epoch = max(1, len(train_y) // tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
     warmup_steps = steps_per_epoch * tc.warmup_epochs
 
@@ -246,30 +269,45 @@ def train_model(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     criterion = nn.CrossEntropyLoss(
-        weight=_class_weights([y for _, y in train_items], len(classes)).to(device),
+        weight=_class_weights(train_y.tolist(), len(classes)).to(device),
         label_smoothing=tc.label_smoothing,
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
 
     checkpoint = out_dir / "best.pt"
     best_f1, best_epoch = -1.0, 0
     history: list[dict[str, float]] = []
     train_seconds, train_images = 0.0, 0
+    stopped_early = False
     started = time.perf_counter()
     for epoch in range(1, tc.epochs + 1):
+        full_res = epoch > tc.epochs - tc.full_res_epochs
+        size = full_size if full_res else training_size(*full_size, tc.low_res_scale)
         model.train()
         epoch_start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{tc.epochs}", unit="batch", leave=False)
-        for pixels, target in bar:
-            pixels = pixels.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            with torch.autocast(device.type, enabled=amp):
-                loss = criterion(model(pixels), target)
+        # Whole batches only: a last batch of one image would break batch norm.
+        order = torch.randperm(len(train_y), generator=generator)
+        batches = order[: steps_per_epoch * tc.batch_size].split(tc.batch_size)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{tc.epochs} {size[0]}x{size[1]}",
+            unit="batch",
+            leave=False,
+        )
+        for index in bar:
+            target = train_y[index.to(train_y.device)]
+            pixels = augment_batch(
+                train_x[index.to(train_x.device)].to(device), size, spec, generator
+            )
+            if tc.channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, amp):
+                loss = criterion(step_model(pixels), target.to(device))
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss.backward()
+            optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(target)
             loss_sum += loss.item() * len(target)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)
@@ -277,10 +315,11 @@ def train_model(
         train_seconds += epoch_seconds
         train_images += seen
 
-        logits, labels = predict_logits(model, val_loader, device, amp)
-        val = classification_metrics(labels, logits.argmax(1), classes)
+        evaluated = cast(GarbageClassifier, ema.module) if ema is not None else model
+        logits = predict_logits(evaluated, val_x, tc.batch_size * 2, device, amp)
+        val = classification_metrics(val_y, logits.argmax(1), classes)
         val_loss = float(
-            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))
+            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y))
         )
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
@@ -290,25 +329,28 @@ def train_model(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": epoch_seconds,
             "train_images_per_second": seen / epoch_seconds,
+            "train_height": float(size[0]),
         }
         history.append({"epoch": epoch, **metrics})
         tqdm.write(
-            f"epoch {epoch}/{tc.epochs}: train_loss {metrics['train_loss']:.3f} "
+            f"epoch {epoch}/{tc.epochs} at {size[0]}x{size[1]}: "
+            f"train_loss {metrics['train_loss']:.3f} "
             f"val_loss {val_loss:.3f} val_acc {val['accuracy']:.3f} "
             f"val_macro_f1 {val['macro_f1']:.3f} "
             f"({epoch_seconds:.0f}s, {metrics['train_images_per_second']:.0f} img/s)"
         )
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
         if val["macro_f1"] > best_f1:
             best_f1, best_epoch = val["macro_f1"], epoch
             save_checkpoint(
                 checkpoint,
-                model,
+                evaluated,
                 classes,
                 config,
                 {"epoch": epoch, "val_metrics": {k: v for k, v in val.items()}},
             )
+        if on_epoch is not None and on_epoch(epoch, metrics):
+            stopped_early = True
+            break
 
     return TrainResult(
         checkpoint=checkpoint,
@@ -318,4 +360,5 @@ def train_model(
         device=str(device),
         train_images_per_second=train_images / max(train_seconds, 1e-9),
         seconds=time.perf_counter() - started,
+        stopped_early=stopped_early,
     )

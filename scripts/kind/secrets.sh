@@ -10,6 +10,9 @@
 #                                           MLflow server: read-write on bucket mlflow)
 #   garbage-mlflow/minio-kserve-reader      AWS_ACCESS_KEY_ID=kserve-reader, AWS_SECRET_ACCESS_KEY
 #                                           (read-only on mlflow/artifacts)
+#   garbage-mlflow/minio-collector-images   AWS_ACCESS_KEY_ID=garbage-collector,
+#                                           AWS_SECRET_ACCESS_KEY (read-write-delete on bucket
+#                                           garbage-images only)
 #   garbage-serving/garbage-serving-s3      the kserve-reader's keys (+ S3 endpoint annotations for
 #                                           KServe's storage initializer)
 #   garbage-mlflow/mlflow-auth              MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY
@@ -21,6 +24,8 @@
 #                                           MLFLOW_TRACKING_PASSWORD (collector, drift job: reads)
 #   garbage-monitoring/garbage-collector-token     tokens: `name:token` lines the collector's
 #                                                  /feedback accepts (one, garbage-feedback)
+#   garbage-monitoring/garbage-collector-images    the keys of minio-collector-images (the
+#                                                  collector's image store)
 #   garbage-monitoring/garbage-drift-pushgateway   username=drift, password (pushes)
 #   garbage-monitoring/garbage-pushgateway-scrape  username=prometheus, password (scrapes)
 #   garbage-monitoring/garbage-pushgateway-web     web-config.yml: the Pushgateway's basic_auth_users
@@ -80,6 +85,8 @@ create garbage-mlflow minio-credentials \
 create garbage-mlflow minio-mlflow AWS_ACCESS_KEY_ID=mlflow AWS_SECRET_ACCESS_KEY="$(random)"
 create garbage-mlflow minio-kserve-reader \
   AWS_ACCESS_KEY_ID=kserve-reader AWS_SECRET_ACCESS_KEY="$(random)"
+create garbage-mlflow minio-collector-images \
+  AWS_ACCESS_KEY_ID=garbage-collector AWS_SECRET_ACCESS_KEY="$(random)"
 if sync garbage-serving garbage-serving-s3 \
   AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-kserve-reader AWS_ACCESS_KEY_ID)" \
   AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-kserve-reader AWS_SECRET_ACCESS_KEY)"; then
@@ -99,8 +106,11 @@ sync kubeflow garbage-pipeline-mlflow MLFLOW_TRACKING_USERNAME=garbage-pipeline 
 sync garbage-monitoring garbage-monitoring-mlflow MLFLOW_TRACKING_USERNAME=garbage-monitoring \
   MLFLOW_TRACKING_PASSWORD="$(value garbage-mlflow mlflow-users GARBAGE_MONITORING_PASSWORD)" || true
 
-# The collector: the bearer tokens of label feedback.
+# The collector: the bearer tokens of label feedback, and its image store's MinIO keys.
 create garbage-monitoring garbage-collector-token tokens="garbage-feedback:$(random)"
+sync garbage-monitoring garbage-collector-images \
+  AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-collector-images AWS_ACCESS_KEY_ID)" \
+  AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-collector-images AWS_SECRET_ACCESS_KEY)" || true
 
 # The Pushgateway: its web config holds bcrypt hashes of the pushing and the scraping user.
 fresh=0

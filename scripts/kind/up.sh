@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make kind-up`: a local kind cluster with the whole stack:
 #   cert-manager -> KServe (helm charts, Standard mode, no Knative) -> Kubeflow Pipelines (standalone)
+#   -> Katib (standalone)
 #   -> Prometheus Operator + Prometheus + Grafana (kube-prometheus-stack, namespace monitoring)
 #   -> the project's manifests (overlays/kind: MLflow + PostgreSQL + MinIO, serving runtime,
 #   InferenceService, RBAC, NetworkPolicies) -> Secrets with random values.
@@ -50,6 +51,16 @@ for deployment in ml-pipeline ml-pipeline-ui workflow-controller; do
   wait_for_rollout kubeflow "deployment/$deployment" 900s
 done
 expect_image_tag kubeflow ml-pipeline "$KFP_VERSION"
+
+log "Katib $KATIB_VERSION (standalone: garbage tune --katib)"
+# Into the kubeflow namespace, which it labels for its metrics collector; trials run there too.
+kc apply -k "github.com/kubeflow/katib.git/manifests/v1beta1/installs/katib-standalone?ref=${KATIB_VERSION}"
+kc wait --for condition=established --timeout=120s \
+  crd/experiments.kubeflow.org crd/suggestions.kubeflow.org crd/trials.kubeflow.org
+for deployment in katib-mysql katib-db-manager katib-controller; do
+  wait_for_rollout kubeflow "deployment/$deployment" 600s
+done
+expect_image_tag kubeflow katib-controller "$KATIB_VERSION"
 
 log "kube-prometheus-stack $PROMETHEUS_STACK_VERSION (Prometheus Operator $PROMETHEUS_OPERATOR_VERSION, Grafana)"
 helm repo add prometheus-community https://prometheus-community.github.io/helm-charts >/dev/null

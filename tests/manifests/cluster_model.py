@@ -271,6 +271,8 @@ CALLERS = {
         {"workflows.argoproj.io/workflow": "run", "pipelines.kubeflow.org/v2_component": "true"},
     ),
     "kfp api server": Pod("kubeflow", {"app": "ml-pipeline"}),
+    # A Katib trial of `garbage tune --katib` (pipelines/katib.py labels its Job's pods).
+    "tune trial": Pod("kubeflow", {"app.kubernetes.io/name": "garbage-tune-trial"}),
     "other workflow pod in kubeflow": Pod("kubeflow", {"workflows.argoproj.io/workflow": "x"}),
     "other pod in garbage-monitoring": Pod("garbage-monitoring", {"app": "debug"}),
     "other pod in garbage-mlflow": Pod("garbage-mlflow", {"app": "debug"}),
@@ -452,7 +454,9 @@ def access_needs(docs: list[dict[str, Any]]) -> list[Need]:
         Need("minio buckets job", "minio", 9000, "creates the bucket, policies and users"),
         Need("mlflow users job", "mlflow", 5000, "creates the MLflow users as the admin"),
         Need("pipeline step", "mlflow", 5000, "runs, the registry and artifacts (proxied)"),
+        Need("tune trial", "mlflow", 5000, "each trial's run, nested in the study's"),
         Need("collector", "mlflow", 5000, "the champion's class names at start"),
+        Need("collector", "minio", 9000, "the image store: logged images in bucket garbage-images"),
         Need("drift job", "mlflow", 5000, "the champion and its reference profile"),
         Need("drift job", "pushgateway", 9091, "pushes the drift metrics"),
         Need("prometheus", "pushgateway", 9091, "scrapes the drift metrics (ServiceMonitor)"),

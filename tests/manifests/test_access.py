@@ -248,6 +248,10 @@ SECRET_READERS: dict[tuple[str, str], dict[str, str]] = {
     ("garbage-mlflow", "minio-kserve-reader"): {
         "Job/minio-buckets": "creates the reader with this key (garbage-serving-s3 is its copy)",
     },
+    ("garbage-mlflow", "minio-collector-images"): {
+        "Job/minio-buckets": "creates the collector's image user (garbage-collector-images is "
+        "its copy)",
+    },
     ("garbage-mlflow", "mlflow-postgres"): {
         "StatefulSet/mlflow-postgres": "the database's password",
         "Deployment/mlflow": "the backend store and auth database (PGPASSWORD)",
@@ -268,6 +272,9 @@ SECRET_READERS: dict[tuple[str, str], dict[str, str]] = {
     },
     ("garbage-monitoring", "garbage-collector-token"): {
         "Deployment/garbage-collector": "the tokens /feedback accepts",
+    },
+    ("garbage-monitoring", "garbage-collector-images"): {
+        "Deployment/garbage-collector": "its image store's MinIO user (bucket garbage-images)",
     },
     ("garbage-monitoring", "garbage-drift-pushgateway"): {
         "CronJob/garbage-drift": "pushes as the Pushgateway's user drift",
@@ -503,6 +510,12 @@ def test_the_secrets_script_makes_every_secret_the_manifests_read(rendered, tmp_
         "MLFLOW_TRACKING_USERNAME": "garbage-pipeline",
         "MLFLOW_TRACKING_PASSWORD": users["GARBAGE_PIPELINE_PASSWORD"],
     }
+    assert data("garbage-monitoring", "garbage-collector-images") == data(
+        "garbage-mlflow", "minio-collector-images"
+    )
+    assert data("garbage-monitoring", "garbage-collector-images")["AWS_ACCESS_KEY_ID"] == (
+        "garbage-collector"
+    )
     assert data("garbage-monitoring", "garbage-monitoring-mlflow") == {
         "MLFLOW_TRACKING_USERNAME": "garbage-monitoring",
         "MLFLOW_TRACKING_PASSWORD": users["GARBAGE_MONITORING_PASSWORD"],
@@ -658,6 +671,8 @@ def _minio_policy(name: str) -> dict[str, Any]:
 
 BUCKET = "arn:aws:s3:::mlflow"
 MODEL = f"{BUCKET}/artifacts/1/models/m-abc/artifacts/model.onnx"
+IMAGES = "arn:aws:s3:::garbage-images"
+IMAGE = f"{IMAGES}/ab/ab{'0' * 62}"
 
 
 @pytest.mark.parametrize(
@@ -686,6 +701,20 @@ MODEL = f"{BUCKET}/artifacts/1/models/m-abc/artifacts/model.onnx"
         ("mlflow-readwrite", "s3:DeleteBucket", "arn:aws:s3:::mlflow", {}, False),
         ("mlflow-readwrite", "s3:PutBucketPolicy", "arn:aws:s3:::mlflow", {}, False),
         ("mlflow-readwrite", "admin:CreateUser", "arn:aws:s3:::*", {}, False),
+        ("mlflow-readwrite", "s3:GetObject", IMAGE, {}, False),
+        ("kserve-reader", "s3:GetObject", IMAGE, {}, False),
+        # the collector's image store: keep, read and prune images, in its bucket only
+        ("collector-images", "s3:PutObject", IMAGE, {}, True),
+        ("collector-images", "s3:GetObject", IMAGE, {}, True),
+        ("collector-images", "s3:DeleteObject", IMAGE, {}, True),
+        ("collector-images", "s3:ListBucket", IMAGES, {"s3:prefix": "ab/"}, True),
+        ("collector-images", "s3:GetObject", MODEL, {}, False),
+        ("collector-images", "s3:PutObject", MODEL, {}, False),
+        ("collector-images", "s3:ListBucket", BUCKET, {"s3:prefix": ""}, False),
+        ("collector-images", "s3:DeleteBucket", IMAGES, {}, False),
+        ("collector-images", "s3:PutBucketPolicy", IMAGES, {}, False),
+        ("collector-images", "s3:ListAllMyBuckets", "arn:aws:s3:::*", {}, False),
+        ("collector-images", "admin:CreateUser", "arn:aws:s3:::*", {}, False),
     ],
 )
 def test_minio_users_may_do_what_their_purpose_needs_and_no_more(
@@ -722,8 +751,13 @@ def test_the_bucket_job_attaches_each_policy_to_its_user(rendered) -> None:
     assert all(created[name] == f"/policies/{name}.json" for name in created)
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     users = {name: env[user.strip('"$')]["name"] for name, user in attached.items()}
-    assert users == {"mlflow-readwrite": "minio-mlflow", "kserve-reader": "minio-kserve-reader"}
+    assert users == {
+        "mlflow-readwrite": "minio-mlflow",
+        "kserve-reader": "minio-kserve-reader",
+        "collector-images": "minio-collector-images",
+    }
     assert "mc mb --ignore-existing store/mlflow" in container["args"][0]
+    assert "mc mb --ignore-existing store/garbage-images" in container["args"][0]
 
 
 # -- the real servers -------------------------------------------------------------------------

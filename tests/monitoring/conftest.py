@@ -291,3 +291,21 @@ def secured_collector(tmp_path: Path) -> Iterator[ServerThread]:
         server.store = store
         yield server
     store.close()
+
+
+@pytest.fixture
+def image_collector(tmp_path: Path) -> Iterator[ServerThread]:
+    """:func:`secured_collector` keeping the logged images in a local image store,
+    ``tmp_path/images`` (``server.images``)."""
+    from monitoring.collector import create_app
+    from monitoring.images import ImageStore
+    from monitoring.store import InferenceStore
+
+    store = InferenceStore(str(tmp_path / "inferences.db"))
+    images = ImageStore(str(tmp_path / "images"))
+    classes = load_config(environ={}).data.classes
+    app = create_app(store, classes, auth=feedback_auth(), images=images)
+    with ServerThread(app, free_port()) as server:
+        server.store, server.images = store, images
+        yield server
+    store.close()

@@ -213,7 +213,7 @@ def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path
     """The migration-free path: the new table is created, the old rows and columns stay."""
     from sqlalchemy import MetaData, inspect
 
-    from monitoring.store import HISTORY_TABLE_NAME, TABLE_NAME, _table
+    from monitoring.store import HISTORY_TABLE_NAME, IMAGES_TABLE_NAME, TABLE_NAME, _table
 
     path = tmp_path / "old.db"
     old = InferenceStore(str(path), create=False)
@@ -224,10 +224,90 @@ def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path
     assert inspect(InferenceStore(str(path), create=False).engine).get_table_names() == [TABLE_NAME]
 
     store = InferenceStore(str(path))
-    assert set(inspect(store.engine).get_table_names()) == {TABLE_NAME, HISTORY_TABLE_NAME}
+    assert set(inspect(store.engine).get_table_names()) == {
+        TABLE_NAME,
+        HISTORY_TABLE_NAME,
+        IMAGES_TABLE_NAME,
+    }
     assert store.record_feedback("old-1", 0, "paper", T0, "alice")
     assert store.label_history("old-1") == [
         {"label": "paper", "labeller": "alice", "label_time": T0}
     ]
     assert store.load_window()["brightness"].tolist() == [3.0]
+    store.close()
+
+
+def _old_inference_log(metadata):
+    """``inference_log`` as collectors before the image store created it: no image columns."""
+    from sqlalchemy import Index, MetaData, Table, UniqueConstraint
+
+    from monitoring.store import TABLE_NAME, _table
+
+    current = _table(MetaData())
+    return Table(
+        TABLE_NAME,
+        metadata,
+        *[c._copy() for c in current.columns if not c.name.startswith("image_")],
+        UniqueConstraint("inference_id", "item", name="uq_inference_item"),
+        Index("ix_inference_log_ts", "ts"),
+    )
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+)
+def test_an_old_store_without_the_image_columns_gets_them_on_open(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from sqlalchemy import MetaData, create_engine, inspect, text
+
+    from monitoring.store import TABLE_NAME
+
+    url = (
+        str(tmp_path / "old.db") if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    engine = create_engine(normalise_url(url))
+    with engine.begin() as conn:
+        for table in ("images", "label_history", TABLE_NAME):
+            conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
+    _old_inference_log(MetaData()).create(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"INSERT INTO {TABLE_NAME} (inference_id, item, ts, brightness) "
+                "VALUES (:i, 0, :t, 3)"
+            ),
+            {"i": "old-1", "t": T0},
+        )
+    engine.dispose()
+
+    stores = [InferenceStore(url), InferenceStore(url)]  # the second finds nothing to add
+    store = stores[0]
+    columns = {c["name"] for c in inspect(store.engine).get_columns(TABLE_NAME)}
+    assert {"image_sha256", "image_dhash"} <= columns
+    indexes = {i["name"] for i in inspect(store.engine).get_indexes(TABLE_NAME)}
+    assert "ix_inference_log_image_sha256" in indexes
+    [old] = store.load_window().to_dict("records")
+    assert old["brightness"] == 3.0 and old["image_sha256"] is None
+    sha = "ab" * 32
+    store.record_images({sha: 10}, T0)
+    store.record_request(
+        EventMeta("new-1", T0), [{**_features(1.0), "image_sha256": sha, "image_dhash": "0" * 16}]
+    )
+    new = store.load_window().set_index("inference_id").loc["new-1"]
+    assert new["image_sha256"] == sha and new["image_dhash"] == "0" * 16
+    assert store.image_record(sha)["size_bytes"] == 10
+    for s in stores:
+        s.close()
+
+
+def test_image_columns_are_checked_before_any_sql(tmp_path: Path) -> None:
+    store = InferenceStore(str(tmp_path / "log.db"))
+    with pytest.raises(InvalidRecordError, match="image_sha256 is 65 characters"):
+        store.record_request(EventMeta("a", T0), [{"image_sha256": "a" * 65}])
+    with pytest.raises(InvalidRecordError, match="image_dhash is 17"):
+        store.record_request(EventMeta("a", T0), [{"image_dhash": "a" * 17}])
+    with pytest.raises(InvalidRecordError, match="size_bytes"):
+        store.record_images({"ab" * 32: -1}, T0)
+    assert store.count() == 0 and store.image_usage() == (0, 0)
     store.close()

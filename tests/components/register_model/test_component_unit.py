@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 
 from components.register_model import register_model
 from garbage.core.config import Config
+from garbage.training.data.split import read_manifest
+from garbage.training.lineage import code_version, data_version, lineage_tags, run_name
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,37 @@ def test_the_first_model_is_registered_and_promoted(
         pipeline_config.registry.model_name, pipeline_config.registry.champion_alias
     )
     assert str(champion.version) == "1" and champion.run_id == trained["run_id"]
+
+
+def test_the_trained_run_and_the_registered_version_carry_their_lineage_and_card(
+    registrations: list[tuple[Any, dsl.Markdown]],
+    pipeline_config: Config,
+    trained: dict[str, Any],
+    manifest: dsl.Dataset,
+) -> None:
+    """The smoke profile's real training run: git commit, dirty flag and data version as tags,
+    a name that says what it is, each split as a dataset input; the version: the same lineage,
+    its card as description."""
+    client = _client(pipeline_config)
+    run = client.get_run(trained["run_id"])
+    code = code_version()
+    data = data_version(pipeline_config, read_manifest(Path(manifest.path)))
+    tags = lineage_tags(code, data)
+    assert {k: run.data.tags.get(k) for k in tags} == tags
+    assert run.info.run_name == run_name("train", pipeline_config, data, code)
+    contexts = {
+        t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
+    }
+    assert contexts == {"train", "val", "test"}
+
+    gate, decision = registrations[0]
+    version = client.get_model_version(pipeline_config.registry.model_name, gate.version)
+    assert version.tags["git.commit"] == code.commit
+    assert version.tags["data.version"] == data.version
+    card = Path(decision.path + ".d", "model_card.md").read_text()
+    assert version.description == card
+    assert card.startswith("# Model card: garbage-classifier v1\n")
+    assert f"`{data.version}` (the split manifest's digest)" in card
 
 
 def test_the_registered_model_carries_its_metadata_and_reference(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,12 +10,22 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from support import CLASSES, constant_onnx_model, jpeg_bytes, mlflow_server, register_champion
+from mlflow import MlflowClient
+from support import (
+    CLASSES,
+    constant_onnx_model,
+    jpeg_bytes,
+    make_archive,
+    make_image_tree,
+    mlflow_server,
+    register_champion,
+)
 
 from garbage.core.classifier import OnnxClassifier
-from garbage.core.config import Config
+from garbage.core.config import CardConfig, Config, ExternalSet
 from garbage.core.model_uri import resolve_model_dir
-from garbage.training.data.split import write_manifest
+from garbage.training.data.split import read_manifest, write_manifest
+from garbage.training.lineage import code_version, data_version
 from garbage.training.registry import champion_version, configure_tracking, decide_promotion
 from garbage.training.steps import register_step
 
@@ -66,8 +77,12 @@ def _register_twice(config: Config, model_dir: Path, image_tree: Path, tmp_path:
     for i in range(2):
         with mlflow.start_run(experiment_id=experiment) as run:
             run_id = run.info.run_id
+        gate = tmp_path / f"gate{i}"
         decisions.append(
-            register_step(config, model_dir, image_tree, manifest, tmp_path / f"gate{i}", run_id)
+            {
+                **register_step(config, model_dir, image_tree, manifest, gate, run_id),
+                "run_id": run_id,
+            }
         )
     return decisions
 
@@ -87,6 +102,45 @@ def test_register_and_gate_on_the_embedded_store(
     )
     assert (smoke_config.work_dir / "mlflow.db").is_file()
     assert_same_model(resolve_model_dir(None, smoke_config), tiny_model_dir)
+
+
+def test_a_registered_version_links_to_its_run_and_carries_its_lineage_and_card(
+    smoke_config: Config, tiny_model_dir: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    """The version's run, lineage tags and description (the model card, with the measured
+    external set), and the card as the run's artifact and in the step's out_dir."""
+    make_image_tree(tmp_path / "site" / "site-dev", per_class=2)
+    archive = make_archive(tmp_path / "site", tmp_path / "site-dev.tar.gz")
+    external = ExternalSet(
+        name="site-dev",
+        source=str(archive),
+        sha256=hashlib.sha256(archive.read_bytes()).hexdigest(),
+    )
+    config = smoke_config.model_copy(update={"card": CardConfig(external=[external])})
+    manifest_csv = _manifest(image_tree, tmp_path)
+    with mlflow.start_run(experiment_id=configure_tracking(config)) as run:
+        run_id = run.info.run_id
+    result = register_step(config, tiny_model_dir, image_tree, manifest_csv, tmp_path / "g", run_id)
+
+    uri = config.mlflow_tracking_uri
+    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(
+        config.registry.model_name, result["version"]
+    )
+    assert version.run_id == run_id
+    code, data = code_version(), data_version(config, read_manifest(manifest_csv))
+    assert version.tags["run_id"] == run_id
+    assert version.tags["git.commit"] == code.commit == result["git_commit"]
+    assert version.tags["git.dirty"] == code.dirty_text
+    assert version.tags["data.version"] == data.version == result["data_version"]
+    assert version.tags["data.sha256"] == config.data.sha256
+
+    card = (tmp_path / "g" / "model_card.md").read_text()
+    assert version.description == card
+    assert mlflow.artifacts.load_text(f"runs:/{run_id}/model_card.md") == card
+    assert card.startswith(f"# Model card: garbage-classifier v{result['version']}\n")
+    assert f"`{run_id}`" in card and code.commit in card and data.version in card
+    assert "promoted to champion: no champion yet" in card
+    assert "| site-dev | 12 |" in card  # 2 images of each of the six classes, scored
 
 
 def test_a_champion_that_fails_verification_is_not_compared(

@@ -14,7 +14,13 @@ from support import CLASSES
 
 from garbage.core.config import Config
 from garbage.training.model import build_model
-from garbage.training.train import CheckpointError, load_checkpoint, save_checkpoint, train_model
+from garbage.training.train import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    train_model,
+    warm_ema,
+)
 
 
 def items(tree: Path, indices: range) -> list[tuple[str, int]]:
@@ -64,6 +70,53 @@ def test_training_is_reproducible_with_the_same_seed(
         for i in range(2)
     ]
     assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
+
+
+def test_early_epochs_train_at_low_resolution_and_the_average_is_saved(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    config = smoke_config.model_copy(
+        update={
+            "train": smoke_config.train.model_copy(
+                update={"epochs": 3, "low_res_scale": 0.5, "full_res_epochs": 1, "ema_decay": 0.9}
+            )
+        }
+    )
+    result = train_model(
+        config,
+        image_tree,
+        items(image_tree, range(4)),
+        items(image_tree, range(4, 6)),
+        tmp_path / "out",
+    )
+    heights = [h["train_height"] for h in result.history]
+    assert heights == [32, 32, config.model.image_height]  # 0.5 x 64, then the served size
+    _, state = load_checkpoint(result.checkpoint)
+    assert state["image_height"] == config.model.image_height  # what the model is served at
+
+
+def test_the_epoch_callback_can_stop_training(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    config = smoke_config.model_copy(
+        update={"train": smoke_config.train.model_copy(update={"epochs": 5})}
+    )
+    seen: list[int] = []
+
+    def stop_after_two(epoch: int, metrics: dict[str, float]) -> bool:
+        seen.append(epoch)
+        return epoch == 2
+
+    result = train_model(
+        config,
+        image_tree,
+        items(image_tree, range(4)),
+        items(image_tree, range(4, 6)),
+        tmp_path / "out",
+        on_epoch=stop_after_two,
+    )
+    assert seen == [1, 2] and result.stopped_early
+    assert len(result.history) == 2 and result.checkpoint.is_file()
 
 
 def test_training_core_imports_no_orchestration_stack() -> None:
@@ -133,3 +186,14 @@ def test_a_checkpoint_missing_fields_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_the_weight_average_starts_as_a_plain_mean_then_decays() -> None:
+    average = warm_ema(0.9)
+    values = [torch.tensor(float(v)) for v in (2, 4, 6)]
+    mean = values[0]
+    for n, value in enumerate(values[1:], start=1):
+        mean = average(mean, value, torch.tensor(n))
+    assert float(mean) == pytest.approx(4.0)  # (2 + 4 + 6) / 3: no pull towards the first value
+    late = average(torch.tensor(0.0), torch.tensor(10.0), torch.tensor(100))
+    assert float(late) == pytest.approx(1.0)  # past 1 / (1 - decay) updates: weight 1 - decay
