@@ -93,14 +93,14 @@ def stage_times(log: str) -> dict[str, float]:
 
 def run_metrics(work_dir: Path, profile: str, overrides: list[str]) -> dict[str, Any]:
     """Metrics of the champion's training run, read back from MLflow."""
-    import mlflow
     from mlflow import MlflowClient
 
     from garbage.core.config import load_config
 
     config = load_config(profile=profile, overrides=[*overrides, f"work_dir={work_dir}"])
-    mlflow.set_tracking_uri(config.mlflow_tracking_uri)
-    client = MlflowClient()
+    # Both URIs explicitly: MLflow keeps the first registry URI of a process otherwise.
+    uri = config.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias(config.registry.model_name, "champion")
     run = client.get_run(version.run_id)
     m = run.data.metrics

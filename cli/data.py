@@ -1,15 +1,32 @@
-"""``garbage data fetch`` and ``garbage data validate``."""
+"""``garbage data``: fetch and validate the archive; build, list and show dataset versions.
+
+``garbage data build`` is where training data and monitoring meet: it reads the labelled images
+of the collector's store (``monitoring.store``, ``monitoring.images``) and hands them to the
+training side's plain functions (:mod:`garbage.training.data.versions`), which know nothing of
+monitoring.
+"""
 
 from __future__ import annotations
 
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cli.options import ConfigOption, ProfileOption, SetOption, fail, load
 
-app = typer.Typer(help="Fetch and validate the dataset.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from garbage.training.data.versions import LabelledImage
+
+app = typer.Typer(
+    help="Fetch and validate the dataset; build, list and show dataset versions.",
+    no_args_is_help=True,
+)
 
 
 @app.command("fetch")
@@ -56,3 +73,254 @@ def validate(
         raise_for_errors(report)
     except (DataFetchError, DataValidationError) as e:
         raise fail(str(e)) from e
+
+
+FromOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from",
+        help="A source (repeatable): 'trashnet' (the archive of data.source), or "
+        "[NAME=]PATH_OR_URL: a folder of class folders or a .tar.gz, local, http(s) or "
+        "s3://, with #sha256=HEX at the end to check an archive. NAME defaults to the file name "
+        "without its suffix.",
+    ),
+]
+
+
+def store_images(
+    db: str,
+    image_store: str,
+    source: str,
+    min_label_age: timedelta | None,
+    skipped: Counter[str],
+    now: datetime | None = None,
+) -> Iterator[LabelledImage]:
+    """The labelled images of the collector's store, as one source, one image at a time.
+
+    Rows without a stored image, rows whose image retention deleted, and labels younger than
+    ``min_label_age`` are skipped and counted in ``skipped``.
+
+    Args:
+        db: The store's SQLAlchemy URL or SQLite path.
+        image_store: The image store's URL (a folder or ``s3://...``).
+        source: The source name the images get.
+        min_label_age: Only labels at least this old (time for corrections); None: all.
+        skipped: Counts of skipped rows by reason (filled while iterating).
+        now: The current time (naive UTC; default: now).
+
+    Raises:
+        monitoring.store.StoreError: The store cannot be read.
+        monitoring.images.ImageStoreError: The image store cannot be read.
+    """
+    from garbage.training.data.versions import LabelledImage
+    from monitoring.images import ImageNotFoundError, ImageStore
+    from monitoring.store import InferenceStore
+
+    store = InferenceStore(db, create=False)
+    try:
+        rows = store.load_window(
+            columns=["image_sha256", "true_label", "label_time"], labelled_only=True
+        )
+    finally:
+        store.close()
+    images = ImageStore(image_store)
+    cutoff = None
+    if min_label_age is not None:
+        cutoff = (now or datetime.now(UTC).replace(tzinfo=None)) - min_label_age
+    for row in rows.itertuples(index=False):
+        if cutoff is not None and row.label_time is not None and row.label_time > cutoff:
+            skipped["label younger than --min-label-age"] += 1
+            continue
+        if not isinstance(row.image_sha256, str) or not row.image_sha256:
+            skipped["no stored image"] += 1
+            continue
+        try:
+            data = images.get(row.image_sha256)
+        except ImageNotFoundError:
+            skipped["image deleted from the image store"] += 1
+            continue
+        yield LabelledImage(data, row.true_label, source, row.label_time)
+
+
+def _min_age(text: str | None) -> timedelta | None:
+    from monitoring.accuracy import parse_window
+
+    if text is None:
+        return None
+    try:
+        return parse_window(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--min-label-age") from e
+
+
+@app.command("build")
+def build(
+    from_: FromOption = None,
+    from_store: Annotated[
+        str | None,
+        typer.Option(
+            "--from-store",
+            help="The collector's store (SQLAlchemy URL or SQLite path): its labelled images "
+            "join as the source --store-source.",
+        ),
+    ] = None,
+    image_store: Annotated[
+        str | None,
+        typer.Option(
+            "--image-store",
+            envvar="GARBAGE_IMAGE_STORE",
+            help="Where the collector keeps the images (a folder or s3://bucket/prefix); "
+            "default: the folder images beside a SQLite --from-store.",
+        ),
+    ] = None,
+    store_source: Annotated[
+        str, typer.Option("--store-source", help="The source name of the store's images.")
+    ] = "site",
+    min_label_age: Annotated[
+        str | None,
+        typer.Option(
+            "--min-label-age",
+            help="Take only labels at least this old (30m, 24h, 7d): time to correct them.",
+        ),
+    ] = None,
+    parent: Annotated[
+        str,
+        typer.Option(
+            "--parent",
+            help="The version this one extends (its images keep their splits): ds-..., "
+            "'latest' (the newest, if any) or 'none'.",
+        ),
+    ] = "latest",
+    as_json: Annotated[bool, typer.Option("--json", help="Print version.json.")] = False,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    set_: SetOption = None,
+) -> None:
+    """Build a dataset version from sources combined; print its name, counts and changes.
+
+    The version holds the parent's images plus the sources' (validated; the newest label of an
+    image wins); each source has its own train/val/test, and no image of the parent changes
+    split. Writing a version that exists changes nothing.
+    """
+    from garbage.training.data.fetch import DataFetchError
+    from garbage.training.data.validate import DataValidationError
+    from garbage.training.data.versions import (
+        DatasetVersionError,
+        build_version,
+        check_source_name,
+        describe_version,
+        load_source,
+        open_store,
+        parse_source_spec,
+        resolve_version,
+        sources_from_labelled,
+    )
+    from monitoring.cli import _default_image_store
+    from monitoring.images import ImageStoreError
+    from monitoring.store import StoreError
+
+    cfg = load(config, profile, set_)
+    if not from_ and not from_store:
+        raise fail("nothing to build from: give --from (repeatable) and/or --from-store", code=2)
+    age = _min_age(min_label_age)
+    skipped: Counter[str] = Counter()
+    try:
+        store = open_store(cfg)
+        parent_name = resolve_version(store, parent)
+        sources = [load_source(parse_source_spec(spec), cfg) for spec in from_ or []]
+        with tempfile.TemporaryDirectory(prefix="garbage-labelled-") as staging:
+            if from_store:
+                check_source_name(store_source)
+                items = store_images(
+                    from_store,
+                    image_store or _default_image_store(from_store, cfg),
+                    store_source,
+                    age,
+                    skipped,
+                )
+                labelled = sources_from_labelled(
+                    items, cfg.data, Path(staging), location=from_store
+                )
+                sources += labelled
+            result = build_version(cfg, sources, parent_name, store=store)
+    except (
+        DataFetchError,
+        DataValidationError,
+        DatasetVersionError,
+        StoreError,
+        ImageStoreError,
+        ValueError,
+    ) as e:
+        raise fail(str(e)) from e
+    if as_json:
+        typer.echo(json.dumps(result.info, indent=2))
+        return
+    typer.echo(describe_version(result.info, created=result.created), nl=False)
+    if from_store:
+        used = sum(len(s.table) for s in sources if s.kind == "labelled")
+        detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none skipped"
+        typer.echo(f"store {from_store}: {used} labelled images taken; {detail}")
+
+
+@app.command("versions")
+def versions(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per version.")] = False,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    set_: SetOption = None,
+) -> None:
+    """List the dataset versions, oldest first: name, created, images, sources, parent."""
+    from garbage.training.data.versions import DatasetVersionError, list_versions, open_store
+
+    cfg = load(config, profile, set_)
+    try:
+        store = open_store(cfg)
+        infos = list_versions(store)
+    except DatasetVersionError as e:
+        raise fail(str(e)) from e
+    if as_json:
+        for info in infos:
+            typer.echo(json.dumps(info))
+        return
+    if not infos:
+        typer.echo(f"no dataset versions under {store.location}; build one: garbage data build")
+        return
+    typer.echo("| name | created | images | sources | parent |")
+    typer.echo("| --- | --- | ---: | --- | --- |")
+    for info in infos:
+        sources = ", ".join(f"{k} {v}" for k, v in sorted(info["counts"]["source"].items()))
+        typer.echo(
+            f"| {info['name']} | {info['created']} | {info['counts']['images']} | {sources} | "
+            f"{info.get('parent') or '-'} |"
+        )
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="A version's name (ds-...) or 'latest'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print version.json.")] = False,
+    config: ConfigOption = None,
+    profile: ProfileOption = "default",
+    set_: SetOption = None,
+) -> None:
+    """Show one dataset version: sources, counts per source/split/class, changes, code version."""
+    from garbage.training.data.versions import (
+        DatasetVersionError,
+        describe_version,
+        open_store,
+        read_info,
+        resolve_version,
+    )
+
+    cfg = load(config, profile, set_)
+    try:
+        store = open_store(cfg)
+        resolved = resolve_version(store, name)
+        if resolved is None:
+            raise fail(
+                f"no dataset version {name!r} under {store.location}; see garbage data versions"
+            )
+        info = read_info(store, resolved)
+    except DatasetVersionError as e:
+        raise fail(str(e)) from e
+    typer.echo(json.dumps(info, indent=2) if as_json else describe_version(info), nl=as_json)

@@ -47,6 +47,15 @@ class DataConfig(_Section):
     allowed_formats: list[str] = Field(default_factory=lambda: ["JPEG", "PNG"], min_length=1)
     min_side: int = Field(32, ge=1, description="Smallest accepted width or height, pixels.")
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted width x height.")
+    version: str | None = Field(
+        None,
+        pattern=r"^ds-[0-9a-f]{12}$",
+        description="A dataset version to train on (ds-<12 hex>, see `garbage data versions`): "
+        "its images and its splits; None: the archive of data.source, split by data.split.",
+    )
+    datasets_root: str | None = Field(
+        None, description="Folder of the dataset versions; default: <work_dir>/datasets."
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -134,6 +143,13 @@ class TrainConfig(_Section):
         description="Per-step decay of an exponential moving average of the weights; the average "
         "is what is validated and saved. None: the raw weights.",
     )
+    validate_from: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the epochs trained before validation and checkpoint selection "
+        "start (each epoch after it, and always the last, is validated at the served size).",
+    )
     compile: bool = Field(False, description="torch.compile the model for the training steps.")
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; default: all cores."
@@ -163,6 +179,16 @@ class RegistryConfig(_Section):
         0.0, ge=0, description="Candidate must beat the champion by more than this margin."
     )
     min_metric: float = Field(0.0, ge=0, le=1, description="Absolute floor for any promotion.")
+    slice_tolerance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="No data slice (a source's test images) may get worse than the champion's "
+        "by more than this, in the gate metric's units.",
+    )
+    min_slice_images: int = Field(
+        20, ge=1, description="Slices with fewer test images are reported but do not gate."
+    )
 
 
 class ExternalSet(_Section):

@@ -17,9 +17,10 @@ must be reproducible.
 sha256 of its sorted rows: every image's path, content hash, label and split), beside the
 archive's sha256 (``data.sha256``). The manifest names each image by its content hash, so its
 digest identifies the exact images, labels and splits a model was trained and tested on, whatever
-archive they came from. Once dataset versions exist (a manifest named by its own digest, with a
-``source`` column), that digest is passed as ``version`` to :func:`data_version` and everything
-downstream (tags, run names, dataset inputs, the model card) carries it unchanged.
+archive they came from. A run on a dataset version (``data.version``, see
+:mod:`garbage.training.data.versions`: a manifest named by its own digest, with a ``source``
+column) has that version's name as its data version, and everything downstream (tags, run names,
+dataset inputs, the model card) carries it unchanged.
 """
 
 from __future__ import annotations
@@ -194,10 +195,13 @@ def data_version(config: Config, manifest: pd.DataFrame, version: str | None = N
     Args:
         config: The run config (its ``data.source`` and ``data.sha256``).
         manifest: The split manifest.
-        version: A dataset version's own name, when the manifest is one; default: the
-            manifest's digest.
+        version: A dataset version's own name, when the manifest is one; default:
+            ``data.version`` when the run trains on a dataset version (which is then also the
+            source, so datasets are named after it), else the manifest's digest.
     """
     digest = manifest_digest(manifest)
+    if version is None and config.data.version is not None:
+        return DataVersion(config.data.version, config.data.sha256, digest, config.data.version)
     return DataVersion(version or digest, config.data.sha256, digest, config.data.source)
 
 

@@ -312,6 +312,7 @@ def build_model_card(
     low_confidence: float,
     external: Sequence[ExternalResult] = (),
     gate: str | None = None,
+    gate_table: str | None = None,
     run_url: str | None = None,
 ) -> str:
     """The model card of a registered version, as Markdown.
@@ -330,11 +331,13 @@ def build_model_card(
         low_confidence: Top probability below which a prediction counts as unsure.
         external: External evaluation sets, scored (:func:`measure_external`).
         gate: The promotion gate's decision, in words.
+        gate_table: The gate's Markdown table (the whole test split and a row per data slice,
+            :func:`garbage.training.registry.gate_table`): the card's "Promotion gate" section.
         run_url: A link to the run in the MLflow UI, when there is one.
 
     Returns:
-        The card: a title, lineage, intended use, inputs, data, test metrics, confusion
-        matrix and known limits.
+        The card: a title, lineage, the promotion gate (with ``gate_table``), intended use,
+        inputs, data, test metrics, confusion matrix and known limits.
     """
     metrics = test.metrics()
     classes = test.classes
@@ -367,6 +370,7 @@ def build_model_card(
     sections = [
         f"# Model card: {model_name} v{version}",
         _table(["", ""], facts, "ll"),
+        *([f"## Promotion gate\n\n{gate_table.strip()}"] if gate_table else []),
         "## Intended use\n\n" + intended_use.strip(),
         "## Inputs\n\n" + _inputs(metadata),
         "## Data\n\nImages per class and split (the split manifest):\n\n"

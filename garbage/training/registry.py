@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,69 @@ class RegistryError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class SliceScore:
+    """One data slice's gate metric for the candidate and the champion, on the same images.
+
+    Attributes:
+        name: The slice (a ``source`` of the split manifest, or the one data source).
+        images: Test images in the slice.
+        candidate: The candidate's gate metric on the slice.
+        champion: The champion's gate metric on the slice; None without a comparable champion.
+    """
+
+    name: str
+    images: int
+    candidate: float
+    champion: float | None = None
+
+
+@dataclass(frozen=True)
+class SliceRow:
+    """One row of the gate's per-slice table.
+
+    Attributes:
+        slice: The slice's name.
+        images: Test images in the slice.
+        candidate: The candidate's gate metric on the slice.
+        champion: The champion's, or None without a comparable champion.
+        change: ``candidate - champion``, or None without a champion.
+        gating: Whether the slice can stop the promotion: it has a champion score, at least
+            ``min_slice_images`` images, and is not the only slice (which is the whole split).
+        within_tolerance: Whether the change is no worse than ``-slice_tolerance``; None
+            without a champion.
+        note: The row's verdict in words.
+    """
+
+    slice: str
+    images: int
+    candidate: float
+    champion: float | None
+    change: float | None
+    gating: bool
+    within_tolerance: bool | None
+    note: str
+
+    @property
+    def blocks(self) -> bool:
+        """True when this slice stops the promotion: gating and worse beyond the tolerance."""
+        return self.gating and self.within_tolerance is False
+
+
+@dataclass(frozen=True)
 class GateDecision:
-    """The promotion gate's verdict, with a reason a person can read."""
+    """The promotion gate's verdict, with a reason a person can read and a row per data slice.
+
+    Attributes:
+        promote: Whether the candidate passes.
+        reason: Why, in words (naming any slice that stopped it, and by how much).
+        metric: The gate metric (``registry.gate_metric``).
+        candidate: The candidate's gate metric on the whole test split.
+        champion: The champion's on the same images, or None without a comparable champion.
+        champion_version: The champion's registered version, when there is one.
+        slices: One row per data slice of the test split (empty when none was given).
+        slice_tolerance: How much worse than the champion a gating slice may get.
+        min_slice_images: Slices with fewer test images are reported but do not gate.
+    """
 
     promote: bool
     reason: str
@@ -29,10 +92,15 @@ class GateDecision:
     candidate: float
     champion: float | None
     champion_version: str | None = None
+    slices: tuple[SliceRow, ...] = ()
+    slice_tolerance: float = 0.0
+    min_slice_images: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form (``slices`` as a list of row objects)."""
+        result = asdict(self)
+        result["slices"] = [asdict(row) for row in self.slices]
+        return result
 
 
 def configure_tracking(config: Config) -> str:
@@ -58,6 +126,90 @@ def configure_tracking(config: Config) -> str:
         raise RegistryError(f"cannot reach MLflow tracking at {uri}: {e}") from e
 
 
+#: A slice counts as worse only below ``-tolerance - _SLACK``: 0.90 vs 0.91 at 0.01 is within.
+_SLACK = 1e-9
+
+
+def slice_scores(
+    metric: str,
+    candidate: Mapping[str, Mapping[str, Any]],
+    champion: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[SliceScore]:
+    """The gate's per-slice input from the per-slice metrics of two scoring passes.
+
+    Args:
+        metric: The gate metric (a key of each slice's metrics, e.g. ``macro_f1``).
+        candidate: The candidate's metrics per slice
+            (:meth:`garbage.training.metrics.Scored.slices`).
+        champion: The champion's, on the same images; None without a comparable champion.
+
+    Returns:
+        One :class:`SliceScore` per slice of the candidate, in slice-name order; a slice the
+        champion was not scored on has no champion score.
+
+    Raises:
+        KeyError: A slice's metrics lack ``metric`` or ``per_class`` (not metrics of
+            :func:`garbage.training.metrics.classification_metrics`).
+    """
+    rows = []
+    for name in sorted(candidate):
+        metrics = candidate[name]
+        try:
+            images = sum(int(c["support"]) for c in metrics["per_class"].values())
+            theirs = champion.get(name) if champion is not None else None
+            rows.append(
+                SliceScore(
+                    name=name,
+                    images=images,
+                    candidate=float(metrics[metric]),
+                    champion=None if theirs is None else float(theirs[metric]),
+                )
+            )
+        except KeyError as e:
+            raise KeyError(
+                f"slice {name!r}: its metrics have no {e.args[0]!r}; pass the per-slice metrics "
+                "of classification_metrics (Scored.slices())"
+            ) from e
+    return rows
+
+
+def _slice_rows(
+    slices: Sequence[SliceScore], tolerance: float, min_images: int
+) -> tuple[SliceRow, ...]:
+    rows = []
+    for s in slices:
+        if s.champion is None:
+            rows.append(
+                SliceRow(s.name, s.images, s.candidate, None, None, False, None, "no champion")
+            )
+            continue
+        change = s.candidate - s.champion
+        within = change >= -tolerance - _SLACK
+        gating = s.images >= min_images and len(slices) > 1
+        if len(slices) == 1:
+            note = "the whole test split: the overall rule decides"
+        elif not gating:
+            note = f"not gating: {s.images} images < {min_images}"
+        elif within:
+            note = f"within tolerance ({change:+.4f} >= -{tolerance:.4f})"
+        else:
+            note = f"worse by {-change:.4f} > tolerance {tolerance:.4f}: blocks"
+        rows.append(
+            SliceRow(s.name, s.images, s.candidate, s.champion, change, gating, within, note)
+        )
+    return tuple(rows)
+
+
+def _describe_blocking(rows: Sequence[SliceRow], metric: str, tolerance: float) -> str:
+    worse = [
+        f"slice {r.slice!r} gets worse: {metric} {r.candidate:.4f} vs {r.champion:.4f} "
+        f"({r.change:+.4f}, more than the tolerance {tolerance:.4f})"
+        for r in rows
+        if r.blocks and r.champion is not None and r.change is not None
+    ]
+    return "; ".join(worse)
+
+
 def decide_promotion(
     metric: str,
     candidate: float,
@@ -65,52 +217,139 @@ def decide_promotion(
     min_improvement: float,
     min_metric: float = 0.0,
     champion_version: str | None = None,
+    *,
+    slices: Sequence[SliceScore] = (),
+    slice_tolerance: float = 0.0,
+    min_slice_images: int = 1,
 ) -> GateDecision:
     """The promotion rule, as a pure function.
 
     The candidate becomes champion when there is none, or when it beats the champion's score on
-    the same test set by more than ``min_improvement``; never when it is below ``min_metric``.
+    the same test set by more than ``min_improvement`` and no data slice with at least
+    ``min_slice_images`` test images gets worse than the champion's by more than
+    ``slice_tolerance``; never when it is below ``min_metric``. Smaller slices are reported in
+    the rows but do not gate. With one slice (or none given) this is the overall rule alone.
+
+    Args:
+        metric: The gate metric's name (``registry.gate_metric``).
+        candidate: The candidate's gate metric on the whole test split.
+        champion: The champion's on the same images; None when there is no comparable champion.
+        min_improvement: The margin the candidate must beat the champion by, overall.
+        min_metric: The floor below which no candidate is promoted.
+        champion_version: The champion's registered version (for the reason).
+        slices: Both models' gate metric per data slice of the test split (:func:`slice_scores`).
+        slice_tolerance: How much worse than the champion a gating slice may get, in the gate
+            metric's units.
+        min_slice_images: Slices with fewer test images do not gate.
+
+    Returns:
+        The decision, with one :class:`SliceRow` per slice.
     """
-    if candidate < min_metric:
+    rows = _slice_rows(slices, slice_tolerance, min_slice_images)
+
+    def decision(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
-            False,
-            f"candidate {metric} {candidate:.4f} is below the floor {min_metric:.4f}",
+            promote,
+            reason,
             metric,
             candidate,
             champion,
-            champion_version,
+            champion_version if champion is not None else None,
+            rows,
+            slice_tolerance,
+            min_slice_images,
+        )
+
+    if candidate < min_metric:
+        return decision(
+            False, f"candidate {metric} {candidate:.4f} is below the floor {min_metric:.4f}"
         )
     if champion is None:
-        return GateDecision(
-            True,
-            f"no champion yet; candidate {metric} {candidate:.4f} becomes champion",
-            metric,
-            candidate,
-            None,
-            None,
+        return decision(
+            True, f"no champion yet; candidate {metric} {candidate:.4f} becomes champion"
         )
     gain = candidate - champion
-    if gain > min_improvement:
-        return GateDecision(
-            True,
-            f"candidate {metric} {candidate:.4f} beats champion v"
-            f"{champion_version} ({champion:.4f}) by {gain:+.4f} > "
-            f"{min_improvement:.4f}",
-            metric,
-            candidate,
-            champion,
-            champion_version,
+    blocking = _describe_blocking(rows, metric, slice_tolerance)
+    if gain <= min_improvement:
+        also = f"; also {blocking}" if blocking else ""
+        return decision(
+            False,
+            f"candidate {metric} {candidate:.4f} does not beat champion v"
+            f"{champion_version} ({champion:.4f}) by more than {min_improvement:.4f} "
+            f"(gain {gain:+.4f}){also}; the champion stays",
         )
-    return GateDecision(
-        False,
-        f"candidate {metric} {candidate:.4f} does not beat champion v"
-        f"{champion_version} ({champion:.4f}) by more than {min_improvement:.4f} "
-        f"(gain {gain:+.4f}); the champion stays",
-        metric,
-        candidate,
-        champion,
-        champion_version,
+    beats = (
+        f"candidate {metric} {candidate:.4f} beats champion v{champion_version} "
+        f"({champion:.4f}) by {gain:+.4f} > {min_improvement:.4f}"
     )
+    if blocking:
+        return decision(False, f"{beats}, but {blocking}; the champion stays")
+    if len(rows) > 1:
+        gating = sum(r.gating for r in rows)
+        small = [r.slice for r in rows if r.champion is not None and not r.gating]
+        beats += (
+            f", and no slice gets worse by more than {slice_tolerance:.4f} "
+            f"({gating} of {len(rows)} slices gating"
+            + (f"; under {min_slice_images} test images: {', '.join(small)}" if small else "")
+            + ")"
+        )
+    return decision(True, beats)
+
+
+def gate_table(decision: GateDecision) -> str:
+    """The decision as a Markdown table: the whole test split, then a row per data slice.
+
+    Columns: slice, images, candidate, champion, change and the row's verdict (for a slice:
+    within tolerance, blocks, or not gating and why).
+    """
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    def change(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.4f}"
+
+    metric = decision.metric
+    overall_change = None if decision.champion is None else decision.candidate - decision.champion
+    images = sum(r.images for r in decision.slices)
+    lines = [
+        f"| slice | images | candidate {metric} | champion {metric} | change | gate |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+        f"| **all** | {images or '-'} | {number(decision.candidate)} | "
+        f"{number(decision.champion)} | {change(overall_change)} | "
+        + ("passes" if decision.promote else "does not pass")
+        + " |",
+    ]
+    for r in decision.slices:
+        name = r.slice.replace("|", "\\|")
+        lines.append(
+            f"| {name} | {r.images} | {number(r.candidate)} | {number(r.champion)} | "
+            f"{change(r.change)} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def slice_key(name: str) -> str:
+    """A slice's name as MLflow accepts it in a metric or tag key (other characters as ``_``)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "_"
+
+
+def slice_tags(decision: GateDecision) -> dict[str, str]:
+    """One registered-version tag per slice: ``gate.slice.<name>`` = the candidate vs champion.
+
+    E.g. ``"0.9123 vs 0.9050 (+0.0073)"``, ``"0.9123 (no champion)"``, or with
+    ``"; not gating: 12 images < 20"`` for a slice too small to gate.
+    """
+    tags = {}
+    for r in decision.slices:
+        if r.champion is None or r.change is None:
+            text = f"{r.candidate:.4f} (no champion)"
+        else:
+            text = f"{r.candidate:.4f} vs {r.champion:.4f} ({r.change:+.4f})"
+            if not r.gating or r.blocks:
+                text += f"; {r.note}"
+        tags[f"gate.slice.{slice_key(r.slice)}"] = text
+    return tags
 
 
 def log_onnx_model(

@@ -17,6 +17,13 @@ from garbage.core.config import Config
 from garbage.training.data.fetch import fetch_dataset
 from garbage.training.data.split import read_manifest, split_dataset, split_summary, write_manifest
 from garbage.training.data.validate import raise_for_errors, validate_dataset, write_report
+from garbage.training.data.versions import (
+    apply_version_splits,
+    materialize_version,
+    open_store,
+    read_info,
+    version_manifest,
+)
 
 if TYPE_CHECKING:  # sklearn loads with the metrics, torch with training: only where used
     from garbage.training.metrics import Scored
@@ -38,7 +45,25 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fetch_step(config: Config, out_dir: Path) -> dict[str, Any]:
-    """Fetch and extract the archive (cached) and copy its class folders into ``out_dir``."""
+    """Publish the images as class folders in ``out_dir``.
+
+    With ``data.version`` set: the dataset version's images (checked against their hashes),
+    ``out_dir/<label>/<sha256>.<ext>``. Else: fetch and extract the archive of ``data.source``
+    (cached) and copy its class folders.
+
+    Returns:
+        ``source``, ``sha256`` (the archive's, or the version's full digest), ``files``, and
+        with a version its name as ``version``.
+    """
+    if config.data.version is not None:
+        store = open_store(config)
+        files = materialize_version(store, config.data.version, out_dir)
+        return {
+            "version": config.data.version,
+            "source": str(store.version_dir(config.data.version)),
+            "sha256": read_info(store, config.data.version)["digest"],
+            "files": files,
+        }
     root = fetch_dataset(config.data.source, config.data.sha256, config.data_cache_dir)
     if out_dir.resolve() != root.resolve():
         shutil.copytree(root, out_dir, dirs_exist_ok=True)
@@ -56,8 +81,23 @@ def validate_step(config: Config, images_dir: Path, out_dir: Path) -> dict[str, 
 
 
 def split_step(config: Config, table_csv: Path, manifest_csv: Path) -> dict[str, Any]:
-    """Split the kept images into train/val/test and write the manifest CSV."""
-    manifest = split_dataset(pd.read_csv(table_csv, dtype={"sha256": str}), config.split)
+    """Split the kept images into train/val/test and write the manifest CSV.
+
+    With ``data.version`` set, the splits are the version's, not split again (its ``source`` and
+    ``time`` columns come along, so the model card and the gate see each source's slice; the
+    version keeps every image: ``split.max_per_class`` does not apply). Else a stratified,
+    seeded split by :func:`garbage.training.data.split.split_dataset`.
+
+    Raises:
+        garbage.training.data.versions.DatasetVersionError: The kept images are not exactly
+            the version's (validation under other ``data`` settings left some out).
+    """
+    table = pd.read_csv(table_csv, dtype={"sha256": str})
+    if config.data.version is not None:
+        version = version_manifest(open_store(config), config.data.version)
+        manifest = apply_version_splits(table, version, config.data.version)
+    else:
+        manifest = split_dataset(table, config.split)
     write_manifest(manifest, manifest_csv)
     return split_summary(manifest)
 
@@ -260,13 +300,6 @@ def predict_on_split(
     )
 
 
-def score_on_split(
-    classifier: Any, images_dir: Path, manifest: pd.DataFrame, split: str = "test"
-) -> dict[str, Any]:
-    """Metrics of an ONNX classifier on one split of the manifest (see :func:`predict_on_split`)."""
-    return predict_on_split(classifier, images_dir, manifest, split).metrics()
-
-
 def register_step(
     config: Config,
     export_dir: Path,
@@ -280,7 +313,14 @@ def register_step(
     """Register the exported model with its card; a candidate that passes the gate is promoted.
 
     The candidate and the current champion are scored by the same ONNX evaluator on this run's
-    test set, so the comparison is fair even when the champion was trained on other data.
+    test set, so the comparison is fair even when the champion was trained on other data. The
+    gate (:func:`garbage.training.registry.decide_promotion`) looks at the whole test set and at
+    each data slice of it (each ``source`` of the manifest): the candidate must beat the
+    champion overall by ``registry.min_improvement`` and no slice of at least
+    ``registry.min_slice_images`` images may get worse by more than ``registry.slice_tolerance``.
+    The decision's row per slice is in ``decision.md``, the run's ``gate/decision.json`` (and
+    the candidate's ``gate_slice_<slice>_<metric>`` metrics), the version's
+    ``gate.slice.<slice>`` tags and the model card's "Promotion gate" section.
     ``reference`` (the monitoring reference profile, a file or a folder) is stored with the model
     version.
     Promoted means: the champion alias moves to the new version at once, or, with
@@ -316,11 +356,15 @@ def register_step(
         configure_tracking,
         decide_promotion,
         describe_version,
+        gate_table,
         log_onnx_model,
         record_decision,
         register_model,
         set_challenger,
         set_champion,
+        slice_key,
+        slice_scores,
+        slice_tags,
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +379,7 @@ def register_step(
     external = [measure_external(exported, s, config.data_cache_dir) for s in config.card.external]
     previous = champion_version(config)
     champion_score = None
+    champion_scored: Scored | None = None
     note = ""
     if previous is not None:
         try:
@@ -345,7 +390,8 @@ def register_step(
             champion = None
             note = f" (champion v{previous} fails verification, not comparable: {e})"
         if champion is not None and champion.classes == config.data.classes:
-            champion_score = score_on_split(champion, images_dir, manifest)[metric]
+            champion_scored = predict_on_split(champion, images_dir, manifest, slice_name=data.name)
+            champion_score = champion_scored.metrics()[metric]
         elif champion is not None:
             note = (
                 f" (champion v{previous} predicts other classes {champion.classes}; not comparable)"
@@ -357,7 +403,15 @@ def register_step(
         config.registry.min_improvement,
         config.registry.min_metric,
         previous,
+        slices=slice_scores(
+            metric,
+            scored.slices(),
+            None if champion_scored is None else champion_scored.slices(),
+        ),
+        slice_tolerance=config.registry.slice_tolerance,
+        min_slice_images=config.registry.min_slice_images,
     )
+    table = gate_table(decision)
     if not decision.promote:
         verdict = "not promoted"
     elif rollout_follows:
@@ -379,6 +433,7 @@ def register_step(
                 **version_tags(code, data, run_id),
                 f"test_{metric}": f"{candidate[metric]:.4f}",
                 "test_accuracy": f"{candidate['accuracy']:.4f}",
+                **slice_tags(decision),
             },
             run_id=run_id,
         )
@@ -400,6 +455,7 @@ def register_step(
             low_confidence=config.card.low_confidence,
             external=external,
             gate=f"{verdict}: {decision.reason}{note}",
+            gate_table=table,
             run_url=_run_url(config, run.info.experiment_id, run_id),
         )
         mlflow.log_text(card, CARD_FILENAME)
@@ -409,6 +465,9 @@ def register_step(
             fit_description(card, MAX_DESCRIPTION, f"runs:/{run_id}/{CARD_FILENAME}"),
         )
         mlflow.log_dict(decision.to_dict(), "gate/decision.json")
+        mlflow.log_metrics(
+            {f"gate_slice_{slice_key(r.slice)}_{metric}": r.candidate for r in decision.slices}
+        )
         mlflow.set_tags({"gate.promoted": str(decision.promote), "registered_version": version})
     (out_dir / CARD_FILENAME).write_text(card)
     result = {
@@ -422,11 +481,15 @@ def register_step(
         "data_version": data.version,
     }
     (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
+    if champion_score is not None:
+        champion_text = f"champion v{previous}"
+    else:
+        champion_text = f"champion v{previous} (not comparable)" if previous else "no champion"
     (out_dir / "decision.md").write_text(
         f"# Promotion gate: version {version} {verdict}\n\n{result['reason']}\n\n"
-        f"| | {metric} on this test set |\n| --- | ---: |\n| candidate v{version} | "
-        f"{candidate[metric]:.4f} |\n| champion {('v' + previous) if previous else '(none)'} | "
-        f"{'-' if champion_score is None else f'{champion_score:.4f}'} |\n"
+        f"Candidate v{version} against {champion_text} on this run's test set, overall and per "
+        f"data slice ({metric}; a slice of at least {config.registry.min_slice_images} images "
+        f"may get worse by at most {config.registry.slice_tolerance:.4f}):\n\n{table}\n"
     )
     return result
 

@@ -208,8 +208,9 @@ def train_model(
         train_items: ``(relative path, class index)`` pairs for training.
         val_items: The same for validation (model selection by macro-F1).
         out_dir: Where the checkpoint goes.
-        on_epoch: Called after every epoch with the epoch number and its metrics; when it
-            returns True, training stops after that epoch (the best checkpoint so far stays).
+        on_epoch: Called after every epoch with the epoch number and its metrics (the
+            ``val_*`` ones from ``train.validate_from`` on); when it returns True, training stops
+            after that epoch and the best checkpoint so far stays.
     """
     tc, mc = config.train, config.model
     classes = config.data.classes
@@ -315,39 +316,46 @@ def train_model(
         train_seconds += epoch_seconds
         train_images += seen
 
-        evaluated = cast(GarbageClassifier, ema.module) if ema is not None else model
-        logits = predict_logits(evaluated, val_x, tc.batch_size * 2, device, amp)
-        val = classification_metrics(val_y, logits.argmax(1), classes)
-        val_loss = float(
-            nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y))
-        )
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
-            "val_loss": val_loss,
-            "val_accuracy": val["accuracy"],
-            "val_macro_f1": val["macro_f1"],
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_seconds": epoch_seconds,
             "train_images_per_second": seen / epoch_seconds,
             "train_height": float(size[0]),
         }
-        history.append({"epoch": epoch, **metrics})
-        tqdm.write(
+        line = (
             f"epoch {epoch}/{tc.epochs} at {size[0]}x{size[1]}: "
-            f"train_loss {metrics['train_loss']:.3f} "
-            f"val_loss {val_loss:.3f} val_acc {val['accuracy']:.3f} "
-            f"val_macro_f1 {val['macro_f1']:.3f} "
-            f"({epoch_seconds:.0f}s, {metrics['train_images_per_second']:.0f} img/s)"
+            f"train_loss {metrics['train_loss']:.3f}"
         )
-        if val["macro_f1"] > best_f1:
-            best_f1, best_epoch = val["macro_f1"], epoch
-            save_checkpoint(
-                checkpoint,
-                evaluated,
-                classes,
-                config,
-                {"epoch": epoch, "val_metrics": {k: v for k, v in val.items()}},
+        # Validation at the served size costs a third of a low-resolution epoch: it starts once an
+        # epoch can be the best one (the weight average makes early epochs lag behind anyway).
+        if epoch == tc.epochs or epoch > tc.validate_from * tc.epochs:
+            evaluated = cast(GarbageClassifier, ema.module) if ema is not None else model
+            logits = predict_logits(evaluated, val_x, tc.batch_size * 2, device, amp)
+            val = classification_metrics(val_y, logits.argmax(1), classes)
+            val_loss = float(
+                nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(val_y))
             )
+            metrics |= {
+                "val_loss": val_loss,
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+            }
+            line += (
+                f" val_loss {val_loss:.3f} val_acc {val['accuracy']:.3f} "
+                f"val_macro_f1 {val['macro_f1']:.3f}"
+            )
+            if val["macro_f1"] > best_f1:
+                best_f1, best_epoch = val["macro_f1"], epoch
+                save_checkpoint(
+                    checkpoint,
+                    evaluated,
+                    classes,
+                    config,
+                    {"epoch": epoch, "val_metrics": {k: v for k, v in val.items()}},
+                )
+        history.append({"epoch": epoch, **metrics})
+        tqdm.write(f"{line} ({epoch_seconds:.0f}s, {metrics['train_images_per_second']:.0f} img/s)")
         if on_epoch is not None and on_epoch(epoch, metrics):
             stopped_early = True
             break

@@ -192,6 +192,8 @@ def pruning_callback(trial: optuna.Trial, metric: str = "val_macro_f1") -> Epoch
     """
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        if metric not in metrics:  # not validated at this epoch (train.validate_from)
+            return False
         trial.report(metrics[metric], step=epoch)
         return bool(trial.should_prune())
 

@@ -206,12 +206,13 @@ def _policy(docs: list[dict[str, Any]], namespace: str, name: str) -> dict[str, 
 def test_the_checks_catch_a_peer_or_port_too_many(rendered) -> None:
     docs = copy.deepcopy(rendered["overlays/kind"])
     clients = _policy(docs, "garbage-mlflow", "mlflow-clients")["spec"]["ingress"][0]
+    extra = len(clients["from"])
     clients["from"].append({"podSelector": {"matchLabels": {"app": "debug"}}})
     clients["from"].append({"namespaceSelector": {}})  # every pod: needed callers among them
     clients["ports"].append({"protocol": "TCP", "port": 5001})
     problems = unjustified_rules(docs)
     assert (
-        "garbage-mlflow/mlflow-clients ingress[0].from[3] {'podSelector': {'matchLabels': "
+        f"garbage-mlflow/mlflow-clients ingress[0].from[{extra}] {{'podSelector': {{'matchLabels': "
         "{'app': 'debug'}}}: no need uses it" in problems
     ), problems
     assert any("mlflow-clients ingress[0].ports[1]" in p for p in problems), problems

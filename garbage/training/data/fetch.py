@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -149,3 +151,105 @@ def fetch_dataset(source: str, sha256: str, cache_dir: Path) -> Path:
     _extract(archive, extracted)
     marker.write_text(sha256 + "\n")
     return find_image_root(extracted)
+
+
+#: URL schemes :func:`fetch_source` reads archives from through fsspec (s3fs for ``s3://``).
+FSSPEC_SCHEMES = ("s3://",)
+
+
+@dataclass(frozen=True)
+class FetchedSource:
+    """A dataset source made available locally.
+
+    Attributes:
+        root: The folder that holds the class folders.
+        kind: ``archive`` (a ``.tar.gz``/``.tar`` file, local or remote) or ``folder``.
+        sha256: The archive's sha256; None for a folder (its digest is its images').
+    """
+
+    root: Path
+    kind: str
+    sha256: str | None
+
+
+def _fetch_with_fsspec(url: str, destination: Path) -> None:
+    """Copy ``url`` (``s3://...``) to ``destination`` through fsspec, atomically."""
+    partial = destination.with_suffix(destination.suffix + ".part")
+    try:
+        import fsspec
+
+        with fsspec.open(url, "rb") as source, partial.open("wb") as out:
+            shutil.copyfileobj(source, out, _CHUNK)
+    except ImportError as e:
+        partial.unlink(missing_ok=True)
+        raise DataFetchError(
+            f"cannot read {url}: {e} (s3:// needs the s3fs package: pip install s3fs)"
+        ) from e
+    except Exception as e:  # fsspec backends raise their own types (botocore's are no OSError)
+        partial.unlink(missing_ok=True)
+        raise DataFetchError(
+            f"cannot read {url}: {e.__class__.__name__}: {e} (for S3 set AWS_ENDPOINT_URL, "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        ) from e
+    partial.replace(destination)
+
+
+def fetch_source(location: str, cache_dir: Path, sha256: str | None = None) -> FetchedSource:
+    """Make any dataset source available locally: a folder of class folders, or an archive.
+
+    Args:
+        location: A local folder of class folders, or a ``.tar.gz``/``.tar`` archive: a local
+            path, an http(s) URL or an ``s3://`` URL.
+        cache_dir: The cache (archives and extracted trees, as :func:`fetch_dataset`).
+        sha256: The archive's expected sha256; None: whatever it is (it is recorded; a remote
+            archive without one is downloaded again on every call, to learn it).
+
+    Returns:
+        The folder of class folders, what the source is and the archive's sha256.
+
+    Raises:
+        DataFetchError: The source is missing, unreachable or of an unsupported kind, or its
+            checksum is not ``sha256``.
+    """
+    cache_dir = Path(cache_dir)
+    expected = sha256.lower() if sha256 else None
+    if "://" in location and not _is_url(location) and not location.startswith(FSSPEC_SCHEMES):
+        raise DataFetchError(
+            f"data source {location!r}: its scheme is not supported yet; give a local folder or "
+            "archive, an http(s) URL or an s3:// URL of an archive"
+        )
+    if _is_url(location) and expected:
+        return FetchedSource(fetch_dataset(location, expected, cache_dir), "archive", expected)
+    if _is_url(location) or location.startswith(FSSPEC_SCHEMES):
+        downloads = cache_dir / "downloads"
+        downloads.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha256(location.encode()).hexdigest()[:12]
+        name = Path(location.rstrip("/").split("?")[0]).name or "dataset.tar.gz"
+        local = downloads / f"{key}-{os.getpid()}-{name}"
+        try:
+            if _is_url(location):
+                _download(location, local)
+            else:
+                _fetch_with_fsspec(location, local)
+            actual = sha256_of(local)
+            if expected and actual != expected:
+                raise DataFetchError(
+                    f"checksum mismatch for {location}: expected sha256 {expected}, got {actual}"
+                )
+            return FetchedSource(fetch_dataset(str(local), actual, cache_dir), "archive", actual)
+        finally:
+            local.unlink(missing_ok=True)
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return FetchedSource(find_image_root(path), "folder", None)
+    if not path.is_file():
+        raise DataFetchError(
+            f"data source {location!r} is neither an existing folder or archive nor an "
+            "http(s) or s3:// URL"
+        )
+    actual = sha256_of(path)
+    if expected and actual != expected:
+        raise DataFetchError(
+            f"checksum mismatch for {location}: expected sha256 {expected}, got {actual}"
+        )
+    return FetchedSource(fetch_dataset(str(path), actual, cache_dir), "archive", actual)

@@ -59,6 +59,38 @@ def split_dataset(table: pd.DataFrame, config: SplitConfig) -> pd.DataFrame:
     return result
 
 
+def split_uniform(sha256: str, seed: int, source: str) -> float:
+    """A uniform value in ``[0, 1)`` that depends only on an image's hash, the seed and its source.
+
+    The threshold rule of :func:`hash_split` compares it with the split fractions: an image's
+    value never changes, so its split does not depend on which other images there are.
+    """
+    digest = hashlib.sha256(f"{seed}:{source}:{sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hash_split(sha256: str, config: SplitConfig, source: str) -> str:
+    """The split of one image by the threshold rule: test, then val, by :func:`split_uniform`.
+
+    For images added to a source that already has splits: each keeps the split this gives it
+    whatever is added later, at the configured fractions on average (not exactly per class).
+
+    Args:
+        sha256: The image's content hash.
+        config: The fractions and the seed.
+        source: The image's source (each source's images get their own draw).
+
+    Returns:
+        ``train``, ``val`` or ``test``.
+    """
+    value = split_uniform(sha256, config.seed, source)
+    if value < config.test_fraction:
+        return "test"
+    if value < config.test_fraction + config.val_fraction:
+        return "val"
+    return "train"
+
+
 def write_manifest(manifest: pd.DataFrame, path: Path) -> Path:
     """Write the split manifest as CSV (readable, diffable, small)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +100,8 @@ def write_manifest(manifest: pd.DataFrame, path: Path) -> Path:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     """Read a manifest written by :func:`write_manifest`."""
-    manifest = pd.read_csv(path, dtype={"path": str, "label": str, "sha256": str, "split": str})
+    text = {"path": str, "label": str, "sha256": str, "split": str, "source": str, "time": str}
+    manifest = pd.read_csv(path, dtype=text)  # a source named 2024 stays text
     missing = {"path", "label", "sha256", "split"} - set(manifest.columns)
     if missing:
         raise ValueError(f"manifest {path} lacks columns {sorted(missing)}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
@@ -142,12 +141,14 @@ def test_train_step_puts_the_lineage_on_its_run(
     the component tests; here it is replaced by a stand-in that returns at once)."""
     import garbage.training.train as train
     from garbage.training.steps import train_step
+    from garbage.training.train import TrainResult
 
     def fake_train(
         config: Config, images: Path, items: Any, val: Any, out: Path, on_epoch: Any
-    ) -> SimpleNamespace:
+    ) -> TrainResult:
         on_epoch(1, {"val_macro_f1": 0.5})
-        return SimpleNamespace(
+        return TrainResult(
+            checkpoint=out / "best.pt",
             best_epoch=1,
             best_val_macro_f1=0.5,
             device="cpu",

@@ -197,3 +197,21 @@ def test_the_weight_average_starts_as_a_plain_mean_then_decays() -> None:
     assert float(mean) == pytest.approx(4.0)  # (2 + 4 + 6) / 3: no pull towards the first value
     late = average(torch.tensor(0.0), torch.tensor(10.0), torch.tensor(100))
     assert float(late) == pytest.approx(1.0)  # past 1 / (1 - decay) updates: weight 1 - decay
+
+
+def test_validation_starts_after_the_configured_share_of_epochs(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    config = smoke_config.model_copy(
+        update={"train": smoke_config.train.model_copy(update={"epochs": 4, "validate_from": 0.5})}
+    )
+    result = train_model(
+        config,
+        image_tree,
+        items(image_tree, range(4)),
+        items(image_tree, range(4, 6)),
+        tmp_path / "out",
+    )
+    validated = [h["epoch"] for h in result.history if "val_macro_f1" in h]
+    assert validated == [3, 4]
+    assert result.best_epoch in (3, 4) and result.checkpoint.is_file()
