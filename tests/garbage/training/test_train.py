@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from garbage.core.config import Config
 from garbage.training.model import build_model
 from garbage.training.train import (
     CheckpointError,
+    TrainResult,
     load_checkpoint,
     save_checkpoint,
     train_model,
@@ -25,6 +27,11 @@ from garbage.training.train import (
 
 def items(tree: Path, indices: range) -> list[tuple[str, int]]:
     return [(f"{c}/{c}{i}.jpg", k) for k, c in enumerate(CLASSES) for i in indices]
+
+
+def train_small(config: Config, tree: Path, out: Path, **kwargs: Any) -> TrainResult:
+    """Train on 4 images per class, validate on 2."""
+    return train_model(config, tree, items(tree, range(4)), items(tree, range(4, 6)), out, **kwargs)
 
 
 def test_training_learns_separable_synthetic_classes(
@@ -59,16 +66,7 @@ def test_training_learns_separable_synthetic_classes(
 def test_training_is_reproducible_with_the_same_seed(
     image_tree: Path, smoke_config: Config, tmp_path: Path
 ) -> None:
-    runs = [
-        train_model(
-            smoke_config,
-            image_tree,
-            items(image_tree, range(4)),
-            items(image_tree, range(4, 6)),
-            tmp_path / str(i),
-        )
-        for i in range(2)
-    ]
+    runs = [train_small(smoke_config, image_tree, tmp_path / str(i)) for i in range(2)]
     assert runs[0].history[0]["train_loss"] == runs[1].history[0]["train_loss"]
 
 
@@ -82,13 +80,7 @@ def test_early_epochs_train_at_low_resolution_and_the_average_is_saved(
             )
         }
     )
-    result = train_model(
-        config,
-        image_tree,
-        items(image_tree, range(4)),
-        items(image_tree, range(4, 6)),
-        tmp_path / "out",
-    )
+    result = train_small(config, image_tree, tmp_path / "out")
     heights = [h["train_height"] for h in result.history]
     assert heights == [32, 32, config.model.image_height]  # 0.5 x 64, then the served size
     _, state = load_checkpoint(result.checkpoint)
@@ -107,14 +99,7 @@ def test_the_epoch_callback_can_stop_training(
         seen.append(epoch)
         return epoch == 2
 
-    result = train_model(
-        config,
-        image_tree,
-        items(image_tree, range(4)),
-        items(image_tree, range(4, 6)),
-        tmp_path / "out",
-        on_epoch=stop_after_two,
-    )
+    result = train_small(config, image_tree, tmp_path / "out", on_epoch=stop_after_two)
     assert seen == [1, 2] and result.stopped_early
     assert len(result.history) == 2 and result.checkpoint.is_file()
 
@@ -205,13 +190,7 @@ def test_validation_starts_after_the_configured_share_of_epochs(
     config = smoke_config.model_copy(
         update={"train": smoke_config.train.model_copy(update={"epochs": 4, "validate_from": 0.5})}
     )
-    result = train_model(
-        config,
-        image_tree,
-        items(image_tree, range(4)),
-        items(image_tree, range(4, 6)),
-        tmp_path / "out",
-    )
+    result = train_small(config, image_tree, tmp_path / "out")
     validated = [h["epoch"] for h in result.history if "val_macro_f1" in h]
     assert validated == [3, 4]
     assert result.best_epoch in (3, 4) and result.checkpoint.is_file()
