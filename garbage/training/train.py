@@ -109,6 +109,8 @@ def warm_ema(
 
 def training_size(config_height: int, config_width: int, scale: float) -> tuple[int, int]:
     """The input size of a reduced-resolution epoch: ``scale`` of each side, a multiple of 8."""
+    if scale >= 1:
+        return config_height, config_width
     return (
         max(32, round(config_height * scale / 8) * 8),
         max(32, round(config_width * scale / 8) * 8),

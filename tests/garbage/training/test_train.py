@@ -21,6 +21,7 @@ from garbage.training.train import (
     load_checkpoint,
     save_checkpoint,
     train_model,
+    training_size,
     warm_ema,
 )
 
@@ -194,3 +195,8 @@ def test_validation_starts_after_the_configured_share_of_epochs(
     validated = [h["epoch"] for h in result.history if "val_macro_f1" in h]
     assert validated == [3, 4]
     assert result.best_epoch in (3, 4) and result.checkpoint.is_file()
+
+
+def test_a_scale_of_one_trains_at_the_served_size_whatever_its_sides() -> None:
+    assert training_size(84, 112, 1.0) == (84, 112)  # 84 is no multiple of 8
+    assert training_size(168, 224, 0.67) == (112, 152)
