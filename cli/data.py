@@ -215,8 +215,7 @@ def build(
         resolve_version,
         sources_from_labelled,
     )
-    from monitoring.cli import _default_image_store
-    from monitoring.images import ImageStoreError
+    from monitoring.images import ImageStoreError, default_image_store
     from monitoring.store import StoreError
 
     cfg = load(config, profile, set_)
@@ -233,7 +232,7 @@ def build(
                 check_source_name(store_source)
                 items = store_images(
                     from_store,
-                    image_store or _default_image_store(from_store, cfg),
+                    image_store or default_image_store(from_store, cfg.work_dir),
                     store_source,
                     age,
                     skipped,

@@ -161,17 +161,6 @@ def drift(
         raise typer.Exit(3)
 
 
-def _default_image_store(db: str, config: Config) -> str:
-    """The image folder beside a SQLite store's file, else ``<work_dir>/monitoring/images``."""
-    from monitoring.store import normalise_url
-
-    url = normalise_url(db)
-    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
-    if path and path != ":memory:":
-        return str(Path(path).parent / "images")
-    return str(config.work_dir / "monitoring" / "images")
-
-
 def collector(
     host: Annotated[
         str, typer.Option("--host", help="Interface to listen on (0.0.0.0 in a pod).")
@@ -288,7 +277,14 @@ def collector(
         create_app,
         load_credentials,
     )
-    from monitoring.images import GB, ImageStore, ImageStoreError, Retention, prune_images
+    from monitoring.images import (
+        GB,
+        ImageStore,
+        ImageStoreError,
+        Retention,
+        default_image_store,
+        prune_images,
+    )
     from monitoring.store import InferenceStore, StoreError
 
     logging.basicConfig(  # uvicorn's own levels (trace) are below DEBUG
@@ -325,7 +321,7 @@ def collector(
             raise _fail(f"error: {e}", code=2) from e
     cfg = _config(config, profile, overrides)
     try:
-        images = ImageStore(image_store or _default_image_store(db, cfg))
+        images = ImageStore(image_store or default_image_store(db, cfg.work_dir))
     except ImageStoreError as e:
         raise _fail(f"error: {e}", code=2) from e
     if prune_images_once:

@@ -155,6 +155,21 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def default_image_store(db: str, work_dir: Path) -> str:
+    """Where a store's images are kept by default.
+
+    The folder ``images`` beside a SQLite store's file (writable wherever the database is), else
+    ``<work_dir>/monitoring/images``.
+    """
+    from monitoring.store import normalise_url
+
+    url = normalise_url(db)
+    path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+    if path and path != ":memory:":
+        return str(Path(path).parent / "images")
+    return str(work_dir / "monitoring" / "images")
+
+
 def _storage_options(
     protocol: str, options: Mapping[str, Any] | None, environ: Mapping[str, str]
 ) -> dict[str, Any]:
