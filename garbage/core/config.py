@@ -151,6 +151,12 @@ class TrainConfig(_Section):
         "start (each epoch after it, and always the last, is validated at the served size).",
     )
     compile: bool = Field(False, description="torch.compile the model for the training steps.")
+    init_from: str | None = Field(
+        None,
+        description="Weights to start from instead of the backbone's ImageNet ones: a registered "
+        "model (models:/name@alias, models:/name/3) or a local checkpoint (best.pt) of the same "
+        "backbone and classes (a warm start, e.g. from the champion).",
+    )
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; default: all cores."
     )

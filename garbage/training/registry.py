@@ -520,3 +520,60 @@ def record_decision(config: Config, version: str, decision: GateDecision) -> Non
     MlflowClient().set_model_version_tag(
         config.registry.model_name, version, "gate_decision", decision.reason
     )
+
+
+CHECKPOINT_ARTIFACT = "checkpoint/best.pt"
+"""Where a training run keeps its PyTorch checkpoint (what a warm start continues from)."""
+
+
+def checkpoint_of(config: Config, uri: str, destination: Path) -> Path:
+    """The training checkpoint behind ``uri``, downloaded into ``destination``.
+
+    Args:
+        config: The config (its registry and tracking URI).
+        uri: ``models:/NAME/V`` or ``models:/NAME@ALIAS`` (the version's run's checkpoint),
+            ``runs:/<run id>`` (that run's), or a local ``best.pt``.
+        destination: A folder for the download.
+
+    Returns:
+        The local checkpoint file. Its contents are untrusted: read it with
+        :func:`garbage.training.train.load_checkpoint` (tensors and plain values only).
+
+    Raises:
+        RegistryError: No such version or run, or it has no checkpoint.
+    """
+    import mlflow
+
+    if not uri.startswith(("models:/", "runs:/")):
+        path = Path(uri).expanduser()
+        if not path.is_file():
+            raise RegistryError(f"train.init_from {uri}: no such checkpoint file")
+        return path
+    client = _client(config)
+    try:
+        if uri.startswith("runs:/"):
+            run_id = uri.removeprefix("runs:/").strip("/").split("/")[0]
+        else:
+            name, sep, alias = uri.removeprefix("models:/").partition("@")
+            if sep:
+                found = client.get_model_version_by_alias(name, alias)
+            else:
+                name, _, number = name.partition("/")
+                found = client.get_model_version(name, number)
+            run_id = found.run_id
+        if not run_id:
+            raise RegistryError(f"train.init_from {uri}: the version links to no training run")
+        destination.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=CHECKPOINT_ARTIFACT,
+            dst_path=str(destination),
+            tracking_uri=config.mlflow_tracking_uri,
+        )
+    except MlflowException as e:
+        raise RegistryError(
+            f"train.init_from {uri}: no checkpoint in the registry at "
+            f"{config.mlflow_tracking_uri} ({e}); a run logs one since warm starts exist: "
+            "train again without train.init_from"
+        ) from e
+    return Path(local)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ def fetch_step(config: Config, out_dir: Path) -> dict[str, Any]:
         files = materialize_version(store, config.data.version, out_dir)
         return {
             "version": config.data.version,
-            "source": str(store.version_dir(config.data.version)),
+            "source": store.version_url(config.data.version),
             "sha256": read_info(store, config.data.version)["digest"],
             "files": files,
         }
@@ -152,7 +153,7 @@ def train_step(
         log_dataset_inputs,
     )
     from garbage.training.lineage import run_name as describe_run
-    from garbage.training.registry import configure_tracking
+    from garbage.training.registry import CHECKPOINT_ARTIFACT, checkpoint_of, configure_tracking
     from garbage.training.train import train_model
 
     manifest = read_manifest(manifest_csv)
@@ -174,14 +175,21 @@ def train_step(
             {**lineage_tags(code, data), "data.source": config.data.source, **(tags or {})}
         )
         log_dataset_inputs(manifest, data)
-        result = train_model(
-            config,
-            images_dir,
-            manifest_items(manifest, "train", config.data.classes),
-            manifest_items(manifest, "val", config.data.classes),
-            out_dir,
-            on_epoch=log_epoch,
-        )
+        with tempfile.TemporaryDirectory(prefix="garbage-init-") as downloads:
+            init = None
+            if config.train.init_from is not None:
+                init = checkpoint_of(config, config.train.init_from, Path(downloads))
+                mlflow.set_tag("train.init_from", config.train.init_from)
+            result = train_model(
+                config,
+                images_dir,
+                manifest_items(manifest, "train", config.data.classes),
+                manifest_items(manifest, "val", config.data.classes),
+                out_dir,
+                on_epoch=log_epoch,
+                init_checkpoint=init,
+            )
+        mlflow.log_artifact(str(result.checkpoint), str(Path(CHECKPOINT_ARTIFACT).parent))
         summary = {
             "run_id": run.info.run_id,
             "best_epoch": result.best_epoch,

@@ -150,6 +150,23 @@ def save_checkpoint(
     torch.save({"state_dict": model.state_dict(), **json.loads(json.dumps(facts))}, path)
 
 
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, read with ``weights_only=True`` (tensors and plain values)."""
+    try:
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, which could run code "
+            f"when loaded: refused ({str(e).splitlines()[0]}). Use a checkpoint written by "
+            "`garbage pipeline run` (save_checkpoint), or train again"
+        ) from e
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint written by save_checkpoint")
+    return state
+
+
 def load_checkpoint(path: Path) -> tuple[GarbageClassifier, dict[str, Any]]:
     """Rebuild the classifier from a checkpoint written by :func:`save_checkpoint`.
 
@@ -159,16 +176,7 @@ def load_checkpoint(path: Path) -> tuple[GarbageClassifier, dict[str, Any]]:
     Raises:
         CheckpointError: Unreadable, holding other objects, or missing a field.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values, which could run code "
-            f"when loaded: refused ({str(e).splitlines()[0]}). Use a checkpoint written by "
-            "`garbage pipeline run` (save_checkpoint), or train again"
-        ) from e
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    state = _read_checkpoint(path)
     try:
         spec = state["model"]
         model = build_model(
@@ -187,6 +195,32 @@ def load_checkpoint(path: Path) -> tuple[GarbageClassifier, dict[str, Any]]:
     return model, state
 
 
+def start_from(model: GarbageClassifier, path: Path, backbone: str, classes: Sequence[str]) -> int:
+    """Load the weights of a checkpoint into ``model`` (a warm start).
+
+    Returns:
+        The number of tensors loaded.
+
+    Raises:
+        CheckpointError: Unreadable, or of another backbone or other classes.
+    """
+    state = _read_checkpoint(path)
+    theirs = (
+        state.get("model", {}).get("backbone") if isinstance(state.get("model"), dict) else None
+    )
+    if theirs != backbone or state.get("classes") != list(classes):
+        raise CheckpointError(
+            f"cannot start from {path}: it is a {theirs} for classes {state.get('classes')}, "
+            f"this run trains a {backbone} for {list(classes)}; unset train.init_from or "
+            "match model.backbone and data.classes"
+        )
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"cannot start from {path}: its weights do not fit ({e})") from e
+    return len(state["state_dict"])
+
+
 def train_model(
     config: Config,
     images_root: Path,
@@ -194,6 +228,7 @@ def train_model(
     val_items: Sequence[tuple[str, int]],
     out_dir: Path,
     on_epoch: EpochCallback | None = None,
+    init_checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train the configured model and write ``best.pt`` into ``out_dir``.
 
@@ -213,6 +248,11 @@ def train_model(
         on_epoch: Called after every epoch with the epoch number and its metrics (the
             ``val_*`` ones from ``train.validate_from`` on); when it returns True, training stops
             after that epoch and the best checkpoint so far stays.
+        init_checkpoint: A checkpoint of the same backbone and classes to start from (a warm
+            start, ``train.init_from``) instead of the backbone's pretrained weights.
+
+    Raises:
+        CheckpointError: ``init_checkpoint`` is unreadable or does not fit.
     """
     tc, mc = config.train, config.model
     classes = config.data.classes
@@ -239,7 +279,10 @@ def train_model(
         pretrained=mc.pretrained,
         weights_path=mc.weights_path,
         dropout=mc.dropout,
-    ).to(device)
+    )
+    if init_checkpoint is not None:
+        start_from(model, init_checkpoint, mc.backbone, classes)
+    model = model.to(device)
     model.freeze_early_stages(tc.freeze_stages)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -8,9 +8,10 @@ was given, ISO 8601 UTC; empty for an image of an archive or folder, whose label
 ``path`` (:func:`version_digest`), so the same images, labels, sources, times and splits always
 make the same name, and any change of a label or a split makes another.
 
-**Where.** Under a datasets root (``data.datasets_root``, default ``<work_dir>/datasets``), a
-local folder for now (:class:`DatasetStore` is the one place that does I/O, so an ``s3://`` root
-can follow)::
+**Where.** Under a datasets root (``data.datasets_root``, default ``<work_dir>/datasets``): a
+local folder, an S3-compatible bucket (``s3://garbage-datasets/``, MinIO on the cluster; the
+endpoint from ``AWS_ENDPOINT_URL``, the keys from botocore's variables) or any other URL fsspec
+opens (``memory://`` in tests). :class:`DatasetStore` is the one place that does I/O::
 
     <root>/images/<sha[:2]>/<sha>.<ext>          each image once, shared by every version
     <root>/versions/<name>/manifest.csv          the rows
@@ -18,8 +19,10 @@ can follow)::
                                                  time, counts per source/split/class, changes
                                                  versus the parent, the code version
 
-A version is written into a temporary folder and renamed into place, so it appears whole or not
-at all; writing a version that exists already writes nothing, and a version never changes.
+A version exists when its ``version.json`` does, so it appears whole or not at all: on a local
+disk it is written into a temporary folder and renamed into place; on object storage, which has
+no rename, its other files are written first and ``version.json`` last. Writing a version that
+exists already writes nothing, and a version never changes.
 
 **Sources combined** (:func:`build_version`): any folder of class folders or archive
 (:func:`load_source`: the TrashNet archive, a local path, http(s) or s3://) and labelled images
@@ -102,65 +105,371 @@ class VersionNotFoundError(DatasetVersionError, LookupError):
     """No dataset version of that name is stored under the datasets root."""
 
 
+class DatasetStoreError(DatasetVersionError):
+    """The datasets root cannot be opened, read or written; the message names it."""
+
+
+class UnsupportedLocationError(DatasetStoreError):
+    """The datasets root's URL has a protocol fsspec does not know, or its library is missing."""
+
+
+class StoreUnreachableError(DatasetStoreError):
+    """The object store does not answer, or its bucket does not exist."""
+
+
+class StoreCredentialsError(DatasetStoreError):
+    """The object store refused the credentials, or there are none."""
+
+
 # --------------------------------------------------------------------------------------------
 # Storage: the one place that reads and writes the datasets root.
 
+#: The S3 endpoint (MinIO's URL on the cluster); the keys are botocore's usual variables.
+ENDPOINT_ENV = "AWS_ENDPOINT_URL"
+_S3_PROTOCOLS = ("s3", "s3a")
+#: s3fs settings unless storage options say otherwise: fail within seconds when the endpoint is
+#: down instead of retrying for minutes, and list afresh each time (other pods write versions).
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}},
+    "use_listings_cache": False,
+}
+_CREDENTIAL_ERRORS = frozenset(
+    {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"}
+)
+_CONNECTION_ERRORS = frozenset(
+    {
+        "ConnectionError",  # botocore's and the builtin one
+        "TimeoutError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ClientConnectionError",  # aiohttp's
+    }
+)
+
+
+def _storage_options(
+    protocol: str, options: Mapping[str, Any] | None, environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """The fsspec options for ``protocol``: ``options`` over S3's defaults and endpoint.
+
+    The same conventions as the collector's image store (``monitoring/images.py``), which this
+    package may not import.
+    """
+    merged = dict(options or {})
+    if protocol in _S3_PROTOCOLS:
+        for key, value in S3_DEFAULTS.items():
+            merged.setdefault(key, value)
+        endpoint = environ.get(ENDPOINT_ENV)
+        client_kwargs = merged.get("client_kwargs") or {}
+        if endpoint and "endpoint_url" not in merged and "endpoint_url" not in client_kwargs:
+            merged["endpoint_url"] = endpoint
+    return merged
+
+
+def _names(error: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(error).__mro__}
+
 
 class DatasetStore:
-    """The datasets root: the shared image folder and the version folders (a local folder).
+    """The datasets root: the shared images and the versions, in a folder or a bucket.
+
+    The root is any URL fsspec opens: a local folder (a path or ``file://...``), an
+    S3-compatible bucket (``s3://bucket/prefix``, through s3fs; the endpoint comes from
+    ``AWS_ENDPOINT_URL`` and the keys from botocore's ``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, or from storage options), or anything else fsspec knows
+    (``memory://`` in tests).
+
+    A version exists when, and only when, its ``version.json`` does: on a local disk a version
+    is written into a hidden staging folder and renamed into place; on object storage, which
+    cannot rename, every other file is written first and ``version.json`` last. A version
+    folder without ``version.json`` (a write that stopped halfway) is invisible and is written
+    over by the next build of that version.
 
     Attributes:
         location: The root as given.
-        root: The local folder.
+        root: The root's path inside its filesystem (a local folder's path; ``bucket/prefix``
+            for S3).
+        fs: The fsspec filesystem of the root.
     """
 
-    def __init__(self, location: str | Path) -> None:
-        """Open the datasets root at ``location`` (created on the first write).
+    def __init__(
+        self,
+        location: str | Path,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """Open the datasets root at ``location`` (created on the first write; no I/O here).
+
+        Args:
+            location: A folder (path or ``file://``), ``s3://bucket/prefix`` or another fsspec
+                URL.
+            storage_options: fsspec options for the filesystem (for S3: ``endpoint_url``,
+                ``key``, ``secret``, ``client_kwargs``...); for S3 the endpoint defaults to
+                ``$AWS_ENDPOINT_URL`` and the keys to botocore's environment variables.
+            environ: The environment to read ``AWS_ENDPOINT_URL`` from (default ``os.environ``).
 
         Raises:
-            DatasetVersionError: ``location`` is a URL other than ``file://`` (not supported yet).
+            UnsupportedLocationError: fsspec knows no such protocol, its library is missing
+                (s3fs for ``s3://``), or an ``s3://`` URL names no bucket.
         """
         text = str(location)
-        if "://" in text and not text.startswith("file://"):
-            raise DatasetVersionError(
-                f"datasets root {text}: only a local folder is supported yet (an s3:// root "
-                "will follow); set data.datasets_root to a folder"
-            )
         self.location = text
-        self.root = Path(text.removeprefix("file://")).expanduser()
+        self._protocol = text.split("://", 1)[0].lower() if "://" in text else "file"
+        self._local = self._protocol in ("file", "local")
+        self._checked = False
+        if self._local:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._folder = Path(re.sub(r"^(file|local)://", "", text)).expanduser()
+            self.root = str(self._folder)
+            self.fs: Any = LocalFileSystem()
+            return
+        import fsspec
+
+        environ = os.environ if environ is None else environ
+        options = _storage_options(self._protocol, storage_options, environ)
+        try:
+            fs, root = fsspec.core.url_to_fs(text, **options)
+        except ImportError as e:
+            raise UnsupportedLocationError(
+                f"cannot open the datasets root {text}: {e} (s3:// needs the s3fs package: "
+                "pip install s3fs)"
+            ) from e
+        except ValueError as e:
+            raise UnsupportedLocationError(
+                f"cannot open the datasets root {text}: {e}; set data.datasets_root to a "
+                "folder, file://... or s3://bucket/prefix"
+            ) from e
+        self.fs = fs
+        self.root = str(root).rstrip("/")
+        if self._protocol in _S3_PROTOCOLS and not self.root:
+            raise UnsupportedLocationError(
+                f"the datasets root {text} names no bucket; set data.datasets_root to "
+                "s3://BUCKET or s3://BUCKET/PREFIX"
+            )
 
     def __repr__(self) -> str:
         return f"DatasetStore({self.location!r})"
 
+    # -- locations ---------------------------------------------------------------------------
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the root is a folder on this machine (then :attr:`images_dir` works)."""
+        return self._local
+
+    def url_of(self, path: str = "") -> str:
+        """The full URL of ``path`` under the root (``s3://bucket/prefix/versions/...``).
+
+        A local root gives a ``file://`` URL of the absolute path. For text that tells people
+        where something lies (a lineage ``source`` field); read and write through the methods.
+
+        Args:
+            path: Relative to the root: ``versions/<name>``, ``images/ab/ab....jpg``; empty for
+                the root itself.
+        """
+        if self._local:
+            full = self._folder.absolute() / path if path else self._folder.absolute()
+            return f"file://{full}"
+        return str(self.fs.unstrip_protocol(self._key(path) if path else self.root))
+
+    def version_url(self, name: str) -> str:
+        """The URL of version ``name``'s folder (:meth:`url_of` of ``versions/<name>``)."""
+        return self.url_of(f"versions/{name}")
+
     @property
     def images_dir(self) -> Path:
-        """The shared, content-addressed image folder."""
-        return self.root / "images"
+        """The shared, content-addressed image folder of a local root.
+
+        Raises:
+            DatasetStoreError: The root is not local (use :meth:`url_of` for its location).
+        """
+        return self._local_folder("images")
 
     def version_dir(self, name: str) -> Path:
-        """The folder of version ``name``."""
-        return self.root / "versions" / name
+        """The folder of version ``name`` under a local root.
+
+        Raises:
+            DatasetStoreError: The root is not local (use :meth:`version_url` for its
+                location).
+        """
+        return self._local_folder("versions") / name
+
+    def _local_folder(self, name: str) -> Path:
+        if not self._local:
+            raise DatasetStoreError(
+                f"the datasets root {self.location} is not a local folder: it has no local "
+                f"{name} folder; use url_of()/version_url() for a location, read_image() and "
+                "read_text() for contents"
+            )
+        return self._folder / name
+
+    def _key(self, path: str) -> str:
+        """``path`` (relative to the root) as a path of the root's filesystem."""
+        return f"{self.root}/{path}"
+
+    @staticmethod
+    def _relative(path: str) -> str:
+        parts = path.replace("\\", "/").split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise DatasetStoreError(
+                f"{path!r} is not a path relative to the datasets root: give parts such as "
+                "retrains/<name>.json, without '..', '.' or a leading '/'"
+            )
+        return path
+
+    # -- object storage: errors and the one bucket check -------------------------------------
+
+    def _fail(self, what: str, error: BaseException) -> DatasetStoreError:
+        """The error to raise when ``what`` failed on object storage with ``error``."""
+        names = _names(error)
+        detail = f"{error.__class__.__name__}: {error}"
+        if names & _CREDENTIAL_ERRORS or isinstance(error, PermissionError):
+            return StoreCredentialsError(
+                f"cannot {what} in the datasets root {self.location}: {detail}; the store "
+                "refused the credentials or there are none: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (on the cluster: the Secret of the MinIO user) and check "
+                "the user's policy on the bucket"
+            )
+        if names & _CONNECTION_ERRORS:
+            return StoreUnreachableError(
+                f"cannot {what} in the datasets root {self.location}: {detail}; the object "
+                f"store does not answer: check {ENDPOINT_ENV} (MinIO's URL on the cluster) and "
+                "that the store is up"
+            )
+        return DatasetStoreError(f"cannot {what} in the datasets root {self.location}: {detail}")
+
+    def _check(self) -> None:
+        """Check once that an S3 root's bucket exists and answers (before the first I/O).
+
+        Without this a missing bucket would look like an empty store, and a build would fail
+        only at its first upload.
+
+        Raises:
+            StoreUnreachableError: The endpoint does not answer or the bucket does not exist.
+            StoreCredentialsError: The credentials are missing or refused.
+        """
+        if self._checked or self._local:
+            return
+        call = getattr(self.fs, "call_s3", None)
+        if self._protocol in _S3_PROTOCOLS and call is not None:
+            bucket = self.root.split("/", 1)[0]
+            endpoint = getattr(self.fs, "endpoint_url", None) or "of AWS"
+            try:
+                call("head_bucket", Bucket=bucket)
+            except FileNotFoundError as e:
+                raise StoreUnreachableError(
+                    f"the bucket {bucket} of the datasets root {self.location} does not exist "
+                    f"at the endpoint {endpoint}: create it (on the cluster the Job "
+                    "minio-buckets does) or fix data.datasets_root"
+                ) from e
+            except Exception as e:  # botocore's errors are no OSError
+                raise self._fail(f"reach the bucket {bucket}", e) from e
+        self._checked = True
+
+    def _exists(self, path: str) -> bool:
+        """Whether the file ``path`` (relative to the root) exists."""
+        if self._local:
+            return (self._folder / path).is_file()
+        self._check()
+        try:  # not fs.isfile: it answers False for any error, credentials and timeouts too
+            return bool(self.fs.info(self._key(path))["type"] == "file")
+        except FileNotFoundError:
+            return False
+        except Exception as e:  # fsspec backends raise their own types
+            raise self._fail(f"look up {path}", e) from e
+
+    def _read(self, path: str) -> bytes:
+        """The bytes of ``path`` on object storage.
+
+        Raises:
+            FileNotFoundError: It does not exist.
+            DatasetStoreError: The store cannot be read.
+        """
+        self._check()
+        try:
+            return bytes(self.fs.cat_file(self._key(path)))
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # fsspec backends raise their own types
+            raise self._fail(f"read {path}", e) from e
+
+    def _write(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` on object storage: one PUT, atomic there."""
+        self._check()
+        try:
+            self.fs.pipe_file(self._key(path), data)
+        except Exception as e:  # fsspec backends raise their own types
+            raise self._fail(f"write {path}", e) from e
+
+    def _create(self, path: str, data: bytes) -> bool:
+        """Write ``data`` to ``path`` on object storage unless it exists; whether it wrote.
+
+        A conditional PUT (``If-None-Match: *``, fsspec's ``mode="create"``) where the store
+        honours it (AWS S3, recent MinIO, s3fs >= 2024.12): then two writers cannot both win.
+        A store that ignores the condition overwrites: the existence check before it is all
+        that remains, best effort.
+        """
+        if self._exists(path):
+            return False
+        try:
+            self.fs.pipe_file(self._key(path), data, mode="create")
+        except FileExistsError:
+            return False
+        except Exception as e:  # fsspec backends raise their own types
+            if isinstance(e, OSError) and self._exists(path):  # a 412 without its condition
+                return False
+            raise self._fail(f"write {path}", e) from e
+        return True
+
+    # -- images ------------------------------------------------------------------------------
 
     def has_image(self, path: str) -> bool:
-        """Whether the image at ``path`` (relative to the image folder) is stored."""
-        return (self.images_dir / path).is_file()
+        """Whether the image at ``path`` (relative to the image folder) is stored.
+
+        Raises:
+            DatasetStoreError: The object store cannot be read.
+        """
+        return self._exists(f"images/{path}")
 
     def read_image(self, path: str) -> bytes:
         """The bytes of the image at ``path``.
 
         Raises:
-            DatasetVersionError: It is missing or unreadable.
+            DatasetVersionError: It is missing or unreadable (:class:`DatasetStoreError` when the
+                object store cannot be read).
         """
+        if not self._local:
+            try:
+                return self._read(f"images/{path}")
+            except FileNotFoundError as e:
+                raise DatasetVersionError(
+                    f"image {path} is missing from the datasets root {self.location}: {e}"
+                ) from e
         try:
-            return (self.images_dir / path).read_bytes()
+            return (self._folder / "images" / path).read_bytes()
         except OSError as e:
             raise DatasetVersionError(
                 f"image {path} is missing from the datasets root {self.location}: {e}"
             ) from e
 
     def put_image(self, path: str, data: bytes) -> bool:
-        """Store ``data`` at ``path`` unless it is there; atomic. Returns whether it wrote."""
-        target = self.images_dir / path
+        """Store ``data`` at ``path`` unless it is there; atomic. Returns whether it wrote.
+
+        On a local disk: a temporary file in the same folder, then a rename. On object storage:
+        one PUT, atomic there.
+
+        Raises:
+            DatasetStoreError: The object store cannot be written.
+        """
+        if not self._local:
+            if self.has_image(path):
+                return False
+            self._write(f"images/{path}", data)
+            return True
+        target = self._folder / "images" / path
         if target.is_file():
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -174,14 +483,35 @@ class DatasetStore:
             raise
         return True
 
+    # -- versions ----------------------------------------------------------------------------
+
     def publish(self, name: str, files: Mapping[str, str]) -> bool:
-        """Write a version's files into a temporary folder and rename it into place.
+        """Write a version's files so that it appears whole or not at all.
+
+        Local: into a hidden staging folder, renamed into place. Object storage: every file but
+        ``version.json`` first, then ``version.json`` (by a conditional PUT where the store
+        honours it, so two builds of the same version cannot both write it).
+
+        Args:
+            name: The version's name.
+            files: File name to text; must hold ``version.json``.
 
         Returns:
             False when the version exists already (nothing is written), else True.
+
+        Raises:
+            DatasetVersionError: ``files`` has no ``version.json``.
+            DatasetStoreError: The object store cannot be written.
         """
+        if INFO_FILENAME not in files:
+            raise DatasetVersionError(
+                f"version {name} has no {INFO_FILENAME}: a version exists only with it; pass "
+                f"it among the files ({', '.join(files) or 'none given'})"
+            )
+        if not self._local:
+            return self._publish_objects(name, files)
         target = self.version_dir(name)
-        if target.exists():
+        if (target / INFO_FILENAME).is_file():
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.parent / f".{name}-{uuid.uuid4().hex[:8]}"
@@ -190,37 +520,157 @@ class DatasetStore:
             for filename, text in files.items():
                 (staging / filename).write_text(text)
             try:
-                staging.rename(target)
+                self._rename_into_place(staging, target)
             except OSError:
-                if target.exists():  # written at the same time by another build: same content
+                if (target / INFO_FILENAME).is_file():  # written at the same time: same content
                     return False
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return True
 
+    @staticmethod
+    def _rename_into_place(staging: Path, target: Path) -> None:
+        """Rename ``staging`` to ``target``, first moving aside a ``target`` left unfinished."""
+        try:
+            staging.rename(target)
+            return
+        except OSError:
+            if not target.is_dir() or (target / INFO_FILENAME).is_file():
+                raise
+        stale = target.parent / f".{target.name}-stale-{uuid.uuid4().hex[:8]}"
+        target.rename(stale)  # a folder without version.json: invisible, replaced
+        shutil.rmtree(stale, ignore_errors=True)
+        staging.rename(target)
+
+    def _publish_objects(self, name: str, files: Mapping[str, str]) -> bool:
+        base = f"versions/{name}"
+        if self._exists(f"{base}/{INFO_FILENAME}"):
+            return False
+        for filename, text in files.items():
+            if filename != INFO_FILENAME:
+                self._write(f"{base}/{filename}", text.encode())
+        return self._create(f"{base}/{INFO_FILENAME}", files[INFO_FILENAME].encode())
+
     def read_text(self, name: str, filename: str) -> str:
         """A file of version ``name``.
 
         Raises:
-            VersionNotFoundError: No such version.
+            VersionNotFoundError: No such version (no ``version.json``).
+            DatasetVersionError: The version exists but lacks ``filename``.
+            DatasetStoreError: The object store cannot be read.
         """
-        path = self.version_dir(name) / filename
+        path = f"versions/{name}/{filename}"
+        if filename != INFO_FILENAME and not self._exists(f"versions/{name}/{INFO_FILENAME}"):
+            raise self._not_found(name)
         try:
-            return path.read_text()
+            if self._local:
+                return (self._folder / path).read_text()
+            return self._read(path).decode()
         except FileNotFoundError as e:
-            known = ", ".join(self.names()) or "none yet"
-            raise VersionNotFoundError(
-                f"no dataset version {name} under {self.location} (versions: {known}); "
-                "build one with `garbage data build`"
+            if filename == INFO_FILENAME:
+                raise self._not_found(name) from e
+            raise DatasetVersionError(
+                f"version {name} under {self.location} lacks its {filename} (the datasets "
+                "root is damaged); rebuild the version from its sources"
             ) from e
 
+    def _not_found(self, name: str) -> VersionNotFoundError:
+        known = ", ".join(self.names()) or "none yet"
+        return VersionNotFoundError(
+            f"no dataset version {name} under {self.location} (versions: {known}); "
+            "build one with `garbage data build`"
+        )
+
     def names(self) -> list[str]:
-        """The names of the stored versions, sorted."""
-        folder = self.root / "versions"
-        if not folder.is_dir():
+        """The names of the stored versions (those with a ``version.json``), sorted.
+
+        Raises:
+            DatasetStoreError: The object store cannot be listed.
+        """
+        if self._local:
+            folder = self._folder / "versions"
+            if not folder.is_dir():
+                return []
+            return sorted(
+                p.name
+                for p in folder.iterdir()
+                if NAME_PATTERN.fullmatch(p.name) and (p / INFO_FILENAME).is_file()
+            )
+        self._check()
+        try:
+            found = self.fs.glob(self._key(f"versions/*/{INFO_FILENAME}"))
+        except FileNotFoundError:
             return []
-        return sorted(p.name for p in folder.iterdir() if NAME_PATTERN.fullmatch(p.name))
+        except Exception as e:  # fsspec backends raise their own types
+            raise self._fail("list the versions", e) from e
+        names = {str(p).rstrip("/").rsplit("/", 2)[-2] for p in found}
+        return sorted(n for n in names if NAME_PATTERN.fullmatch(n))
+
+    # -- other files under the root ----------------------------------------------------------
+
+    def read_file(self, path: str) -> str | None:
+        """The text of ``path`` (relative to the root: ``retrains/<name>.json``); None if absent.
+
+        Raises:
+            DatasetStoreError: ``path`` leaves the root, or the object store cannot be read.
+        """
+        self._relative(path)
+        if not self._local:
+            try:
+                return self._read(path).decode()
+            except FileNotFoundError:
+                return None
+        try:
+            return (self._folder / path).read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_file(self, path: str, text: str, *, exclusive: bool = False) -> bool:
+        """Write ``text`` to ``path`` (relative to the root), atomically.
+
+        Local: a temporary file and a rename; exclusive: created with ``O_EXCL``, so two
+        writers cannot both win. Object storage: one PUT; exclusive: an existence check, then a
+        conditional PUT (``If-None-Match: *``) that AWS S3 and recent MinIO enforce; a store
+        that ignores the condition leaves only the check, which two writers at the same moment
+        can both pass (best effort there).
+
+        Args:
+            path: The file, relative to the root.
+            text: Its new contents.
+            exclusive: Write only if the file does not exist (a claim two writers cannot both
+                win, where the store enforces it).
+
+        Returns:
+            False when ``exclusive`` and the file exists (nothing is written), else True.
+
+        Raises:
+            DatasetStoreError: ``path`` leaves the root, or the object store cannot be written.
+        """
+        self._relative(path)
+        if not self._local:
+            if exclusive:
+                return self._create(path, text.encode())
+            self._write(path, text.encode())
+            return True
+        target = self._folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if exclusive:
+            try:
+                with target.open("x") as out:
+                    out.write(text)
+            except FileExistsError:
+                return False
+            return True
+        handle, temporary = tempfile.mkstemp(prefix=".incoming-", dir=target.parent)
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(text)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return True
 
 
 def datasets_root(config: Config) -> str:

@@ -144,9 +144,17 @@ def test_train_step_puts_the_lineage_on_its_run(
     from garbage.training.train import TrainResult
 
     def fake_train(
-        config: Config, images: Path, items: Any, val: Any, out: Path, on_epoch: Any
+        config: Config,
+        images: Path,
+        items: Any,
+        val: Any,
+        out: Path,
+        on_epoch: Any,
+        init_checkpoint: Path | None = None,
     ) -> TrainResult:
         on_epoch(1, {"val_macro_f1": 0.5})
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "best.pt").write_bytes(b"stand-in checkpoint")
         return TrainResult(
             checkpoint=out / "best.pt",
             best_epoch=1,

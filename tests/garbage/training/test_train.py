@@ -200,3 +200,24 @@ def test_validation_starts_after_the_configured_share_of_epochs(
 def test_a_scale_of_one_trains_at_the_served_size_whatever_its_sides() -> None:
     assert training_size(84, 112, 1.0) == (84, 112)  # 84 is no multiple of 8
     assert training_size(168, 224, 0.67) == (112, 152)
+
+
+def test_a_warm_start_begins_from_the_checkpoint_and_learns_faster(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    first = train_small(smoke_config, image_tree, tmp_path / "first")
+    cold = train_small(smoke_config, image_tree, tmp_path / "cold")
+    warm = train_small(
+        smoke_config, image_tree, tmp_path / "warm", init_checkpoint=first.checkpoint
+    )
+    assert warm.history[0]["train_loss"] < cold.history[0]["train_loss"]
+
+
+def test_a_warm_start_from_other_classes_is_refused(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    other = build_model(smoke_config.model.backbone, 2, pretrained=False)
+    path = tmp_path / "other.pt"
+    save_checkpoint(path, other, ["a", "b"], smoke_config, {})
+    with pytest.raises(CheckpointError, match="classes"):
+        train_small(smoke_config, image_tree, tmp_path / "out", init_checkpoint=path)

@@ -346,8 +346,19 @@ class FakeTraining:
         self.calls = 0
         self.learning_rates: list[float] = []
 
-    def __call__(self, config: Config, images_root, train_items, val_items, out_dir, on_epoch):
+    def __call__(
+        self,
+        config: Config,
+        images_root,
+        train_items,
+        val_items,
+        out_dir,
+        on_epoch,
+        init_checkpoint=None,
+    ):
         what = self.script[self.calls]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "best.pt").write_bytes(b"stand-in checkpoint")
         self.calls += 1
         self.learning_rates.append(config.train.learning_rate)
         assert train_items and val_items and (images_root / train_items[0][0]).is_file()

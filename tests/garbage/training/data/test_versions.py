@@ -290,8 +290,8 @@ def test_versions_are_listed_resolved_and_missing_ones_explained(
         resolve_version(store, "ds-000000000000")
     with pytest.raises(DatasetVersionError, match="ds-<12 hex digits>"):
         resolve_version(store, "newest")
-    with pytest.raises(DatasetVersionError, match="only a local folder"):
-        DatasetStore("s3://bucket/datasets")
+    with pytest.raises(DatasetVersionError, match="cannot open the datasets root nosuch://"):
+        DatasetStore("nosuch://bucket/datasets")  # s3:// is supported: test_dataset_store.py
 
 
 def test_source_specs() -> None:
