@@ -9,6 +9,7 @@ import typer
 from cli import data, pipeline
 from cli.deploy import deploy
 from cli.predict import predict
+from cli.retrain import retrain
 from cli.serve import serve
 from cli.train import train
 from cli.tune import tune
@@ -40,3 +41,4 @@ app.command("drift")(drift)
 app.command("review")(review)
 app.add_typer(labels_app, name="labels")
 app.command("deploy")(deploy)
+app.command("retrain")(retrain)

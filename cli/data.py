@@ -8,20 +8,22 @@ monitoring.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.options import ConfigOption, ProfileOption, SetOption, fail, load
 
 if TYPE_CHECKING:
-    from garbage.training.data.versions import LabelledImage
+    from garbage.core.config import Config
+    from garbage.training.data.versions import BuildResult, DatasetStore, LabelledImage
 
 app = typer.Typer(
     help="Fetch and validate the dataset; build, list and show dataset versions.",
@@ -87,6 +89,61 @@ FromOption = Annotated[
 ]
 
 
+#: Why a labelled row is left out, as ``skipped`` counts it.
+TOO_YOUNG = "label younger than the minimum label age"
+NO_IMAGE = "no stored image"
+DELETED = "image deleted from the image store"
+
+
+def _labelled_rows(
+    db: str, min_label_age: timedelta | None, skipped: Counter[str], now: datetime | None
+) -> Iterator[Any]:
+    """The store's labelled rows with an image and an old enough label, oldest label first."""
+    from monitoring.store import InferenceStore
+
+    store = InferenceStore(db, create=False)
+    try:
+        rows = store.load_window(
+            columns=["image_sha256", "true_label", "label_time"], labelled_only=True
+        )
+    finally:
+        store.close()
+    rows = rows.sort_values("label_time", kind="mergesort", na_position="first")
+    cutoff = None
+    if min_label_age is not None:
+        cutoff = (now or datetime.now(UTC).replace(tzinfo=None)) - min_label_age
+    for row in rows.itertuples(index=False):
+        if cutoff is not None and row.label_time is not None and row.label_time > cutoff:
+            skipped[TOO_YOUNG] += 1
+        elif not isinstance(row.image_sha256, str) or not row.image_sha256:
+            skipped[NO_IMAGE] += 1
+        else:
+            yield row
+
+
+def store_labels(
+    db: str,
+    image_store: str,
+    min_label_age: timedelta | None,
+    skipped: Counter[str],
+    now: datetime | None = None,
+) -> list[tuple[str, str]]:
+    """``(sha256, label)`` of the images :func:`store_images` takes, without reading them.
+
+    Same rules and the same ``skipped`` counts; oldest label first.
+    """
+    from monitoring.images import ImageStore
+
+    images = ImageStore(image_store)
+    labels = []
+    for row in _labelled_rows(db, min_label_age, skipped, now):
+        if images.exists(row.image_sha256):
+            labels.append((row.image_sha256, str(row.true_label)))
+        else:
+            skipped[DELETED] += 1
+    return labels
+
+
 def store_images(
     db: str,
     image_store: str,
@@ -98,7 +155,7 @@ def store_images(
     """The labelled images of the collector's store, as one source, one image at a time.
 
     Rows without a stored image, rows whose image retention deleted, and labels younger than
-    ``min_label_age`` are skipped and counted in ``skipped``.
+    ``min_label_age`` are skipped and counted in ``skipped``. Oldest label first.
 
     Args:
         db: The store's SQLAlchemy URL or SQLite path.
@@ -114,32 +171,90 @@ def store_images(
     """
     from garbage.training.data.versions import LabelledImage
     from monitoring.images import ImageNotFoundError, ImageStore
-    from monitoring.store import InferenceStore
 
-    store = InferenceStore(db, create=False)
-    try:
-        rows = store.load_window(
-            columns=["image_sha256", "true_label", "label_time"], labelled_only=True
-        )
-    finally:
-        store.close()
     images = ImageStore(image_store)
-    cutoff = None
-    if min_label_age is not None:
-        cutoff = (now or datetime.now(UTC).replace(tzinfo=None)) - min_label_age
-    for row in rows.itertuples(index=False):
-        if cutoff is not None and row.label_time is not None and row.label_time > cutoff:
-            skipped["label younger than --min-label-age"] += 1
-            continue
-        if not isinstance(row.image_sha256, str) or not row.image_sha256:
-            skipped["no stored image"] += 1
-            continue
+    for row in _labelled_rows(db, min_label_age, skipped, now):
         try:
             data = images.get(row.image_sha256)
         except ImageNotFoundError:
-            skipped["image deleted from the image store"] += 1
+            skipped[DELETED] += 1
             continue
         yield LabelledImage(data, row.true_label, source, row.label_time)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSource:
+    """The collector's store as a source of a dataset version.
+
+    Attributes:
+        db: The store's SQLAlchemy URL or SQLite path.
+        images: The image store's URL.
+        name: The source name its images get.
+        min_label_age: Only labels at least this old; None: all.
+    """
+
+    db: str
+    images: str
+    name: str
+    min_label_age: timedelta | None = None
+
+
+def build_from(
+    cfg: Config,
+    store: DatasetStore,
+    parent: str | None,
+    specs: list[str],
+    from_store: StoreSource | None,
+    skipped: Counter[str],
+    now: datetime | None = None,
+) -> tuple[BuildResult, int]:
+    """Build a dataset version: ``parent``'s images plus the sources ``specs`` and the store's.
+
+    Args:
+        cfg: The validated config.
+        store: The datasets root.
+        parent: The version this one extends; None for a first version.
+        specs: Sources as ``--from`` takes them.
+        from_store: The collector's store's labelled images; None: not taken.
+        skipped: Counts of the store's rows left out, by reason (filled).
+        now: The current time (naive UTC; default: now).
+
+    Returns:
+        The built version, and how many of the store's labelled images it took.
+
+    Raises:
+        DataFetchError: A source cannot be fetched.
+        DataValidationError: A source is not valid (the message names the files).
+        DatasetVersionError: A source name, the parent or the store is wrong.
+        StoreError: The collector's store cannot be read.
+        ImageStoreError: The image store cannot be read.
+        ValueError: A label time is not a time.
+    """
+    from garbage.training.data.versions import (
+        build_version,
+        check_source_name,
+        load_source,
+        parse_source_spec,
+        sources_from_labelled,
+    )
+
+    sources = [load_source(parse_source_spec(spec), cfg) for spec in specs]
+    with tempfile.TemporaryDirectory(prefix="garbage-labelled-") as staging:
+        taken = 0
+        if from_store is not None:
+            check_source_name(from_store.name)
+            items = store_images(
+                from_store.db,
+                from_store.images,
+                from_store.name,
+                from_store.min_label_age,
+                skipped,
+                now=now,
+            )
+            labelled = sources_from_labelled(items, cfg.data, Path(staging), location=from_store.db)
+            taken = sum(len(s.table) for s in labelled)
+            sources += labelled
+        return build_version(cfg, sources, parent, store=store), taken
 
 
 def _min_age(text: str | None) -> timedelta | None:
@@ -206,14 +321,9 @@ def build(
     from garbage.training.data.validate import DataValidationError
     from garbage.training.data.versions import (
         DatasetVersionError,
-        build_version,
-        check_source_name,
         describe_version,
-        load_source,
         open_store,
-        parse_source_spec,
         resolve_version,
-        sources_from_labelled,
     )
     from monitoring.images import ImageStoreError, default_image_store
     from monitoring.store import StoreError
@@ -223,25 +333,15 @@ def build(
         raise fail("nothing to build from: give --from (repeatable) and/or --from-store", code=2)
     age = _min_age(min_label_age)
     skipped: Counter[str] = Counter()
+    source = None
+    if from_store:
+        images = image_store or default_image_store(from_store, cfg.work_dir)
+        source = StoreSource(from_store, images, store_source, age)
     try:
         store = open_store(cfg)
-        parent_name = resolve_version(store, parent)
-        sources = [load_source(parse_source_spec(spec), cfg) for spec in from_ or []]
-        with tempfile.TemporaryDirectory(prefix="garbage-labelled-") as staging:
-            if from_store:
-                check_source_name(store_source)
-                items = store_images(
-                    from_store,
-                    image_store or default_image_store(from_store, cfg.work_dir),
-                    store_source,
-                    age,
-                    skipped,
-                )
-                labelled = sources_from_labelled(
-                    items, cfg.data, Path(staging), location=from_store
-                )
-                sources += labelled
-            result = build_version(cfg, sources, parent_name, store=store)
+        result, used = build_from(
+            cfg, store, resolve_version(store, parent), from_ or [], source, skipped
+        )
     except (
         DataFetchError,
         DataValidationError,
@@ -256,7 +356,6 @@ def build(
         return
     typer.echo(describe_version(result.info, created=result.created), nl=False)
     if from_store:
-        used = sum(len(s.table) for s in sources if s.kind == "labelled")
         detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())) or "none skipped"
         typer.echo(f"store {from_store}: {used} labelled images taken; {detail}")
 

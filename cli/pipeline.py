@@ -69,7 +69,7 @@ def compile_(
     """Compile the pipeline to KFP IR YAML, the config baked in as its default."""
     from pipelines.submit import SubmitError, compile_package
 
-    cfg = _cluster_config(config, _profile(profile, cpu_only), set_, tracking_uri)
+    cfg = _cluster_config(config, cluster_profile(profile, cpu_only), set_, tracking_uri)
     try:
         compile_package(output, cfg, cpu_only=cpu_only)
     except SubmitError as e:
@@ -127,7 +127,7 @@ def submit(
     """Start the train-to-deploy pipeline on a Kubeflow Pipelines cluster."""
     from pipelines.submit import SubmitError, submit_pipeline
 
-    cfg = _cluster_config(config, _profile(profile, cpu_only), set_, tracking_uri)
+    cfg = _cluster_config(config, cluster_profile(profile, cpu_only), set_, tracking_uri)
     try:
         result = submit_pipeline(
             host,
@@ -148,7 +148,7 @@ def submit(
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2))
 
 
-def _profile(profile: str | None, cpu_only: bool) -> str:
+def cluster_profile(profile: str | None, cpu_only: bool) -> str:
     """The gpu profile asks for CUDA; a CPU-only cluster gets the default profile unless told."""
     return profile or ("default" if cpu_only else "gpu")
 

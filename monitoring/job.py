@@ -5,6 +5,9 @@ so it runs unchanged from the CLI (``garbage drift``, which resolves model and r
 with the config first), a Kubernetes CronJob and a KFP component. The model folder supplies the
 class names, the predictions of an image folder's class mix and, by default, the reference
 profile (a registered model version carries it).
+
+:func:`drift_flags` decides several consecutive windows of the store the same way, without
+reports or metrics: ``garbage retrain`` asks it whether the last windows all drifted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -186,3 +190,85 @@ def run_drift_job(
     summary["pushed"] = pushed
     (out / "drift_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+@dataclass(frozen=True)
+class DriftWindow:
+    """The drift verdict of one window of the store.
+
+    Attributes:
+        start: Where the window starts (inclusive; naive UTC).
+        end: Where it ends (exclusive; naive UTC).
+        rows: Rows the store logged in it.
+        drifted: Whether it drifted; False when it had too few usable rows to judge.
+        reason: The verdict in words (:meth:`monitoring.drift.DriftResult.verdict`): which
+            columns drifted, or that there was not enough traffic for a verdict.
+    """
+
+    start: datetime
+    end: datetime
+    rows: int
+    drifted: bool
+    reason: str
+
+
+def drift_flags(
+    db_url: str,
+    model_dir: str | Path,
+    *,
+    window: str,
+    count: int,
+    reference: str | Path | None = None,
+    now: datetime | None = None,
+    settings: DriftSettings | None = None,
+) -> list[DriftWindow]:
+    """Judge ``count`` consecutive windows of the store against the reference; newest first.
+
+    The windows are ``[now - window, now)``, ``[now - 2 window, now - window)`` and so on, each
+    decided as :func:`run_drift_job` decides one (no reports, no metrics). A window with fewer
+    usable rows than ``settings.min_window`` counts as not drifted, and its reason says so.
+
+    Args:
+        db_url: The collector's store (SQLAlchemy URL or SQLite path).
+        model_dir: The model's folder: its classes and, by default, its reference profile.
+        window: The length of one window (``30m``, ``24h``, ``7d``).
+        count: How many windows, at least 1.
+        reference: A reference profile file instead of the model's own.
+        now: The end of the newest window (naive UTC; default: now).
+        settings: Drift tests and thresholds.
+
+    Returns:
+        One :class:`DriftWindow` per window, the newest first.
+
+    Raises:
+        DriftJobError: ``window`` is not a duration, or ``count`` is below 1.
+        garbage.core.classifier.ModelLoadError: No usable model in ``model_dir``.
+        monitoring.reference.ReferenceProfileError: The reference cannot be found or read.
+        monitoring.drift.DriftInputError: The reference and the windows cannot be compared.
+        monitoring.store.StoreError: The store cannot be read.
+    """
+    if count < 1:
+        raise DriftJobError(f"count {count}: judge at least one window")
+    try:
+        span = parse_window(window)
+    except ValueError as e:
+        raise DriftJobError(str(e)) from e
+    classifier = OnnxClassifier.load(Path(model_dir), device="cpu")
+    ref = load_reference(Path(reference) if reference else model_reference(Path(model_dir)))
+    end = now or datetime.now(UTC).replace(tzinfo=None)
+    store = InferenceStore(db_url, create=False)
+    try:
+        rows = store.load_window(since=end - count * span, until=end, columns=WINDOW_COLUMNS)
+    finally:
+        store.close()
+    times = pd.to_datetime(rows["ts"])
+    flags = []
+    for index in range(count):
+        stop = end - index * span
+        start = stop - span
+        current = rows[(times >= start) & (times < stop)].reset_index(drop=True)
+        result = compute_drift(ref, current, settings, classes=classifier.classes)
+        flags.append(
+            DriftWindow(start, stop, len(current), result.drift_detected, result.verdict())
+        )
+    return flags

@@ -99,6 +99,21 @@ def _with_mlflow_login(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+#: The Secret (namespace kubeflow) with MinIO's read-only key for the dataset versions (bucket
+#: garbage-datasets, user garbage-datasets-reader) and the endpoint: the steps that read
+#: ``data.datasets_root`` (scripts/kind/secrets.sh creates it).
+DATASETS_SECRET = "garbage-pipeline-datasets"
+DATASETS_LOGIN = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL")
+
+
+def _with_datasets_reader(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Give a step that reads a dataset version the read-only datasets key (kfp.local: ignored)."""
+    kubernetes.use_secret_as_env(
+        task, secret_name=DATASETS_SECRET, secret_key_to_env={key: key for key in DATASETS_LOGIN}
+    )
+    return task
+
+
 def _small(task: dsl.PipelineTask, memory: str = "2G") -> dsl.PipelineTask:
     task.set_cpu_request("500m").set_cpu_limit("2")
     task.set_memory_request(memory).set_memory_limit(memory)
@@ -135,11 +150,13 @@ def build_pipeline(train_resources: TrainResources = GPU_CLUSTER) -> GraphCompon
         """
         fetch = _small(fetch_data(config_json=config_json)).set_retry(2)
         fetch.set_display_name("fetch data")
+        _with_datasets_reader(fetch)
         images = fetch.outputs["images"]
         validate = _small(validate_data(config_json=config_json, images=images))
         validate.set_display_name("validate data")
         split = _small(split_data(config_json=config_json, table=validate.outputs["table"]))
         split.set_display_name("split data")
+        _with_datasets_reader(split)
         data = {"images": images, "manifest": split.outputs["manifest"]}
         train = train_resources.apply(train_model(config_json=config_json, **data))
         train.set_display_name("train").set_retry(1)

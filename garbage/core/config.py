@@ -246,6 +246,67 @@ class CardConfig(_Section):
         return value
 
 
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?[smhdwSMHDW]$"
+"""A duration as the monitoring windows take it: 30m, 24h, 7d."""
+
+
+class RetrainConfig(_Section):
+    """When ``garbage retrain`` retrains, on which data, and how (how-to: adapt to a site)."""
+
+    min_new_labels: int = Field(
+        100,
+        ge=1,
+        description="A retrain is due once this many labelled images are new: not in the "
+        "champion's dataset version, or there with another label.",
+    )
+    drift_windows: int = Field(
+        3,
+        ge=1,
+        description="A retrain is due when this many consecutive drift windows (the newest "
+        "ones) all drifted.",
+    )
+    drift_window: str = Field(
+        "24h", pattern=DURATION_PATTERN, description="Length of one drift window (30m, 24h, 7d)."
+    )
+    store_source: str = Field(
+        "site",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="Source name of the collector's labelled images in the new dataset version "
+        "(its own test slice, gated on its own).",
+    )
+    min_label_age: str | None = Field(
+        None,
+        pattern=DURATION_PATTERN,
+        description="Labels younger than this wait for the next retrain (time to correct them); "
+        "default: every label counts at once.",
+    )
+    base_sources: list[str] = Field(
+        default_factory=lambda: ["trashnet"],
+        description="Sources of the first dataset version when none exists yet (as garbage data "
+        "build --from takes them); later versions inherit their parent's images.",
+    )
+    warm_start: bool = Field(
+        True, description="Start from the champion's weights (train.init_from) when one serves."
+    )
+    train: dict[str, Any] = Field(
+        default_factory=lambda: {"epochs": 6, "learning_rate": 1e-3, "warmup_epochs": 0},
+        description="Train settings a retrain applies over the train section (a warm start "
+        "needs fewer epochs and a smaller learning rate than training from ImageNet weights).",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(), value))
+        except ValidationError as e:
+            reasons = "; ".join(
+                f"train.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+            )
+            raise ValueError(f"not valid train settings: {reasons}") from e
+        return value
+
+
 class FloatParam(_Section):
     """A float of the search space: uniform on ``[low, high]``, or log-uniform with ``log``."""
 
@@ -428,6 +489,7 @@ class Config(_Section):
     registry: RegistryConfig = RegistryConfig()
     card: CardConfig = CardConfig()
     tune: TuneConfig = TuneConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> Config:
@@ -468,11 +530,15 @@ def _profile_yaml(name: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied: nested mappings merged key by key, other values replaced.
+
+    Neither argument is changed.
+    """
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -518,7 +584,7 @@ def load_config(
     env = os.environ if environ is None else environ
     tree = _profile_yaml("default")
     if profile != "default":
-        tree = _deep_merge(tree, _profile_yaml(profile))
+        tree = deep_merge(tree, _profile_yaml(profile))
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -528,7 +594,7 @@ def load_config(
             raise ConfigError(
                 f"config file {path} must hold a mapping, got {type(loaded).__name__}"
             )
-        tree = _deep_merge(tree, loaded)
+        tree = deep_merge(tree, loaded)
     env_map = {
         ENV_DATA_SOURCE: ("data", "source"),
         ENV_DATA_SHA256: ("data", "sha256"),

@@ -13,6 +13,10 @@
 #   garbage-mlflow/minio-collector-images   AWS_ACCESS_KEY_ID=garbage-collector,
 #                                           AWS_SECRET_ACCESS_KEY (read-write-delete on bucket
 #                                           garbage-images only)
+#   garbage-mlflow/minio-retrain            AWS_ACCESS_KEY_ID=garbage-retrain, AWS_SECRET_ACCESS_KEY
+#                                           (read on garbage-images, read-write on garbage-datasets)
+#   garbage-mlflow/minio-datasets-reader    AWS_ACCESS_KEY_ID=garbage-datasets-reader,
+#                                           AWS_SECRET_ACCESS_KEY (read-only on garbage-datasets)
 #   garbage-serving/garbage-serving-s3      the kserve-reader's keys (+ S3 endpoint annotations for
 #                                           KServe's storage initializer)
 #   garbage-mlflow/mlflow-auth              MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY
@@ -26,6 +30,10 @@
 #                                                  /feedback accepts (one, garbage-feedback)
 #   garbage-monitoring/garbage-collector-images    the keys of minio-collector-images (the
 #                                                  collector's image store)
+#   garbage-monitoring/garbage-retrain-s3          the keys of minio-retrain (the retrain job)
+#   kubeflow/garbage-pipeline-datasets             the keys of minio-datasets-reader and
+#                                                  AWS_ENDPOINT_URL (the pipeline's fetch and
+#                                                  split steps read dataset versions)
 #   garbage-monitoring/garbage-drift-pushgateway   username=drift, password (pushes)
 #   garbage-monitoring/garbage-pushgateway-scrape  username=prometheus, password (scrapes)
 #   garbage-monitoring/garbage-pushgateway-web     web-config.yml: the Pushgateway's basic_auth_users
@@ -87,6 +95,9 @@ create garbage-mlflow minio-kserve-reader \
   AWS_ACCESS_KEY_ID=kserve-reader AWS_SECRET_ACCESS_KEY="$(random)"
 create garbage-mlflow minio-collector-images \
   AWS_ACCESS_KEY_ID=garbage-collector AWS_SECRET_ACCESS_KEY="$(random)"
+create garbage-mlflow minio-retrain AWS_ACCESS_KEY_ID=garbage-retrain AWS_SECRET_ACCESS_KEY="$(random)"
+create garbage-mlflow minio-datasets-reader \
+  AWS_ACCESS_KEY_ID=garbage-datasets-reader AWS_SECRET_ACCESS_KEY="$(random)"
 if sync garbage-serving garbage-serving-s3 \
   AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-kserve-reader AWS_ACCESS_KEY_ID)" \
   AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-kserve-reader AWS_SECRET_ACCESS_KEY)"; then
@@ -111,6 +122,15 @@ create garbage-monitoring garbage-collector-token tokens="garbage-feedback:$(ran
 sync garbage-monitoring garbage-collector-images \
   AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-collector-images AWS_ACCESS_KEY_ID)" \
   AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-collector-images AWS_SECRET_ACCESS_KEY)" || true
+
+# Retraining: the retrain job's MinIO keys, and the pipeline's read-only key for dataset versions.
+sync garbage-monitoring garbage-retrain-s3 \
+  AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-retrain AWS_ACCESS_KEY_ID)" \
+  AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-retrain AWS_SECRET_ACCESS_KEY)" || true
+sync kubeflow garbage-pipeline-datasets \
+  AWS_ACCESS_KEY_ID="$(value garbage-mlflow minio-datasets-reader AWS_ACCESS_KEY_ID)" \
+  AWS_SECRET_ACCESS_KEY="$(value garbage-mlflow minio-datasets-reader AWS_SECRET_ACCESS_KEY)" \
+  AWS_ENDPOINT_URL=http://minio.garbage-mlflow.svc.cluster.local:9000 || true
 
 # The Pushgateway: its web config holds bcrypt hashes of the pushing and the scraping user.
 fresh=0

@@ -89,7 +89,7 @@ def test_build_from_the_archive_and_the_store(setup: dict[str, str]) -> None:
     assert "site: labelled" in output and "12 images" in output
     assert (
         f"store {setup['db']}: 12 labelled images taken; 1 image deleted from the image store, "
-        "1 label younger than --min-label-age, 1 no stored image"
+        "1 label younger than the minimum label age, 1 no stored image"
     ) in output
     manifest = version_manifest(DatasetStore(Path(setup["work"]) / "datasets"), name)
     assert manifest.groupby("source").size().to_dict() == {"site": 12, "trashnet": 18}

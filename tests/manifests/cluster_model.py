@@ -371,8 +371,17 @@ PROJECT_WORKLOADS = {
     "collector": ("Deployment", "garbage-collector"),
     "pushgateway": ("Deployment", "garbage-pushgateway"),
     "drift job": ("CronJob", "garbage-drift"),
+    "retrain job": ("CronJob", "garbage-retrain"),
 }
 """The project's own pods by name: the rendered workload each one is."""
+
+KFP_API_HTTP_PORT, KFP_API_GRPC_PORT = 8888, 8887
+"""The ml-pipeline API server's ports: HTTP (REST, what ``kfp.Client`` calls) and gRPC
+(kubeflow/pipelines manifests/kustomize/base/pipeline/ml-pipeline-apiserver-deployment.yaml)."""
+CALLER_PORTS: dict[str, tuple[tuple[int, str], ...]] = {
+    "kfp api server": ((KFP_API_HTTP_PORT, "TCP"), (KFP_API_GRPC_PORT, "TCP")),
+}
+"""What pods outside the project that a need targets listen on, where the tests know it."""
 
 
 @dataclass(frozen=True)
@@ -459,6 +468,10 @@ def access_needs(docs: list[dict[str, Any]]) -> list[Need]:
         Need("collector", "minio", 9000, "the image store: logged images in bucket garbage-images"),
         Need("drift job", "mlflow", 5000, "the champion and its reference profile"),
         Need("drift job", "pushgateway", 9091, "pushes the drift metrics"),
+        Need("retrain job", "kfp api server", KFP_API_HTTP_PORT, "submits and waits for the run"),
+        Need("retrain job", "mlflow", 5000, "the champion and its dataset version (tags)"),
+        Need("retrain job", "minio", 9000, "reads logged images, writes dataset versions"),
+        Need("pipeline step", "minio", 9000, "fetch and split read the dataset version"),
         Need("prometheus", "pushgateway", 9091, "scrapes the drift metrics (ServiceMonitor)"),
         Need("prometheus", "collector", 8080, "scrapes the collector (ServiceMonitor)"),
     ]

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 import yaml
 from manifests.cluster_model import (
+    CALLER_PORTS,
     OVERLAY_MODES,
     PROJECT_WORKLOADS,
     Need,
@@ -72,11 +73,14 @@ def overlay(request, rendered) -> tuple[str, list[dict[str, Any]]]:
 
 def listening_ports(docs: list[dict[str, Any]], name: str, pod: Pod) -> list[tuple[int, str]]:
     """(port, protocol) that the pod ``name`` listens on: the predictor's by KServe's rules, a
-    project workload's declared container ports, DNS's 53; other pods :data:`OTHER_PORTS`."""
+    project workload's declared container ports, DNS's 53, the known ports of a pod outside the
+    project (:data:`CALLER_PORTS`) with :data:`OTHER_PORTS`; other pods :data:`OTHER_PORTS`."""
     if name == "predictor":
         return [(listener.port, "TCP") for listener in predictor_listeners(*serving_objects(docs))]
     if name == "kube-dns":
         return [(53, "UDP"), (53, "TCP")]
+    if name in CALLER_PORTS:
+        return [*CALLER_PORTS[name], *((port, "TCP") for port in OTHER_PORTS)]
     if name in PROJECT_WORKLOADS:
         return [(port, "TCP") for port in pod.ports.values()]
     return [(port, "TCP") for port in OTHER_PORTS]
@@ -253,6 +257,13 @@ SECRET_READERS: dict[tuple[str, str], dict[str, str]] = {
         "Job/minio-buckets": "creates the collector's image user (garbage-collector-images is "
         "its copy)",
     },
+    ("garbage-mlflow", "minio-retrain"): {
+        "Job/minio-buckets": "creates the retrain job's MinIO user (garbage-retrain-s3: its copy)",
+    },
+    ("garbage-mlflow", "minio-datasets-reader"): {
+        "Job/minio-buckets": "creates the pipeline's read-only datasets user "
+        "(kubeflow/garbage-pipeline-datasets is its copy)",
+    },
     ("garbage-mlflow", "mlflow-postgres"): {
         "StatefulSet/mlflow-postgres": "the database's password",
         "Deployment/mlflow": "the backend store and auth database (PGPASSWORD)",
@@ -270,12 +281,16 @@ SECRET_READERS: dict[tuple[str, str], dict[str, str]] = {
     ("garbage-monitoring", "garbage-monitoring-mlflow"): {
         "CronJob/garbage-drift": "MLflow's read-only user garbage-monitoring",
         "Deployment/garbage-collector": "the same user: the champion's class names",
+        "CronJob/garbage-retrain": "the same user: the champion and its dataset version",
     },
     ("garbage-monitoring", "garbage-collector-token"): {
         "Deployment/garbage-collector": "the tokens /feedback accepts",
     },
     ("garbage-monitoring", "garbage-collector-images"): {
         "Deployment/garbage-collector": "its image store's MinIO user (bucket garbage-images)",
+    },
+    ("garbage-monitoring", "garbage-retrain-s3"): {
+        "CronJob/garbage-retrain": "its MinIO user: reads logged images, writes dataset versions",
     },
     ("garbage-monitoring", "garbage-drift-pushgateway"): {
         "CronJob/garbage-drift": "pushes as the Pushgateway's user drift",
@@ -458,6 +473,50 @@ def _referenced_keys(docs: list[dict[str, Any]]) -> set[tuple[str, str, str | No
     return found
 
 
+def _compiled_pipeline(path: Path) -> list[dict[str, Any]]:
+    from garbage.core.config import Config
+    from pipelines.training import compile_pipeline
+
+    return [d for d in yaml.safe_load_all(compile_pipeline(path, Config()).read_text()) if d]
+
+
+def _pipeline_secrets(ir: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """For each step (executor) of the compiled pipeline, the Secrets it reads as env and their
+    keys."""
+    executors = ir[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {
+        name: {s["secretName"]: [k["secretKey"] for k in s["keyToEnv"]] for s in secrets}
+        for name, spec in executors.items()
+        if (secrets := spec.get("secretAsEnv"))
+    }
+
+
+def _pipeline_keys() -> set[tuple[str, str, str | None]]:
+    """(namespace, Secret, key) that the pipeline's steps read (its pods run in kubeflow)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ir = _compiled_pipeline(Path(tmp) / "pipeline.yaml")
+    return {
+        ("kubeflow", name, key)
+        for secrets in _pipeline_secrets(ir).values()
+        for name, keys in secrets.items()
+        for key in keys
+    }
+
+
+def test_only_the_steps_that_read_dataset_versions_get_the_datasets_key(tmp_path) -> None:
+    """fetch and split read ``data.datasets_root`` (garbage/training/steps.py); no other step
+    gets the read-only datasets key, and they get nothing else but it."""
+    from pipelines.training import DATASETS_LOGIN, DATASETS_SECRET
+
+    secrets = _pipeline_secrets(_compiled_pipeline(tmp_path / "pipeline.yaml"))
+    readers = {name for name, read in secrets.items() if DATASETS_SECRET in read}
+    assert readers == {"exec-fetch-data", "exec-split-data"}
+    for name in readers:
+        assert secrets[name] == {DATASETS_SECRET: list(DATASETS_LOGIN)}, name
+
+
 def test_the_secrets_script_makes_every_secret_the_manifests_read(rendered, tmp_path) -> None:
     """Run against a FAKE kubectl (no API server runs here), on a cluster of the old layout
     whose serving Secret still holds MinIO's root key."""
@@ -483,13 +542,16 @@ def test_the_secrets_script_makes_every_secret_the_manifests_read(rendered, tmp_
     def data(namespace: str, name: str) -> dict[str, str]:
         return secrets[namespace][name]["data"]
 
+    read = _referenced_keys(rendered["overlays/kind"]) | _pipeline_keys()
     missing = [
         f"{namespace}/{name}" + (f" key {key}" if key else "")
-        for namespace, name, key in sorted(_referenced_keys(rendered["overlays/kind"]), key=str)
+        for namespace, name, key in sorted(read, key=str)
         if name not in secrets.get(namespace, {})
         or (key is not None and key not in data(namespace, name))
     ]
-    assert not missing, f"the manifests read Secrets the script does not make: {missing}"
+    assert not missing, (
+        f"the manifests or the pipeline read Secrets the script does not make: {missing}"
+    )
 
     assert data("garbage-mlflow", "minio-credentials") == root  # kept
     serving = secrets["garbage-serving"]["garbage-serving-s3"]
@@ -521,6 +583,24 @@ def test_the_secrets_script_makes_every_secret_the_manifests_read(rendered, tmp_
         "MLFLOW_TRACKING_USERNAME": "garbage-monitoring",
         "MLFLOW_TRACKING_PASSWORD": users["GARBAGE_MONITORING_PASSWORD"],
     }
+    assert data("garbage-monitoring", "garbage-retrain-s3") == data(
+        "garbage-mlflow", "minio-retrain"
+    )
+    assert data("garbage-mlflow", "minio-retrain")["AWS_ACCESS_KEY_ID"] == "garbage-retrain"
+    reader = data("garbage-mlflow", "minio-datasets-reader")
+    assert reader["AWS_ACCESS_KEY_ID"] == "garbage-datasets-reader"
+    minio = one_doc(rendered["base"], "Service", "minio")
+    endpoint = (
+        f"http://minio.{minio['metadata']['namespace']}.svc.cluster.local:"
+        f"{minio['spec']['ports'][0]['port']}"
+    )
+    assert data("kubeflow", "garbage-pipeline-datasets") == {**reader, "AWS_ENDPOINT_URL": endpoint}
+    keys = {
+        name: secret["data"]["AWS_ACCESS_KEY_ID"]
+        for name, secret in secrets["garbage-mlflow"].items()
+        if "AWS_ACCESS_KEY_ID" in secret["data"]
+    }
+    assert len(set(keys.values())) == len(keys), f"two purposes share a MinIO user: {keys}"
     web = yaml.safe_load(data("garbage-monitoring", "garbage-pushgateway-web")["web-config.yml"])
     for name, user in (
         ("garbage-drift-pushgateway", "drift"),
@@ -674,6 +754,10 @@ BUCKET = "arn:aws:s3:::mlflow"
 MODEL = f"{BUCKET}/artifacts/1/models/m-abc/artifacts/model.onnx"
 IMAGES = "arn:aws:s3:::garbage-images"
 IMAGE = f"{IMAGES}/ab/ab{'0' * 62}"
+DATASETS = "arn:aws:s3:::garbage-datasets"
+VERSION_FILE = f"{DATASETS}/versions/ds-0123456789ab/manifest.csv"
+LEDGER = f"{DATASETS}/retrains/ds-0123456789ab.json"
+MLFLOW_ARTIFACT = f"{BUCKET}/artifacts/1/runs/abc/artifacts/model.onnx"
 
 
 @pytest.mark.parametrize(
@@ -716,12 +800,81 @@ IMAGE = f"{IMAGES}/ab/ab{'0' * 62}"
         ("collector-images", "s3:PutBucketPolicy", IMAGES, {}, False),
         ("collector-images", "s3:ListAllMyBuckets", "arn:aws:s3:::*", {}, False),
         ("collector-images", "admin:CreateUser", "arn:aws:s3:::*", {}, False),
+        ("collector-images", "s3:GetObject", VERSION_FILE, {}, False),
+        # the retrain job: reads the logged images, builds dataset versions, keeps its ledger
+        ("retrain-datasets", "s3:GetObject", IMAGE, {}, True),
+        ("retrain-datasets", "s3:ListBucket", IMAGES, {"s3:prefix": "ab/"}, True),
+        ("retrain-datasets", "s3:PutObject", IMAGE, {}, False),
+        ("retrain-datasets", "s3:DeleteObject", IMAGE, {}, False),
+        ("retrain-datasets", "s3:PutObject", VERSION_FILE, {}, True),
+        ("retrain-datasets", "s3:GetObject", VERSION_FILE, {}, True),
+        ("retrain-datasets", "s3:PutObject", LEDGER, {}, True),
+        ("retrain-datasets", "s3:DeleteObject", f"{DATASETS}/versions/.incoming-x/a", {}, True),
+        ("retrain-datasets", "s3:AbortMultipartUpload", VERSION_FILE, {}, True),
+        ("retrain-datasets", "s3:ListBucket", DATASETS, {"s3:prefix": "versions/"}, True),
+        ("retrain-datasets", "s3:GetObject", MODEL, {}, False),
+        ("retrain-datasets", "s3:GetObject", MLFLOW_ARTIFACT, {}, False),
+        ("retrain-datasets", "s3:PutObject", MLFLOW_ARTIFACT, {}, False),
+        ("retrain-datasets", "s3:DeleteObject", MODEL, {}, False),
+        ("retrain-datasets", "s3:ListBucket", BUCKET, {"s3:prefix": "artifacts/"}, False),
+        ("retrain-datasets", "s3:DeleteBucket", DATASETS, {}, False),
+        ("retrain-datasets", "s3:PutBucketPolicy", DATASETS, {}, False),
+        ("retrain-datasets", "s3:ListAllMyBuckets", "arn:aws:s3:::*", {}, False),
+        ("retrain-datasets", "admin:CreateUser", "arn:aws:s3:::*", {}, False),
+        # the pipeline's fetch and split steps: read a dataset version, nothing else
+        ("datasets-reader", "s3:GetObject", VERSION_FILE, {}, True),
+        ("datasets-reader", "s3:GetObject", f"{DATASETS}/images/ab/ab{'0' * 62}.jpg", {}, True),
+        ("datasets-reader", "s3:ListBucket", DATASETS, {"s3:prefix": "versions/"}, True),
+        ("datasets-reader", "s3:PutObject", VERSION_FILE, {}, False),
+        ("datasets-reader", "s3:PutObject", LEDGER, {}, False),
+        ("datasets-reader", "s3:DeleteObject", VERSION_FILE, {}, False),
+        ("datasets-reader", "s3:GetObject", IMAGE, {}, False),
+        ("datasets-reader", "s3:GetObject", MODEL, {}, False),
+        ("datasets-reader", "s3:ListBucket", IMAGES, {"s3:prefix": ""}, False),
+        ("datasets-reader", "s3:ListAllMyBuckets", "arn:aws:s3:::*", {}, False),
+        ("datasets-reader", "admin:CreateUser", "arn:aws:s3:::*", {}, False),
+        ("mlflow-readwrite", "s3:GetObject", VERSION_FILE, {}, False),
+        ("kserve-reader", "s3:GetObject", VERSION_FILE, {}, False),
     ],
 )
 def test_minio_users_may_do_what_their_purpose_needs_and_no_more(
     policy, action, resource, context, allowed
 ) -> None:
     assert s3_allowed(_minio_policy(policy), action, resource, **context) is allowed
+
+
+ALL_BUCKETS = ("mlflow", "garbage-images", "garbage-datasets")
+MINIO_USER_BUCKETS = {
+    # policy: (buckets it may read, buckets it may write or delete in)
+    "mlflow-readwrite": ({"mlflow"}, {"mlflow"}),
+    "kserve-reader": ({"mlflow"}, set()),
+    "collector-images": ({"garbage-images"}, {"garbage-images"}),
+    "retrain-datasets": ({"garbage-images", "garbage-datasets"}, {"garbage-datasets"}),
+    "datasets-reader": ({"garbage-datasets"}, set()),
+}
+"""What each MinIO user reaches; the retrain job never writes the images or touches MLflow's
+bucket, the pipeline's datasets reader writes nowhere."""
+
+
+@pytest.mark.parametrize("policy", sorted(MINIO_USER_BUCKETS))
+def test_each_minio_user_reaches_only_its_buckets(policy) -> None:
+    document = _minio_policy(policy)
+    key = "artifacts/1/x"  # a key the narrowest (kserve-reader) may read
+    reads = {
+        b for b in ALL_BUCKETS if s3_allowed(document, "s3:GetObject", f"arn:aws:s3:::{b}/{key}")
+    }
+    writes = {
+        b
+        for b in ALL_BUCKETS
+        for action in ("s3:PutObject", "s3:DeleteObject")
+        if s3_allowed(document, action, f"arn:aws:s3:::{b}/{key}")
+    }
+    assert (reads, writes) == MINIO_USER_BUCKETS[policy]
+
+
+def test_every_policy_file_has_its_buckets_written_down() -> None:
+    files = {p.stem for p in (MLFLOW_DIR / "minio-policies").glob("*.json")}
+    assert files == set(MINIO_USER_BUCKETS)
 
 
 def test_the_s3_evaluator_honours_deny_and_refuses_what_it_does_not_model() -> None:
@@ -756,9 +909,11 @@ def test_the_bucket_job_attaches_each_policy_to_its_user(rendered) -> None:
         "mlflow-readwrite": "minio-mlflow",
         "kserve-reader": "minio-kserve-reader",
         "collector-images": "minio-collector-images",
+        "retrain-datasets": "minio-retrain",
+        "datasets-reader": "minio-datasets-reader",
     }
-    assert "mc mb --ignore-existing store/mlflow" in container["args"][0]
-    assert "mc mb --ignore-existing store/garbage-images" in container["args"][0]
+    for bucket in ("mlflow", "garbage-images", "garbage-datasets"):
+        assert f"mc mb --ignore-existing store/{bucket}" in container["args"][0]
 
 
 # -- the real servers -------------------------------------------------------------------------

@@ -100,3 +100,98 @@ def test_names_the_code_relies_on(rendered):
     args = _one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--artifacts-destination={deploy.ARTIFACTS_DESTINATION}" in args
     assert "--serve-artifacts" in args
+
+
+def _retrain(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    cronjob = _one(docs, "CronJob", "garbage-retrain")
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return cronjob, pod, container
+
+
+def _flag(args: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    return value
+
+
+def test_retrain_builds_the_pipeline_for_the_overlays_cluster(rendered):
+    """kind has no GPU: its retrain compiles the pipeline --cpu-only; the GPU overlay's does not."""
+    assert "--cpu-only" in _retrain(rendered["overlays/kind"])[2]["args"]
+    assert "--cpu-only" not in _retrain(rendered["overlays/gpu"])[2]["args"]
+    assert not _gpu_anywhere(_retrain(rendered["overlays/kind"])[0])
+
+
+def test_retrain_runs_once_at_a_time_and_is_not_retried(rendered):
+    cronjob, pod, _ = _retrain(rendered["monitoring"])
+    job = cronjob["spec"]["jobTemplate"]["spec"]
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert job["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    assert job["activeDeadlineSeconds"] >= 4 * 3600  # a whole pipeline run
+    # it talks to no Kubernetes API: its own service account, no token, no Role binds it
+    _one(rendered["monitoring"], "ServiceAccount", pod["serviceAccountName"])
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] not in {
+        s["name"]
+        for doc in rendered["overlays/gpu"]
+        if doc["kind"] == "RoleBinding"
+        for s in doc["subjects"]
+    }
+
+
+def test_retrain_reads_the_collectors_store_read_only_on_its_node(rendered):
+    docs = rendered["monitoring"]
+    _, pod, container = _retrain(docs)
+    collector = _one(docs, "Deployment", "garbage-collector")["spec"]["template"]["spec"]
+    (collector_container,) = collector["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    collector_env = {e["name"]: e.get("value") for e in collector_container["env"]}
+    assert env["GARBAGE_MONITORING_DB"] == collector_env["GARBAGE_MONITORING_DB"]
+    assert _flag(container["args"], "--db") == "$(GARBAGE_MONITORING_DB)"
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    collector_claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in collector["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    (name,) = claims
+    assert claims[name]["claimName"] in collector_claims and claims[name]["readOnly"] is True
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == name]
+    assert mount["readOnly"] is True
+    assert env["GARBAGE_MONITORING_DB"].startswith(f"sqlite:///{mount['mountPath']}/")
+    # a ReadWriteOnce volume: only on the collector's node
+    (term,) = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "garbage-collector"}
+
+
+def test_retrain_is_pointed_at_what_the_manifests_run(rendered):
+    """The KFP API, the MLflow the pipeline's pods use, the collector's image bucket, the dataset
+    bucket the bucket Job creates, and the components image (the garbage CLI with training)."""
+    from pipelines import submit
+
+    docs = rendered["overlays/gpu"]
+    _, _, container = _retrain(docs)
+    args = container["args"]
+    assert container["command"] == ["garbage"] and args[0] == "retrain"
+    assert container["image"] == "ghcr.io/garbage-classifier/components:0.1.0"
+    assert _flag(args, "--host") == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert _flag(args, "--tracking-uri") == submit.CLUSTER_TRACKING_URI
+    collector = _one(docs, "Deployment", "garbage-collector")["spec"]["template"]["spec"]
+    images = _flag(collector["containers"][0]["args"], "--image-store")
+    assert _flag(args, "--image-store").rstrip("/") == images.rstrip("/")
+    root = _flag(args, "--set").split("=", 1)
+    assert root[0] == "data.datasets_root"
+    buckets = _one(docs, "Job", "minio-buckets")["spec"]["template"]["spec"]["containers"][0]
+    bucket = root[1].removeprefix("s3://").strip("/")
+    assert f"mc mb --ignore-existing store/{bucket}" in buckets["args"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    minio = _one(docs, "Service", "minio")
+    assert env["AWS_ENDPOINT_URL"] == (
+        f"http://minio.{minio['metadata']['namespace']}.svc.cluster.local:"
+        f"{minio['spec']['ports'][0]['port']}"
+    )
+    assert env["MLFLOW_TRACKING_URI"] == submit.CLUSTER_TRACKING_URI

@@ -178,3 +178,15 @@ def test_service_accounts_do_not_mount_tokens_unless_needed(rendered, target):
             if doc["kind"] in WORKLOADS:
                 pod = doc["spec"]["template"]["spec"]
                 assert pod.get("automountServiceAccountToken") is False, f"{target}: {where}"
+            elif doc["kind"] == "CronJob":
+                pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+                assert pod.get("automountServiceAccountToken") is False, f"{target}: {where}"
+
+
+@pytest.mark.parametrize("target", ["overlays/kind", "overlays/gpu"])
+def test_cronjobs_never_overlap(rendered, target):
+    """A scheduled job that is still running when the next is due is not started twice."""
+    cronjobs = [d for d in rendered[target] if d["kind"] == "CronJob"]
+    assert cronjobs
+    for doc in cronjobs:
+        assert doc["spec"].get("concurrencyPolicy") == "Forbid", doc["metadata"]["name"]

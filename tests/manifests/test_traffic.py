@@ -37,6 +37,8 @@ import pytest
 from manifests.cluster_model import (
     AGENT_PORT,
     CALLERS,
+    KFP_API_GRPC_PORT,
+    KFP_API_HTTP_PORT,
     KNATIVE_H2C_PORT,
     KNATIVE_HTTP1_PORT,
     MODEL_CONTAINER,
@@ -401,3 +403,31 @@ def test_the_predictors_own_calls_are_admitted_at_both_ends(overlay) -> None:
     assert connection_allowed(docs, predictor, dns, 53, "UDP"), target
     assert not connection_allowed(docs, predictor, mlflow, 5000), target
     assert not connection_allowed(docs, predictor, collector, 9091), target
+
+
+def test_the_retrain_jobs_calls_are_admitted_and_nothing_else(overlay) -> None:
+    """The retrain job reaches the KFP API (HTTP), MLflow, MinIO and DNS; nothing reaches it; the
+    pipeline's steps (fetch, split) reach MinIO for the dataset versions, other pods of kubeflow
+    do not."""
+    target, docs = overlay
+    retrain = workload_pod(docs, "CronJob", "garbage-retrain")
+    kfp = CALLERS["kfp api server"]
+    minio = workload_pod(docs, "Deployment", "minio")
+    mlflow = workload_pod(docs, "Deployment", "mlflow")
+    collector = workload_pod(docs, "Deployment", "garbage-collector")
+    pushgateway = workload_pod(docs, "Deployment", "garbage-pushgateway")
+    dns = Pod("kube-system", {"k8s-app": "kube-dns"})
+    assert connection_allowed(docs, retrain, kfp, KFP_API_HTTP_PORT), target
+    assert connection_allowed(docs, retrain, mlflow, 5000), target
+    assert connection_allowed(docs, retrain, minio, 9000), target
+    assert connection_allowed(docs, retrain, dns, 53, "UDP"), target
+    assert not connection_allowed(docs, retrain, kfp, KFP_API_GRPC_PORT), target
+    assert not connection_allowed(docs, retrain, CALLERS["other workflow pod in kubeflow"], 8888)
+    assert not connection_allowed(docs, retrain, pushgateway, 9091), target
+    assert not connection_allowed(docs, retrain, collector, 8080), target
+    assert not connection_allowed(docs, retrain, CALLERS["unlabelled namespace"], 443), target
+    for name in ("prometheus", "monitoring collector", "other pod in garbage-monitoring"):
+        assert not ingress_allowed(docs, CALLERS[name], retrain, 8080), f"{target}: {name}"
+    assert connection_allowed(docs, CALLERS["pipeline step"], minio, 9000), target
+    assert not connection_allowed(docs, CALLERS["other workflow pod in kubeflow"], minio, 9000)
+    assert not connection_allowed(docs, CALLERS["kfp api server"], minio, 9000), target

@@ -81,7 +81,7 @@ def test_every_pod_is_locked_down_with_resources(docs) -> None:
             )
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), name
-    assert seen == 3
+    assert seen == 4  # collector, Pushgateway, drift job, retrain job
 
 
 def test_collector_service_matches_the_logger_url_and_the_cli(docs) -> None:
@@ -128,9 +128,14 @@ def _allows_egress_to_mlflow(docs: list[dict], pod_labels: dict[str, str]) -> bo
 
 
 def test_collector_and_drift_job_can_fetch_the_champion(docs) -> None:
-    """Both read the champion (class names; the job also its reference) from MLflow at run time:
-    the tracking URI, a writable work dir for the download, and egress to the MLflow server."""
-    for kind, name in (("Deployment", "garbage-collector"), ("CronJob", "garbage-drift")):
+    """They read the champion (class names; the drift job also its reference, the retrain job
+    its dataset version) from MLflow at run time: the tracking URI, a writable work dir for the
+    download, and egress to the MLflow server."""
+    for kind, name in (
+        ("Deployment", "garbage-collector"),
+        ("CronJob", "garbage-drift"),
+        ("CronJob", "garbage-retrain"),
+    ):
         doc = _one(docs, kind, name)
         template = (
             doc["spec"]["template"]
