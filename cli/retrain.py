@@ -487,9 +487,9 @@ def _run_here(report: _Report, pipeline_config: Config) -> dict[str, Any] | None
     decision_md = local.run_locally(pipeline_config, out=sys.stderr if report.as_json else None)
     try:
         report.say(decision_md.read_text())
-        gate: dict[str, Any] = json.loads((decision_md.parent / "decision.json").read_text())
+        gate: dict[str, Any] = json.loads(local.gate_record(decision_md).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        report.say(f"the gate's decision cannot be read beside {decision_md}: {e}")
+        report.say(f"the gate's decision cannot be read: {e}")
         return None
     return gate
 

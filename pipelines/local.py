@@ -37,6 +37,14 @@ def pipeline_steps(pipeline: GraphComponent) -> dict[str, str]:
     return {name: tasks[name].task_info.name for name in TopologicalSorter(graph).static_order()}
 
 
+def gate_record(decision_md: Path) -> Path:
+    """The gate's ``decision.json`` of a local run, from the path :func:`run_locally` returns.
+
+    The register step writes its files into ``<decision>.d`` beside the Markdown artifact.
+    """
+    return Path(f"{decision_md}.d") / "decision.json"
+
+
 def run_locally(config: Config, out: TextIO | None = None) -> Path:
     """Execute the pipeline with ``kfp.local.SubprocessRunner``.
 
@@ -46,7 +54,7 @@ def run_locally(config: Config, out: TextIO | None = None) -> Path:
     Tracking goes to ``config.mlflow_tracking_uri``.
 
     Returns:
-        The path of the promotion gate's Markdown decision.
+        The path of the promotion gate's Markdown decision (:func:`gate_record` finds its JSON).
 
     Raises:
         PipelineFailed: A step failed.

@@ -27,7 +27,7 @@ from garbage.training.data.versions import DatasetStore, version_manifest
 from monitoring.images import ImageStore
 from monitoring.job import DriftWindow
 from monitoring.store import InferenceStore
-from pipelines.local import PipelineFailed
+from pipelines.local import PipelineFailed, gate_record
 
 runner = CliRunner()
 OLD = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)
@@ -99,12 +99,13 @@ class PipelineStandIn:
         self.configs.append(config)
         if self.error is not None:
             raise PipelineFailed(self.error)
-        gate = self.folder / f"run-{len(self.configs)}"
-        gate.mkdir(parents=True)
+        markdown = self.folder / f"run-{len(self.configs)}" / "decision"
+        record = gate_record(markdown)
+        record.parent.mkdir(parents=True)
         decision = {"promote": True, "reason": "beats the champion", "version": "2"}
-        (gate / "decision.json").write_text(json.dumps(decision))
-        (gate / "decision.md").write_text("# Promotion gate: version 2 promoted\n")
-        return gate / "decision.md"
+        record.write_text(json.dumps(decision))
+        markdown.write_text("# Promotion gate: version 2 promoted\n")
+        return markdown
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ from garbage.core.config import Config, load_config
 
 # Test modules import the helpers as a top-level module; make this folder importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitoring_helpers import RELABELLED, kserve_headers, wait_for_port
-from support import free_port
+from monitoring_helpers import RELABELLED, kserve_headers
+from support import free_port, wait_for_port
 
 if TYPE_CHECKING:
     from monitoring.collector import CollectorAuth

@@ -1,27 +1,14 @@
-"""Helpers for the monitoring tests: free ports, and payload-logger events as KServe sends them."""
+"""Helpers for the monitoring tests: payload-logger events as KServe sends them."""
 
 from __future__ import annotations
 
 import base64
 import json
-import socket
-import time
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 #: Class names of the ``relabelled_model_dir`` fixture's model: none of them is one of TrashNet's.
 RELABELLED = ["bottle", "can", "carton", "jar", "bag", "other"]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def kserve_headers(

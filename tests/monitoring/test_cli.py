@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from monitoring_helpers import RELABELLED, wait_for_port
-from support import free_port, make_image_tree, train_manifest
+from monitoring_helpers import RELABELLED
+from support import free_port, make_image_tree, train_manifest, wait_for_port
 from typer.testing import CliRunner
 
 from cli.app import app

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from monitoring_helpers import kserve_headers, make_jpeg, v1_request, v1_response, wait_for_port
-from support import free_port
+from monitoring_helpers import kserve_headers, make_jpeg, v1_request, v1_response
+from support import free_port, wait_for_port
 from typer.testing import CliRunner
 
 from monitoring.cli import build_app

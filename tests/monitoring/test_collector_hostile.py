@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from monitoring_helpers import REQUEST_TYPE, kserve_headers, make_jpeg, wait_for_port
+from monitoring_helpers import REQUEST_TYPE, kserve_headers, make_jpeg
 from PIL import Image
-from support import free_port
+from support import free_port, wait_for_port
 
 from monitoring.collector import MAX_BODY_BYTES, MAX_FEEDBACK_BYTES, TOKEN_ENV
 from monitoring.events import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE

@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 import typer
-from monitoring_helpers import make_jpeg, wait_for_port
+from monitoring_helpers import make_jpeg
 from prometheus_client.parser import text_string_to_metric_families
-from support import free_port
+from support import free_port, wait_for_port
 
 from cli.serve import logger_hook
 from monitoring.payload_logger import CloudEventsHook, encode_request
