@@ -24,6 +24,8 @@ from components.image import COMPONENTS_IMAGE
 from garbage.core.config import CategoricalParam, Config, FloatParam, IntParam
 from garbage.core.names import MODEL_NAME
 from pipelines.training import (
+    DATASETS_LOGIN,
+    DATASETS_SECRET,
     GPU_CLUSTER,
     GPU_NODE_LABEL,
     GPU_RESOURCE,
@@ -132,9 +134,12 @@ def _trial_job(
         {"name": TRIAL_CONFIG_ENV, "value": trial_config.model_dump_json(exclude={"tune"})},
         {"name": "TQDM_DISABLE", "value": "1"},  # no progress bars in the metrics log
     ]
+    secrets = {key: MLFLOW_SECRET for key in MLFLOW_LOGIN}
+    if trial_config.data.version is not None:  # the trial reads a dataset version: read-only key
+        secrets |= {key: DATASETS_SECRET for key in DATASETS_LOGIN}
     env += [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": MLFLOW_SECRET, "key": key}}}
-        for key in MLFLOW_LOGIN
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for key, secret in secrets.items()
     ]
     limits: dict[str, str] = {"cpu": resources.cpu_limit, "memory": resources.memory_limit}
     if resources.gpu:

@@ -472,6 +472,7 @@ def access_needs(docs: list[dict[str, Any]]) -> list[Need]:
         Need("retrain job", "mlflow", 5000, "the champion and its dataset version (tags)"),
         Need("retrain job", "minio", 9000, "reads logged images, writes dataset versions"),
         Need("pipeline step", "minio", 9000, "fetch and split read the dataset version"),
+        Need("tune trial", "minio", 9000, "reads the dataset version it trains on"),
         Need("prometheus", "pushgateway", 9091, "scrapes the drift metrics (ServiceMonitor)"),
         Need("prometheus", "collector", 8080, "scrapes the collector (ServiceMonitor)"),
     ]

@@ -34,7 +34,14 @@ from pipelines.katib import (
     write_experiment,
 )
 from pipelines.submit import CLUSTER_TRACKING_URI
-from pipelines.training import CPU_CLUSTER, GPU_CLUSTER, MLFLOW_LOGIN, MLFLOW_SECRET
+from pipelines.training import (
+    CPU_CLUSTER,
+    DATASETS_LOGIN,
+    DATASETS_SECRET,
+    GPU_CLUSTER,
+    MLFLOW_LOGIN,
+    MLFLOW_SECRET,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 #: Algorithms and early stopping rules of Katib v0.19's default katib-config.
@@ -318,6 +325,25 @@ def test_the_trial_trains_the_cluster_config_with_the_trial_values(
     assert trial.train.augment.scale_min == float(values["train.augment.scale_min"])
     for key in MLFLOW_LOGIN:
         assert env[key]["valueFrom"] == {"secretKeyRef": {"name": MLFLOW_SECRET, "key": key}}
+
+
+def test_only_a_trial_on_a_dataset_version_gets_the_read_only_datasets_key(config: Config) -> None:
+    def secrets(experiment: dict[str, Any]) -> dict[str, str]:
+        container = _container(substituted(experiment, _values(config), "tune-x-abcd1234"))
+        return {
+            e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+            for e in container["env"]
+            if "valueFrom" in e
+        }
+
+    assert secrets(build_experiment(config)) == dict.fromkeys(MLFLOW_LOGIN, MLFLOW_SECRET)
+    on_version = config.model_copy(
+        update={"data": config.data.model_copy(update={"version": "ds-0123456789ab"})}
+    )
+    assert secrets(build_experiment(on_version)) == {
+        **dict.fromkeys(MLFLOW_LOGIN, MLFLOW_SECRET),
+        **dict.fromkeys(DATASETS_LOGIN, DATASETS_SECRET),
+    }
 
 
 def test_a_resumed_experiment_changes_only_what_katib_lets_change(config: Config) -> None:
