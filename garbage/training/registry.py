@@ -11,6 +11,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from garbage.core.classifier import METADATA_FILENAME, MODEL_FILENAME, external_data_files
@@ -492,6 +493,24 @@ def tag_version(config: Config, version: str, key: str, value: str) -> None:
         raise RegistryError(f"cannot tag {config.registry.model_name} v{version}: {e}") from e
 
 
+def _registered(client: MlflowClient, uri: str) -> ModelVersion | None:
+    """The registered version that ``models:/NAME/V`` or ``models:/NAME@ALIAS`` names.
+
+    None for any other URI (storage URIs, ``runs:/``, logged models ``models:/m-<id>``).
+
+    Raises:
+        MlflowException: No such version or alias.
+    """
+    rest = uri.strip().removeprefix("models:/")
+    if rest == uri.strip():
+        return None
+    name, sep, alias = rest.partition("@")
+    if sep:
+        return client.get_model_version_by_alias(name, alias)
+    name, sep, number = rest.rpartition("/")
+    return client.get_model_version(name, number) if sep else None
+
+
 def version_of(config: Config, model_uri: str) -> str | None:
     """The version of the configured model that ``models:/NAME/V`` or ``models:/NAME@ALIAS`` names.
 
@@ -500,19 +519,16 @@ def version_of(config: Config, model_uri: str) -> str | None:
     Raises:
         RegistryError: The URI names this model, but no such version or alias exists.
     """
-    name = config.registry.model_name
-    prefix = f"models:/{name}"
-    rest = model_uri.strip().removeprefix(prefix)
+    rest = model_uri.strip().removeprefix(f"models:/{config.registry.model_name}")
     if rest == model_uri.strip() or rest[:1] not in ("/", "@"):
         return None
     try:
-        if rest.startswith("@"):
-            return str(_client(config).get_model_version_by_alias(name, rest[1:]).version)
-        return str(_client(config).get_model_version(name, rest[1:]).version)
+        found = _registered(_client(config), model_uri)
     except MlflowException as e:
         raise RegistryError(
             f"{model_uri}: no such version in the registry at {config.mlflow_tracking_uri} ({e})"
         ) from e
+    return None if found is None else str(found.version)
 
 
 def record_decision(config: Config, version: str, decision: GateDecision) -> None:
@@ -553,14 +569,13 @@ def checkpoint_of(config: Config, uri: str, destination: Path) -> Path:
     try:
         if uri.startswith("runs:/"):
             run_id = uri.removeprefix("runs:/").strip("/").split("/")[0]
-        else:
-            name, sep, alias = uri.removeprefix("models:/").partition("@")
-            if sep:
-                found = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = name.partition("/")
-                found = client.get_model_version(name, number)
+        elif (found := _registered(client, uri)) is not None:
             run_id = found.run_id
+        else:
+            raise RegistryError(
+                f"train.init_from {uri}: name a registered version (models:/NAME/V or "
+                "models:/NAME@ALIAS), a run (runs:/<run id>) or a checkpoint file"
+            )
         if not run_id:
             raise RegistryError(f"train.init_from {uri}: the version links to no training run")
         destination.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,15 @@ from garbage.core.config import CardConfig, Config, ExternalSet
 from garbage.core.model_uri import resolve_model_dir
 from garbage.training.data.split import read_manifest, write_manifest
 from garbage.training.lineage import code_version, data_version
-from garbage.training.registry import champion_version, configure_tracking, decide_promotion
+from garbage.training.registry import (
+    CHECKPOINT_ARTIFACT,
+    RegistryError,
+    champion_version,
+    checkpoint_of,
+    configure_tracking,
+    decide_promotion,
+    version_of,
+)
 from garbage.training.steps import register_step
 
 
@@ -211,3 +219,28 @@ def test_register_and_gate_against_a_real_mlflow_server(
     assert_same_model(
         resolve_model_dir("models:/garbage-classifier@champion", config), tiny_model_dir
     )
+
+
+def test_a_checkpoint_is_found_through_every_uri_that_names_its_version(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    register_champion(smoke_config, constant_onnx_model(tmp_path / "m", [0.0, 1.0, 2.0]))
+    client = MlflowClient(smoke_config.mlflow_tracking_uri, smoke_config.mlflow_tracking_uri)
+    name = smoke_config.registry.model_name
+    run_id = client.get_model_version(name, "1").run_id
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"the weights of version 1")
+    client.log_artifact(run_id, str(checkpoint), CHECKPOINT_ARTIFACT.rsplit("/", 1)[0])
+
+    for i, uri in enumerate([f"models:/{name}@champion", f"models:/{name}/1", f"runs:/{run_id}"]):
+        found = checkpoint_of(smoke_config, uri, tmp_path / f"download-{i}")
+        assert found.read_bytes() == checkpoint.read_bytes(), uri
+    assert version_of(smoke_config, f"models:/{name}@champion") == "1"
+    assert version_of(smoke_config, f"models:/{name}/1") == "1"
+    assert version_of(smoke_config, "models:/another-model/1") is None
+    with pytest.raises(RegistryError, match="no such version"):
+        version_of(smoke_config, f"models:/{name}/7")
+    with pytest.raises(RegistryError, match="name a registered version"):
+        checkpoint_of(smoke_config, "models:/m-0123456789", tmp_path / "logged")
+    with pytest.raises(RegistryError, match="no checkpoint in the registry"):
+        checkpoint_of(smoke_config, f"models:/{name}/7", tmp_path / "missing")
