@@ -54,7 +54,10 @@ class DataConfig(_Section):
         "its images and its splits; None: the archive of data.source, split by data.split.",
     )
     datasets_root: str | None = Field(
-        None, description="Folder of the dataset versions; default: <work_dir>/datasets."
+        None,
+        description="Where the dataset versions live: a folder or a URL such as "
+        "s3://bucket/prefix (any fsspec URL; S3's endpoint from AWS_ENDPOINT_URL); default: "
+        "<work_dir>/datasets.",
     )
 
     @field_validator("sha256")
