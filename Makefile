@@ -29,7 +29,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults clean
+.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults bench-adapt clean
 
 help:
 	@echo "make run          train, evaluate, export, register and promote (kfp.local)"
@@ -39,6 +39,7 @@ help:
 	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
 	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
 	@echo "make bench-faults faults on serving and logging -> bench/results/faults.{json,md}"
+	@echo "make bench-adapt  site adaptation, k labels a class -> bench/results/adapt.{json,md}"
 	@echo "make lint         ruff (lint + format check), mypy, import contracts (lint-imports)"
 	@echo "make coverage     unit tests with a coverage report -> htmlcov/"
 	@echo "make docs         documentation site -> site/ (mkdocs build --strict)"
@@ -75,6 +76,9 @@ bench-drift: $(STAMP)
 
 bench-faults: $(STAMP)  ## collector outage and kills, a silent sink, client mistakes; about 5 min
 	$(BIN)/python bench/bench_faults.py $(BENCH_ARGS)
+
+bench-adapt: $(STAMP)  ## champion -> site traffic -> review, labels, retrain, gate for k = 10 25 50 100; about 1 h
+	$(BIN)/python bench/bench_adapt.py $(BENCH_ARGS)
 
 clean:
 	rm -rf work local_outputs .pytest_cache

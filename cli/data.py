@@ -199,6 +199,24 @@ class StoreSource:
     min_label_age: timedelta | None = None
 
 
+def build_errors() -> tuple[type[Exception], ...]:
+    """What :func:`build_from` raises for a reason a person can fix (the message says which)."""
+    from garbage.training.data.fetch import DataFetchError
+    from garbage.training.data.validate import DataValidationError
+    from garbage.training.data.versions import DatasetVersionError
+    from monitoring.images import ImageStoreError
+    from monitoring.store import StoreError
+
+    return (
+        DataFetchError,
+        DataValidationError,
+        DatasetVersionError,
+        StoreError,
+        ImageStoreError,
+        ValueError,
+    )
+
+
 def build_from(
     cfg: Config,
     store: DatasetStore,
@@ -317,16 +335,8 @@ def build(
     image wins); each source has its own train/val/test, and no image of the parent changes
     split. Writing a version that exists changes nothing.
     """
-    from garbage.training.data.fetch import DataFetchError
-    from garbage.training.data.validate import DataValidationError
-    from garbage.training.data.versions import (
-        DatasetVersionError,
-        describe_version,
-        open_store,
-        resolve_version,
-    )
-    from monitoring.images import ImageStoreError, default_image_store
-    from monitoring.store import StoreError
+    from garbage.training.data.versions import describe_version, open_store, resolve_version
+    from monitoring.images import default_image_store
 
     cfg = load(config, profile, set_)
     if not from_ and not from_store:
@@ -342,14 +352,7 @@ def build(
         result, used = build_from(
             cfg, store, resolve_version(store, parent), from_ or [], source, skipped
         )
-    except (
-        DataFetchError,
-        DataValidationError,
-        DatasetVersionError,
-        StoreError,
-        ImageStoreError,
-        ValueError,
-    ) as e:
+    except build_errors() as e:
         raise fail(str(e)) from e
     if as_json:
         typer.echo(json.dumps(result.info, indent=2))

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from cli.data import FromOption, StoreSource, build_from, store_labels
+from cli.data import FromOption, StoreSource, build_errors, build_from, store_labels
 from cli.options import ConfigOption, SetOption, fail, load
 from cli.pipeline import ClusterProfileOption, CpuOnlyOption, TrackingOption, cluster_profile
 from pipelines.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
@@ -351,15 +351,7 @@ def _build(
     Parent: the latest version. Sources: ``retrain.base_sources`` when there is no version yet,
     the ``--from`` sources, and the store's labelled images as ``retrain.store_source``.
     """
-    from garbage.training.data.fetch import DataFetchError
-    from garbage.training.data.validate import DataValidationError
-    from garbage.training.data.versions import (
-        DatasetVersionError,
-        describe_version,
-        resolve_version,
-    )
-    from monitoring.images import ImageStoreError
-    from monitoring.store import StoreError
+    from garbage.training.data.versions import describe_version, resolve_version
 
     skipped: Counter[str] = Counter()
     source = None
@@ -369,14 +361,7 @@ def _build(
         parent = resolve_version(store, "latest")
         specs = [*(cfg.retrain.base_sources if parent is None else []), *from_]
         built, _ = build_from(cfg, store, parent, specs, source, skipped, now=now)
-    except (
-        DataFetchError,
-        DataValidationError,
-        DatasetVersionError,
-        StoreError,
-        ImageStoreError,
-        ValueError,
-    ) as e:
+    except build_errors() as e:
         raise fail(f"cannot build the dataset version to retrain on: {e}") from e
     report.data["version"] = {
         "name": built.name,
