@@ -196,7 +196,17 @@ class RegistryConfig(_Section):
         "by more than this, in the gate metric's units.",
     )
     min_slice_images: int = Field(
-        20, ge=1, description="Slices with fewer test images are reported but do not gate."
+        20,
+        ge=1,
+        description="Slices with fewer test images are reported but neither gate nor count in "
+        "the slice mean.",
+    )
+    overall: Literal["slice_mean", "pooled"] = Field(
+        "slice_mean",
+        description="The overall score the candidate must improve: the mean of the data slices' "
+        "gate metric (each source counts the same, so a site's few test images are not "
+        "outweighed by the base set; with one slice, the same as pooled) or the metric pooled "
+        "over the whole test split.",
     )
 
 

@@ -79,12 +79,15 @@ class GateDecision:
         promote: Whether the candidate passes.
         reason: Why, in words (naming any slice that stopped it, and by how much).
         metric: The gate metric (``registry.gate_metric``).
-        candidate: The candidate's gate metric on the whole test split.
+        candidate: The candidate's overall gate metric (see ``overall``).
         champion: The champion's on the same images, or None without a comparable champion.
         champion_version: The champion's registered version, when there is one.
         slices: One row per data slice of the test split (empty when none was given).
         slice_tolerance: How much worse than the champion a gating slice may get.
         min_slice_images: Slices with fewer test images are reported but do not gate.
+        overall: What ``candidate`` and ``champion`` are: ``pooled`` (the metric on the whole
+            test split) or ``slice_mean`` (the mean of the slices with at least
+            ``min_slice_images`` images: each source counts the same).
     """
 
     promote: bool
@@ -96,12 +99,17 @@ class GateDecision:
     slices: tuple[SliceRow, ...] = ()
     slice_tolerance: float = 0.0
     min_slice_images: int = 1
+    overall: str = "pooled"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``slices`` as a list of row objects)."""
         result = asdict(self)
         result["slices"] = [asdict(row) for row in self.slices]
         return result
+
+
+def _overall_name(metric: str, overall: str, counted: int) -> str:
+    return metric if overall == "pooled" else f"{metric} (mean of {counted} slices)"
 
 
 def configure_tracking(config: Config) -> str:
@@ -126,6 +134,9 @@ def configure_tracking(config: Config) -> str:
     except MlflowException as e:
         raise RegistryError(f"cannot reach MLflow tracking at {uri}: {e}") from e
 
+
+#: How the gate forms its overall score (:func:`decide_promotion`, ``registry.overall``).
+OVERALL_RULES = ("pooled", "slice_mean")
 
 #: A slice counts as worse only below ``-tolerance - _SLACK``: 0.90 vs 0.91 at 0.01 is within.
 _SLACK = 1e-9
@@ -222,14 +233,22 @@ def decide_promotion(
     slices: Sequence[SliceScore] = (),
     slice_tolerance: float = 0.0,
     min_slice_images: int = 1,
+    overall: str = "pooled",
 ) -> GateDecision:
     """The promotion rule, as a pure function.
 
-    The candidate becomes champion when there is none, or when it beats the champion's score on
-    the same test set by more than ``min_improvement`` and no data slice with at least
+    The candidate becomes champion when there is none, or when it beats the champion's overall
+    score on the same test set by more than ``min_improvement`` and no data slice with at least
     ``min_slice_images`` test images gets worse than the champion's by more than
-    ``slice_tolerance``; never when it is below ``min_metric``. Smaller slices are reported in
-    the rows but do not gate. With one slice (or none given) this is the overall rule alone.
+    ``slice_tolerance``; never when its overall score is below ``min_metric``. Smaller slices
+    are reported in the rows but do not gate. With one slice (or none given) this is the
+    overall rule alone.
+
+    The overall score is ``candidate`` and ``champion`` as given (``overall="pooled"``: the
+    metric on the whole test split), or with ``overall="slice_mean"`` the mean over the slices
+    of at least ``min_slice_images`` images, when there are two or more: then a site's slice of
+    a few dozen images counts as much as a base set ten times its size, and a model that is
+    better at the site is not held back by the base set's weight.
 
     Args:
         metric: The gate metric's name (``registry.gate_metric``).
@@ -241,12 +260,26 @@ def decide_promotion(
         slices: Both models' gate metric per data slice of the test split (:func:`slice_scores`).
         slice_tolerance: How much worse than the champion a gating slice may get, in the gate
             metric's units.
-        min_slice_images: Slices with fewer test images do not gate.
+        min_slice_images: Slices with fewer test images do not gate (nor count in a mean).
+        overall: ``pooled`` or ``slice_mean`` (``registry.overall``).
 
     Returns:
         The decision, with one :class:`SliceRow` per slice.
+
+    Raises:
+        ValueError: ``overall`` is neither ``pooled`` nor ``slice_mean``.
     """
+    if overall not in OVERALL_RULES:
+        raise ValueError(f"overall must be one of {OVERALL_RULES}, got {overall!r}")
     rows = _slice_rows(slices, slice_tolerance, min_slice_images)
+    counted = [s for s in slices if s.images >= min_slice_images]
+    comparable = champion is None or all(s.champion is not None for s in counted)
+    if overall == "slice_mean" and len(counted) >= 2 and comparable:
+        candidate = sum(s.candidate for s in counted) / len(counted)
+        if champion is not None:
+            champion = sum(float(s.champion or 0.0) for s in counted) / len(counted)
+    else:
+        overall = "pooled"
 
     def decision(promote: bool, reason: str) -> GateDecision:
         return GateDecision(
@@ -259,15 +292,17 @@ def decide_promotion(
             rows,
             slice_tolerance,
             min_slice_images,
+            overall,
         )
 
+    label = _overall_name(metric, overall, len(counted))
     if candidate < min_metric:
         return decision(
-            False, f"candidate {metric} {candidate:.4f} is below the floor {min_metric:.4f}"
+            False, f"candidate {label} {candidate:.4f} is below the floor {min_metric:.4f}"
         )
     if champion is None:
         return decision(
-            True, f"no champion yet; candidate {metric} {candidate:.4f} becomes champion"
+            True, f"no champion yet; candidate {label} {candidate:.4f} becomes champion"
         )
     gain = candidate - champion
     blocking = _describe_blocking(rows, metric, slice_tolerance)
@@ -275,12 +310,12 @@ def decide_promotion(
         also = f"; also {blocking}" if blocking else ""
         return decision(
             False,
-            f"candidate {metric} {candidate:.4f} does not beat champion v"
+            f"candidate {label} {candidate:.4f} does not beat champion v"
             f"{champion_version} ({champion:.4f}) by more than {min_improvement:.4f} "
             f"(gain {gain:+.4f}){also}; the champion stays",
         )
     beats = (
-        f"candidate {metric} {candidate:.4f} beats champion v{champion_version} "
+        f"candidate {label} {candidate:.4f} beats champion v{champion_version} "
         f"({champion:.4f}) by {gain:+.4f} > {min_improvement:.4f}"
     )
     if blocking:
@@ -298,7 +333,10 @@ def decide_promotion(
 
 
 def gate_table(decision: GateDecision) -> str:
-    """The decision as a Markdown table: the whole test split, then a row per data slice.
+    """The decision as a Markdown table: the overall score, then a row per data slice.
+
+    The first row is the whole test split (``all``) or, under the ``slice_mean`` rule, the mean
+    of the slices that count (``mean of slices``).
 
     Columns: slice, images, candidate, champion, change and the row's verdict (for a slice:
     within tolerance, blocks, or not gating and why).
@@ -313,10 +351,11 @@ def gate_table(decision: GateDecision) -> str:
     metric = decision.metric
     overall_change = None if decision.champion is None else decision.candidate - decision.champion
     images = sum(r.images for r in decision.slices)
+    overall_row = "all" if decision.overall == "pooled" else "mean of slices"
     lines = [
         f"| slice | images | candidate {metric} | champion {metric} | change | gate |",
         "| --- | ---: | ---: | ---: | ---: | --- |",
-        f"| **all** | {images or '-'} | {number(decision.candidate)} | "
+        f"| **{overall_row}** | {images or '-'} | {number(decision.candidate)} | "
         f"{number(decision.champion)} | {change(overall_change)} | "
         + ("passes" if decision.promote else "does not pass")
         + " |",

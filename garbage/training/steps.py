@@ -324,7 +324,8 @@ def register_step(
     test set, so the comparison is fair even when the champion was trained on other data. The
     gate (:func:`garbage.training.registry.decide_promotion`) looks at the whole test set and at
     each data slice of it (each ``source`` of the manifest): the candidate must beat the
-    champion overall by ``registry.min_improvement`` and no slice of at least
+    champion overall (``registry.overall``: by default the mean of the slices' scores) by
+    ``registry.min_improvement`` and no slice of at least
     ``registry.min_slice_images`` images may get worse by more than ``registry.slice_tolerance``.
     The decision's row per slice is in ``decision.md``, the run's ``gate/decision.json`` (and
     the candidate's ``gate_slice_<slice>_<metric>`` metrics), the version's
@@ -418,6 +419,7 @@ def register_step(
         ),
         slice_tolerance=config.registry.slice_tolerance,
         min_slice_images=config.registry.min_slice_images,
+        overall=config.registry.overall,
     )
     table = gate_table(decision)
     if not decision.promote:

@@ -160,6 +160,76 @@ def test_one_slice_decides_as_the_overall_rule_alone(
     assert len(sliced.slices) == 1 and not sliced.slices[0].gating
 
 
+def _mean_rule(slices: list[SliceScore], pooled: tuple[float, float | None]) -> GateDecision:
+    return decide_promotion(
+        "macro_f1",
+        *pooled,
+        0.0,
+        0.0,
+        "1",
+        slices=slices,
+        slice_tolerance=0.01,
+        min_slice_images=20,
+        overall="slice_mean",
+    )
+
+
+#: The bench-adapt k = 25 loop: the site slice much better, TrashNet a little worse, and the
+#: pooled score (321 TrashNet images, 22 site ones) no better.
+SMALL_SITE_BIG_BASE = [SliceScore("site", 22, 0.70, 0.40), SliceScore("trashnet", 321, 0.865, 0.87)]
+
+
+def test_the_slice_mean_lets_a_much_better_site_through_where_the_pooled_score_does_not() -> None:
+    pooled = decide_promotion(
+        "macro_f1",
+        0.8419,
+        0.8422,
+        0.0,
+        0.0,
+        "1",
+        slices=SMALL_SITE_BIG_BASE,
+        slice_tolerance=0.01,
+        min_slice_images=20,
+    )
+    mean = _mean_rule(SMALL_SITE_BIG_BASE, (0.8419, 0.8422))
+    assert pooled.promote is False and pooled.overall == "pooled"
+    assert mean.promote is True and mean.overall == "slice_mean"
+    assert (mean.candidate, mean.champion) == pytest.approx(((0.70 + 0.865) / 2, (0.40 + 0.87) / 2))
+    assert mean.reason.startswith("candidate macro_f1 (mean of 2 slices) 0.7825 beats champion v1")
+    assert gate_table(mean).splitlines()[2].startswith("| **mean of slices** | 343 | 0.7825 |")
+
+
+def test_the_slice_mean_still_stops_a_slice_worse_beyond_the_tolerance() -> None:
+    slices = [SliceScore("site", 40, 0.90, 0.40), SliceScore("trashnet", 321, 0.83, 0.87)]
+    decision = _mean_rule(slices, (0.84, 0.85))
+    assert decision.promote is False
+    assert "beats champion v1" in decision.reason
+    assert "but slice 'trashnet' gets worse" in decision.reason
+
+
+def test_the_slice_mean_leaves_out_small_slices_and_needs_two() -> None:
+    three = [
+        SliceScore("site", 30, 0.80, 0.60),
+        SliceScore("tiny", 5, 0.0, 1.0),
+        SliceScore("trashnet", 300, 0.90, 0.90),
+    ]
+    decision = _mean_rule(three, (0.88, 0.88))
+    assert decision.candidate == pytest.approx(0.85) and decision.champion == pytest.approx(0.75)
+    assert "(mean of 2 slices)" in decision.reason
+    one_counts = [SliceScore("site", 10, 0.80, 0.60), SliceScore("trashnet", 300, 0.90, 0.90)]
+    fallback = _mean_rule(one_counts, (0.88, 0.88))
+    assert fallback.overall == "pooled" and fallback.candidate == 0.88
+    assert fallback.reason.startswith("candidate macro_f1 0.8800 does not beat")
+    first = _mean_rule([SMALL_SITE_BIG_BASE[0], SliceScore("trashnet", 321, 0.865)], (0.84, None))
+    assert first.promote and first.candidate == pytest.approx((0.70 + 0.865) / 2)
+    assert first.reason.startswith("no champion yet; candidate macro_f1 (mean of 2 slices)")
+
+
+def test_an_unknown_overall_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="overall must be one of"):
+        decide_promotion("macro_f1", 0.5, None, 0.0, overall="median")
+
+
 def test_slice_scores_take_both_passes_per_slice_metrics() -> None:
     classes = ["glass", "paper"]
     candidate = Scored(
@@ -210,6 +280,9 @@ def test_the_slice_settings_are_validated() -> None:
         load_config(profile="smoke", overrides=["registry.slice_tolerance=-0.1"], environ={})
     with pytest.raises(ConfigError, match="min_slice_images"):
         load_config(profile="smoke", overrides=["registry.min_slice_images=0"], environ={})
+    with pytest.raises(ConfigError, match="overall"):
+        load_config(profile="smoke", overrides=["registry.overall=median"], environ={})
+    assert load_config(profile="smoke", environ={}).registry.overall == "slice_mean"
 
 
 # -- register_step on two sources ------------------------------------------------------------
@@ -234,11 +307,11 @@ def _two_source_manifest(images: Path, counts: dict[tuple[str, str], int]) -> pd
 def test_register_step_keeps_the_champion_when_the_candidate_loses_one_source(
     smoke_config: Config, tmp_path: Path
 ) -> None:
-    """The champion always answers c1, the candidate c0: the candidate wins overall (site-a is
-    all c0 and larger) but loses all of trashnet, so it is not promoted; every record of the
-    decision has a row per source."""
+    """The champion always answers c1, the candidate c0: the candidate wins on the pooled split
+    (site-a is all c0 and larger) but loses all of trashnet, so it is not promoted; every record
+    of the decision has a row per source."""
     registry = smoke_config.registry.model_copy(
-        update={"gate_metric": "accuracy", "min_slice_images": 5}
+        update={"gate_metric": "accuracy", "min_slice_images": 5, "overall": "pooled"}
     )
     data = smoke_config.data.model_copy(update={"classes": ["c0", "c1"]})
     config = smoke_config.model_copy(update={"registry": registry, "data": data})
@@ -296,3 +369,34 @@ def test_register_step_keeps_the_champion_when_the_candidate_loses_one_source(
         config.registry.model_name, config.registry.champion_alias
     )
     assert str(champion_now.version) == champion == "1"
+
+
+def test_register_step_gates_on_the_mean_of_the_slices_by_default(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    """The same two models as above: pooled the candidate wins, but on the mean of the two
+    slices (1.0 and 0.0 against 0.0 and 1.0) it does not."""
+    assert smoke_config.registry.overall == "slice_mean"
+    registry = smoke_config.registry.model_copy(
+        update={"gate_metric": "accuracy", "min_slice_images": 5, "slice_tolerance": 1.0}
+    )
+    data = smoke_config.data.model_copy(update={"classes": ["c0", "c1"]})
+    config = smoke_config.model_copy(update={"registry": registry, "data": data})
+    images = tmp_path / "images"
+    manifest_csv = write_manifest(
+        _two_source_manifest(images, {("site-a", "c0"): 8, ("trashnet", "c1"): 6}),
+        tmp_path / "manifest.csv",
+    )
+    register_champion(config, constant_onnx_model(tmp_path / "champion", [0.0, 1.0]))
+    candidate = constant_onnx_model(tmp_path / "candidate", [1.0, 0.0])
+    with mlflow.start_run(experiment_id=configure_tracking(config)) as run:
+        run_id = run.info.run_id
+
+    result = register_step(config, candidate, images, manifest_csv, tmp_path / "gate", run_id)
+
+    assert result["promote"] is False
+    assert result["reason"].startswith(
+        "candidate accuracy (mean of 2 slices) 0.5000 does not beat champion v1 (0.5000)"
+    )
+    decision_md = (tmp_path / "gate" / "decision.md").read_text()
+    assert "| **mean of slices** | 14 | 0.5000 | 0.5000 | +0.0000 | does not pass |" in decision_md
