@@ -859,6 +859,24 @@ def markdown(report: dict[str, Any]) -> str:
             f"| v{row['registered_version']} {gate} | {row['wall_seconds'] / 60:.1f} min "
             f"| `{row['model_dir']}` |"
         )
+    traffic = report["site"]["traffic"]
+    for row in report["loops"]:
+        if "after" in row and (row["labels_imported"] or 0) >= 0.9 * traffic:
+            lines += [
+                "",
+                f"k = {row['k']} labels {row['labels_imported']} of the {traffic} traffic images "
+                "(every one the review would pick): what labels alone reach with this recipe, "
+                "the ceiling of the loop on this traffic.",
+            ]
+    settings = ", ".join(
+        f"{key}={value}" for key, value in report["config"]["retrain_train"].items()
+    )
+    lines += [
+        "",
+        f"Retrain settings (retrain.train): {settings}; gate: {report['config']['gate_metric']}, "
+        f"overall {report['config'].get('overall', 'pooled')}, slice tolerance "
+        f"{report['config']['slice_tolerance']}.",
+    ]
     lines += ["", "| target | measured | met |", "| --- | ---: | --- |"]
     for target in report["targets"]:
         measured = target["measured"]
@@ -1004,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "retrain_train": cfg.retrain.train,
             "gate_metric": cfg.registry.gate_metric,
+            "overall": cfg.registry.overall,
             "slice_tolerance": cfg.registry.slice_tolerance,
             "min_slice_images": cfg.registry.min_slice_images,
             "tracking_uri": cfg.mlflow_tracking_uri,

@@ -153,6 +153,15 @@ class TrainConfig(_Section):
         description="Share of the epochs trained before validation and checkpoint selection "
         "start (each epoch after it, and always the last, is validated at the served size).",
     )
+    source_balance: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="How far each epoch evens out the data sources of a dataset version (a "
+        "site's labelled images against the base set): an image of a source with n training "
+        "images is drawn with weight n^-source_balance, the epoch keeping its length; 0: every "
+        "image once an epoch, 1: every source equally often.",
+    )
     compile: bool = Field(False, description="torch.compile the model for the training steps.")
     init_from: str | None = Field(
         None,
@@ -302,9 +311,15 @@ class RetrainConfig(_Section):
         True, description="Start from the champion's weights (train.init_from) when one serves."
     )
     train: dict[str, Any] = Field(
-        default_factory=lambda: {"epochs": 6, "learning_rate": 1e-3, "warmup_epochs": 0},
+        default_factory=lambda: {
+            "epochs": 12,
+            "learning_rate": 1e-3,
+            "warmup_epochs": 0,
+            "source_balance": 0.5,
+        },
         description="Train settings a retrain applies over the train section (a warm start "
-        "needs fewer epochs and a smaller learning rate than training from ImageNet weights).",
+        "needs a smaller learning rate than training from ImageNet weights and no warm-up; "
+        "the site's few labels are drawn more often than their share, source_balance).",
     )
 
     @field_validator("train")

@@ -110,6 +110,16 @@ def manifest_items(manifest: pd.DataFrame, split: str, classes: list[str]) -> li
     return [(p, index[label]) for p, label in zip(rows["path"], rows["label"], strict=True)]
 
 
+def manifest_sources(manifest: pd.DataFrame, split: str) -> list[str] | None:
+    """The ``source`` of each image of one split, in :func:`manifest_items` order.
+
+    None when the manifest has no ``source`` column (one source).
+    """
+    if "source" not in manifest.columns:
+        return None
+    return [str(s) for s in manifest.loc[manifest["split"] == split, "source"]]
+
+
 def train_step(
     config: Config,
     images_dir: Path,
@@ -188,6 +198,7 @@ def train_step(
                 out_dir,
                 on_epoch=log_epoch,
                 init_checkpoint=init,
+                train_sources=manifest_sources(manifest, "train"),
             )
         mlflow.log_artifact(str(result.checkpoint), str(Path(CHECKPOINT_ARTIFACT).parent))
         summary = {

@@ -117,6 +117,23 @@ def training_size(config_height: int, config_width: int, scale: float) -> tuple[
     )
 
 
+def source_weights(sources: Sequence[str], balance: float) -> torch.Tensor | None:
+    """Per-image sampling weights that even out the data sources: ``n_source ** -balance``.
+
+    Args:
+        sources: The source of each training image.
+        balance: 0 leaves the sources as they are; 1 draws every source equally often.
+
+    Returns:
+        The weights, or None when there is nothing to even out (one source, or ``balance`` 0).
+    """
+    if balance <= 0 or len(set(sources)) < 2:
+        return None
+    names, index = np.unique(np.asarray(sources), return_inverse=True)
+    counts = np.bincount(index, minlength=len(names)).astype(float)
+    return torch.tensor(counts[index] ** -balance, dtype=torch.float64)
+
+
 def _class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
     counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
     weights = 1.0 / np.sqrt(np.maximum(counts, 1.0))
@@ -229,6 +246,7 @@ def train_model(
     out_dir: Path,
     on_epoch: EpochCallback | None = None,
     init_checkpoint: Path | None = None,
+    train_sources: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train the configured model and write ``best.pt`` into ``out_dir``.
 
@@ -237,7 +255,10 @@ def train_model(
     batches on the training device; the first epochs at ``low_res_scale`` of the input size and
     the last ``full_res_epochs`` at the size the model serves at (progressive resizing, which also
     corrects the train/test resolution discrepancy); an exponential moving average of the weights
-    (``ema_decay``) is what is validated and saved.
+    (``ema_decay``) is what is validated and saved. With ``train_sources`` and
+    ``source_balance`` above 0, each epoch draws its images (as many as there are) with weights
+    that even out the sources (:func:`source_weights`), so a site's few hundred labels are not
+    drowned by the base set.
 
     Args:
         config: The validated run config (``model`` and ``train`` sections are used).
@@ -250,9 +271,12 @@ def train_model(
             after that epoch and the best checkpoint so far stays.
         init_checkpoint: A checkpoint of the same backbone and classes to start from (a warm
             start, ``train.init_from``) instead of the backbone's pretrained weights.
+        train_sources: The data source of each training image (the manifest's ``source``);
+            None: one source.
 
     Raises:
         CheckpointError: ``init_checkpoint`` is unreadable or does not fit.
+        ValueError: ``train_sources`` does not have one entry per training image.
     """
     tc, mc = config.train, config.model
     classes = config.data.classes
@@ -263,6 +287,12 @@ def train_model(
     amp = tc.mixed_precision and device.type == "cuda"
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(tc.seed)
+    if train_sources is not None and len(train_sources) != len(train_items):
+        raise ValueError(
+            f"train_sources has {len(train_sources)} entries for {len(train_items)} training "
+            "images; give one source per image, or None"
+        )
+    draw = source_weights(train_sources or [], tc.source_balance)
 
     full_size = (mc.image_height, mc.image_width)
     train_x = load_images(images_root, [p for p, _ in train_items], *full_size, desc="train")
@@ -331,7 +361,11 @@ def train_model(
         model.train()
         epoch_start, seen, loss_sum = time.perf_counter(), 0, 0.0
         # Whole batches only: a last batch of one image would break batch norm.
-        order = torch.randperm(len(train_y), generator=generator)
+        order = (
+            torch.randperm(len(train_y), generator=generator)
+            if draw is None
+            else torch.multinomial(draw, len(train_y), replacement=True, generator=generator)
+        )
         batches = order[: steps_per_epoch * tc.batch_size].split(tc.batch_size)
         bar = tqdm(
             batches,

@@ -20,6 +20,7 @@ from garbage.training.train import (
     TrainResult,
     load_checkpoint,
     save_checkpoint,
+    source_weights,
     train_model,
     training_size,
     warm_ema,
@@ -221,3 +222,46 @@ def test_a_warm_start_from_other_classes_is_refused(
     save_checkpoint(path, other, ["a", "b"], smoke_config, {})
     with pytest.raises(CheckpointError, match="classes"):
         train_small(smoke_config, image_tree, tmp_path / "out", init_checkpoint=path)
+
+
+def test_source_weights_give_every_source_its_share() -> None:
+    sources = ["trashnet"] * 9 + ["site"]
+    even = source_weights(sources, 1.0)
+    assert even is not None
+    assert float(even[:9].sum()) == pytest.approx(float(even[9:].sum()))
+    half = source_weights(sources, 0.5)
+    assert half is not None
+    assert float(half[9:].sum() / half[:9].sum()) == pytest.approx(1 / 3)  # sqrt(1/9)
+    assert source_weights(sources, 0.0) is None
+    assert source_weights(["trashnet"] * 4, 1.0) is None
+
+
+def test_a_source_balanced_epoch_draws_other_images_reproducibly(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    train = items(image_tree, range(4))
+    sources = ["site" if path.endswith("0.jpg") else "trashnet" for path, _ in train]
+
+    def run(balance: float, name: str) -> list[dict[str, float]]:
+        config = smoke_config.model_copy(
+            update={"train": smoke_config.train.model_copy(update={"source_balance": balance})}
+        )
+        return train_model(
+            config,
+            image_tree,
+            train,
+            items(image_tree, range(4, 6)),
+            tmp_path / name,
+            train_sources=sources,
+        ).history
+
+    plain, balanced, again = run(0.0, "plain"), run(1.0, "balanced"), run(1.0, "again")
+    assert balanced[0]["train_loss"] != plain[0]["train_loss"]
+    assert balanced[0]["train_loss"] == again[0]["train_loss"]
+
+
+def test_train_sources_must_match_the_training_images(
+    image_tree: Path, smoke_config: Config, tmp_path: Path
+) -> None:
+    with pytest.raises(ValueError, match="train_sources has 1 entries for 24 training images"):
+        train_small(smoke_config, image_tree, tmp_path / "out", train_sources=["site"])
