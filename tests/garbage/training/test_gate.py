@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -304,17 +305,20 @@ def _two_source_manifest(images: Path, counts: dict[tuple[str, str], int]) -> pd
     return pd.DataFrame(rows)
 
 
-def test_register_step_keeps_the_champion_when_the_candidate_loses_one_source(
-    smoke_config: Config, tmp_path: Path
-) -> None:
-    """The champion always answers c1, the candidate c0: the candidate wins on the pooled split
-    (site-a is all c0 and larger) but loses all of trashnet, so it is not promoted; every record
-    of the decision has a row per source."""
-    registry = smoke_config.registry.model_copy(
-        update={"gate_metric": "accuracy", "min_slice_images": 5, "overall": "pooled"}
+def _constant_models_on_two_sources(
+    smoke_config: Config, tmp_path: Path, **registry: Any
+) -> tuple[Config, str, dict[str, Any]]:
+    """A champion that always answers c1 and a candidate that always answers c0, gated on 8
+    site-a images (all c0) and 6 trashnet ones (all c1) with ``registry`` settings.
+
+    Returns:
+        The config, the champion's version and register_step's result.
+    """
+    settings = smoke_config.registry.model_copy(
+        update={"gate_metric": "accuracy", "min_slice_images": 5, **registry}
     )
     data = smoke_config.data.model_copy(update={"classes": ["c0", "c1"]})
-    config = smoke_config.model_copy(update={"registry": registry, "data": data})
+    config = smoke_config.model_copy(update={"registry": settings, "data": data})
     images = tmp_path / "images"
     manifest_csv = write_manifest(
         _two_source_manifest(images, {("site-a", "c0"): 8, ("trashnet", "c1"): 6}),
@@ -324,8 +328,20 @@ def test_register_step_keeps_the_champion_when_the_candidate_loses_one_source(
     candidate = constant_onnx_model(tmp_path / "candidate", [1.0, 0.0])
     with mlflow.start_run(experiment_id=configure_tracking(config)) as run:
         run_id = run.info.run_id
-
     result = register_step(config, candidate, images, manifest_csv, tmp_path / "gate", run_id)
+    return config, champion, result | {"run_id": run_id}
+
+
+def test_register_step_keeps_the_champion_when_the_candidate_loses_one_source(
+    smoke_config: Config, tmp_path: Path
+) -> None:
+    """The champion always answers c1, the candidate c0: the candidate wins on the pooled split
+    (site-a is all c0 and larger) but loses all of trashnet, so it is not promoted; every record
+    of the decision has a row per source."""
+    config, champion, result = _constant_models_on_two_sources(
+        smoke_config, tmp_path, overall="pooled"
+    )
+    run_id = result["run_id"]
 
     assert result["promote"] is False and result["version"] == "2"
     assert "beats champion v1 (0.4286) by +0.1429" in result["reason"]
@@ -377,22 +393,7 @@ def test_register_step_gates_on_the_mean_of_the_slices_by_default(
     """The same two models as above: pooled the candidate wins, but on the mean of the two
     slices (1.0 and 0.0 against 0.0 and 1.0) it does not."""
     assert smoke_config.registry.overall == "slice_mean"
-    registry = smoke_config.registry.model_copy(
-        update={"gate_metric": "accuracy", "min_slice_images": 5, "slice_tolerance": 1.0}
-    )
-    data = smoke_config.data.model_copy(update={"classes": ["c0", "c1"]})
-    config = smoke_config.model_copy(update={"registry": registry, "data": data})
-    images = tmp_path / "images"
-    manifest_csv = write_manifest(
-        _two_source_manifest(images, {("site-a", "c0"): 8, ("trashnet", "c1"): 6}),
-        tmp_path / "manifest.csv",
-    )
-    register_champion(config, constant_onnx_model(tmp_path / "champion", [0.0, 1.0]))
-    candidate = constant_onnx_model(tmp_path / "candidate", [1.0, 0.0])
-    with mlflow.start_run(experiment_id=configure_tracking(config)) as run:
-        run_id = run.info.run_id
-
-    result = register_step(config, candidate, images, manifest_csv, tmp_path / "gate", run_id)
+    _, _, result = _constant_models_on_two_sources(smoke_config, tmp_path, slice_tolerance=1.0)
 
     assert result["promote"] is False
     assert result["reason"].startswith(
