@@ -151,7 +151,9 @@ def test_train_step_puts_the_lineage_on_its_run(
         out: Path,
         on_epoch: Any,
         init_checkpoint: Path | None = None,
+        train_sources: list[str] | None = None,
     ) -> TrainResult:
+        assert train_sources is None or len(train_sources) == len(items)
         on_epoch(1, {"val_macro_f1": 0.5})
         out.mkdir(parents=True, exist_ok=True)
         (out / "best.pt").write_bytes(b"stand-in checkpoint")

@@ -355,8 +355,10 @@ class FakeTraining:
         out_dir,
         on_epoch,
         init_checkpoint=None,
+        train_sources=None,
     ):
         what = self.script[self.calls]
+        assert train_sources is None or len(train_sources) == len(train_items)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "best.pt").write_bytes(b"stand-in checkpoint")
         self.calls += 1
