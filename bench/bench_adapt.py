@@ -874,7 +874,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Retrain settings (retrain.train): {settings}; gate: {report['config']['gate_metric']}, "
-        f"overall {report['config'].get('overall', 'pooled')}, slice tolerance "
+        f"overall {report['config']['overall']}, slice tolerance "
         f"{report['config']['slice_tolerance']}.",
     ]
     lines += ["", "| target | measured | met |", "| --- | ---: | --- |"]

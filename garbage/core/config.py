@@ -178,6 +178,10 @@ class TrainConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
 
 
+GateOverall = Literal["slice_mean", "pooled"]
+"""How the promotion gate forms its overall score (``registry.overall``)."""
+
+
 class RegistryConfig(_Section):
     """MLflow tracking, registration and the promotion gate."""
 
@@ -210,7 +214,7 @@ class RegistryConfig(_Section):
         description="Slices with fewer test images are reported but neither gate nor count in "
         "the slice mean.",
     )
-    overall: Literal["slice_mean", "pooled"] = Field(
+    overall: GateOverall = Field(
         "slice_mean",
         description="The overall score the candidate must improve: the mean of the data slices' "
         "gate metric (each source counts the same, so a site's few test images are not "

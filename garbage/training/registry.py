@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import mlflow
 from mlflow import MlflowClient
@@ -15,7 +15,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from garbage.core.classifier import METADATA_FILENAME, MODEL_FILENAME, external_data_files
-from garbage.core.config import Config
+from garbage.core.config import Config, GateOverall
 
 
 class RegistryError(RuntimeError):
@@ -99,17 +99,13 @@ class GateDecision:
     slices: tuple[SliceRow, ...] = ()
     slice_tolerance: float = 0.0
     min_slice_images: int = 1
-    overall: str = "pooled"
+    overall: GateOverall = "pooled"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``slices`` as a list of row objects)."""
         result = asdict(self)
         result["slices"] = [asdict(row) for row in self.slices]
         return result
-
-
-def _overall_name(metric: str, overall: str, counted: int) -> str:
-    return metric if overall == "pooled" else f"{metric} (mean of {counted} slices)"
 
 
 def configure_tracking(config: Config) -> str:
@@ -136,7 +132,7 @@ def configure_tracking(config: Config) -> str:
 
 
 #: How the gate forms its overall score (:func:`decide_promotion`, ``registry.overall``).
-OVERALL_RULES = ("pooled", "slice_mean")
+OVERALL_RULES: tuple[GateOverall, ...] = get_args(GateOverall)
 
 #: A slice counts as worse only below ``-tolerance - _SLACK``: 0.90 vs 0.91 at 0.01 is within.
 _SLACK = 1e-9
@@ -233,7 +229,7 @@ def decide_promotion(
     slices: Sequence[SliceScore] = (),
     slice_tolerance: float = 0.0,
     min_slice_images: int = 1,
-    overall: str = "pooled",
+    overall: GateOverall = "pooled",
 ) -> GateDecision:
     """The promotion rule, as a pure function.
 
@@ -295,7 +291,7 @@ def decide_promotion(
             overall,
         )
 
-    label = _overall_name(metric, overall, len(counted))
+    label = metric if overall == "pooled" else f"{metric} (mean of {len(counted)} slices)"
     if candidate < min_metric:
         return decision(
             False, f"candidate {label} {candidate:.4f} is below the floor {min_metric:.4f}"
