@@ -666,6 +666,22 @@ def version_checks(cfg: Any, name: str, test: TestSlice, held_out: list[Image]) 
     }
 
 
+def live_accuracy(collector_url: str) -> dict[str, Any]:
+    """The champion's live accuracy from the collector's labels: over all, and the random picks."""
+    import httpx
+
+    answer = httpx.get(f"{collector_url}/accuracy", params={"window": "3650d"}, timeout=30)
+    if answer.status_code != 200:
+        raise BenchError(f"GET /accuracy answered {answer.status_code}: {answer.text[:200]}")
+    stats = answer.json()
+    return {
+        "labelled": stats["labelled"],
+        "accuracy": stats["accuracy"],
+        "random_labelled": stats["random"]["labelled"],
+        "random_accuracy": stats["random"]["accuracy"],
+    }
+
+
 def run_loop(
     settings: Settings,
     k: int,
@@ -719,6 +735,7 @@ def run_loop(
         )
         seconds["label"] = time.monotonic() - mark
         say(f"k={k}: {imported.get('imported')} labels imported, per class {given}")
+        live = live_accuracy(collector.url)
     finally:
         collector.stop()
     mark = time.monotonic()
@@ -761,6 +778,7 @@ def run_loop(
             for key in ("budget", "candidates", "picked", "uncertain", "random", "per_class")
         },
         "review_excluded": summary.get("excluded"),
+        "live_accuracy": live,
         "dataset_version": (report.get("version") or {}).get("name"),
         "version_checks": version_checks(cfg, report["version"]["name"], test, held_out),
         "registered_version": str(version),
@@ -903,6 +921,23 @@ def markdown(report: dict[str, Any]) -> str:
                 f"held-out site images in it {checks['held_out_site_in_version']}, site labels "
                 f"per split {checks['site_labels']}; `garbage predict --model {row['model_dir']}` "
                 f"answered {row['predict_check']['label']!r}."
+            )
+    lines += [
+        "",
+        "The champion's live accuracy as the collector reports it from the loop's labels "
+        "(`GET /accuracy`), against its accuracy on the held-out site photos "
+        f"({pct(before['site']['accuracy'])}): over every label, mostly the images it was "
+        "least sure of, and over the review's random picks alone, the unbiased estimate.",
+        "",
+        "| k per class | every label | random picks |",
+        "| ---: | --- | --- |",
+    ]
+    for row in report["loops"]:
+        live = row.get("live_accuracy")
+        if live:
+            lines.append(
+                f"| {row['k']} | {pct(live['accuracy'])} ({live['labelled']}) "
+                f"| {pct(live['random_accuracy'])} ({live['random_labelled']}) |"
             )
     lines += ["", "Gate reasons:", ""]
     for row in report["loops"]:

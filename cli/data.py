@@ -104,7 +104,8 @@ def _labelled_rows(
     store = InferenceStore(db, create=False)
     try:
         rows = store.load_window(
-            columns=["image_sha256", "true_label", "label_time"], labelled_only=True
+            columns=["image_sha256", "true_label", "label_time", "label_selection"],
+            labelled_only=True,
         )
     finally:
         store.close()
@@ -179,7 +180,9 @@ def store_images(
         except ImageNotFoundError:
             skipped[DELETED] += 1
             continue
-        yield LabelledImage(data, row.true_label, source, row.label_time)
+        yield LabelledImage(
+            data, row.true_label, source, row.label_time, row.label_selection or None
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from garbage.core.names import SELECTION_RANDOM
+
 _WINDOW = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNIT = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 #: The longest window: ten years of logs is more than any store here keeps.
@@ -41,13 +43,19 @@ def parse_window(text: str) -> timedelta:
 def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy and per-class recall over the rows of ``frame`` that carry a true label.
 
+    Labels that ``garbage review`` asked for are mostly of the images the model was least sure
+    of, so the accuracy over all labels is biased low; the accuracy over its random picks
+    (``label_selection == "random"``) estimates the accuracy on the traffic without bias.
+
     Args:
-        frame: Rows with ``prediction`` and ``true_label`` columns (others ignored).
+        frame: Rows with ``prediction`` and ``true_label`` columns, optionally
+            ``label_selection`` (others ignored).
         classes: Every class, so that classes without labelled rows appear with ``None``.
 
     Returns:
         ``{"labelled": n, "accuracy": float | None, "recall": {class: float | None},
-        "support": {class: int}}``; ``None`` where there is nothing to divide by.
+        "support": {class: int}, "random": {"labelled": n, "accuracy": float | None}}``;
+        ``None`` where there is nothing to divide by.
     """
     if frame.empty or "true_label" not in frame:
         labelled = frame.iloc[0:0]
@@ -61,9 +69,17 @@ def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]
         mask = labelled["true_label"] == name if n else pd.Series(dtype=bool)
         support[name] = int(mask.sum()) if n else 0
         recall[name] = float(correct[mask].mean()) if support[name] else None
+    if n and "label_selection" in labelled:
+        random = correct[labelled["label_selection"] == SELECTION_RANDOM]
+    else:
+        random = correct.iloc[0:0]
     return {
         "labelled": n,
         "accuracy": float(correct.mean()) if n else None,
         "recall": recall,
         "support": support,
+        "random": {
+            "labelled": len(random),
+            "accuracy": float(random.mean()) if len(random) else None,
+        },
     }

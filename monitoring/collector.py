@@ -7,12 +7,14 @@ Endpoints:
         Open by default (KServe's agent cannot send a credential: the cluster's NetworkPolicy
         decides who reaches it); with events credentials configured, a bearer token is required.
     ``POST /feedback``: true labels for logged predictions, with ``Authorization: Bearer
-        <token>``: ``{"inference_id": "...", "label": "glass", "item": 0}`` or a list of such
-        objects. Every label is kept in the store's label history with the token's name; the
-        latest one counts for accuracy.
+        <token>``: ``{"inference_id": "...", "label": "glass", "item": 0}`` (optionally with
+        ``"selection"``: how ``garbage review`` picked the image) or a list of such objects.
+        Every label is kept in the store's label history with the token's name; the latest one
+        counts for accuracy.
     ``GET /images/{sha256}``: a logged image's bytes, for a labeller, with the same bearer
         token as ``/feedback``; 404 for an image never stored or deleted by retention.
-    ``GET /accuracy?window=24h``: live accuracy and per-class recall as JSON.
+    ``GET /accuracy?window=24h``: live accuracy and per-class recall as JSON (``random``: over
+        the review's random picks alone, the unbiased estimate).
     ``GET /metrics``: Prometheus text format (collector counters plus live accuracy).
     ``GET /healthz`` (process up) and ``GET /readyz`` (store reachable).
 
@@ -65,6 +67,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from garbage.core.names import Selection
 from garbage.core.preprocessing import InvalidImageError, decode_image, to_model_input
 from monitoring.accuracy import live_accuracy, parse_window
 from monitoring.events import CloudEventError, InferenceEvent, parse_cloudevents
@@ -307,6 +310,12 @@ class Feedback(BaseModel):
     )
     item: int = Field(
         0, ge=0, lt=MAX_ITEMS, strict=True, description="The image's position in the request."
+    )
+    selection: Selection | None = Field(
+        None,
+        description="How `garbage review` picked the image: 'random' picks estimate live accuracy "
+        "without bias and make the site's test slice; 'uncertain' ones are trained on. Omit it "
+        "for a label given without a review.",
     )
 
 
@@ -733,7 +742,9 @@ def create_app(
         now = datetime.now(UTC).replace(tzinfo=None)
         results: list[dict[str, Any]] = []
         for f in entries:
-            matched = store.record_feedback(f.inference_id, f.item, f.label, now, labeller)
+            matched = store.record_feedback(
+                f.inference_id, f.item, f.label, now, labeller, selection=f.selection
+            )
             result: dict[str, Any] = {
                 "inference_id": f.inference_id,
                 "item": f.item,
@@ -868,7 +879,11 @@ def create_app(
             raise HTTPException(422, str(e)) from e
         since = datetime.now(UTC).replace(tzinfo=None) - span
         frame = await run_in_threadpool(
-            store.load_window, since, None, columns=["prediction", "true_label"], labelled_only=True
+            store.load_window,
+            since,
+            None,
+            columns=["prediction", "true_label", "label_selection"],
+            labelled_only=True,
         )
         return JSONResponse({"window": window, **live_accuracy(frame, classes)})
 

@@ -215,7 +215,7 @@ def prepare(
         if class_source:
             ref_out[CLASS_COLUMN] = ref[class_source].astype(str).to_numpy()
             cur_out[CLASS_COLUMN] = complete["prediction"].astype("string").to_numpy()
-    for column in ("prediction", "true_label"):
+    for column in ("prediction", "true_label", "label_selection"):
         if column in complete:
             cur_out["_" + column] = complete[column].to_numpy()
     return ref_out, cur_out, class_source, dropped
@@ -313,7 +313,14 @@ def compute_drift(
             | set(cur["_true_label"].dropna().astype(str))
         )
         accuracy = live_accuracy(
-            cur.rename(columns={"_prediction": "prediction", "_true_label": "true_label"}), names
+            cur.rename(
+                columns={
+                    "_prediction": "prediction",
+                    "_true_label": "true_label",
+                    "_label_selection": "label_selection",
+                }
+            ),
+            names,
         )
     return DriftResult(
         status=status,

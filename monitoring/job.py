@@ -34,7 +34,15 @@ from monitoring.store import InferenceStore
 
 log = logging.getLogger(__name__)
 
-WINDOW_COLUMNS = ("ts", *FEATURE_COLUMNS, "feature_error", "prediction", "score", "true_label")
+WINDOW_COLUMNS = (
+    "ts",
+    *FEATURE_COLUMNS,
+    "feature_error",
+    "prediction",
+    "score",
+    "true_label",
+    "label_selection",
+)
 PREDICTION_BATCH = 64
 
 

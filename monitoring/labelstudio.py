@@ -15,7 +15,8 @@ Follows Label Studio's documented formats (labelstud.io/guide: "Import pre-annot
   an object with ``id`` and ``email`` in newer versions).
 
 :func:`parse_export` reads the latest non-cancelled annotation of every task back to the logged
-prediction it labels, ``(inference_id, item)``.
+prediction it labels, ``(inference_id, item)``, with the task's ``selection``, which the label
+carries to the store.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from garbage.core.names import TRASHNET_CLASSES
+from garbage.core.names import SELECTIONS, TRASHNET_CLASSES, Selection
 
 #: The ``name`` of the ``<Choices>`` control: results carry it as ``from_name``.
 FROM_NAME = "material"
@@ -148,6 +149,8 @@ class ImportedLabel:
         completed_by: Who annotated in Label Studio (its user id or e-mail), for the report;
             the collector records the credential's name, not this.
         annotated_at: When the annotation was last changed (Label Studio's ``updated_at``).
+        selection: How ``garbage review`` picked the image (the task's ``data.selection``);
+            None when the task does not say or says something else.
     """
 
     inference_id: str
@@ -157,10 +160,18 @@ class ImportedLabel:
     annotation_id: int | str | None = None
     completed_by: str | None = None
     annotated_at: datetime | None = None
+    selection: Selection | None = None
 
     def feedback(self) -> dict[str, Any]:
         """The collector's ``/feedback`` entry for this label."""
-        return {"inference_id": self.inference_id, "item": self.item, "label": self.label}
+        entry: dict[str, Any] = {
+            "inference_id": self.inference_id,
+            "item": self.item,
+            "label": self.label,
+        }
+        if self.selection is not None:
+            entry["selection"] = self.selection
+        return entry
 
 
 @dataclass(frozen=True)
@@ -241,6 +252,13 @@ def _item(value: object) -> int | None:
         return value if value >= 0 else None
     if isinstance(value, str) and value.strip().isdigit():
         return int(value.strip())
+    return None
+
+
+def _selection(value: object) -> Selection | None:
+    for selection in SELECTIONS:
+        if value == selection:
+            return selection
     return None
 
 
@@ -392,6 +410,7 @@ def parse_export(
             annotation_id=latest.get("id"),
             completed_by=_annotator(latest.get("completed_by")),
             annotated_at=when,
+            selection=_selection(data.get("selection")),
         )
         key = (inference_id, item)
         rank = (when or datetime.min, index)

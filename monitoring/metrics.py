@@ -18,7 +18,9 @@ Collector (scraped from ``/metrics``):
     ``garbage_monitoring_image_store_images``, ``garbage_monitoring_image_store_bytes``: images
     stored and their total size, as of the last retention run.
     ``garbage_live_accuracy{window}``, ``garbage_live_recall{window,label}``,
-    ``garbage_live_labelled{window}``: computed from the store at scrape time.
+    ``garbage_live_labelled{window}``, and ``garbage_live_accuracy_random{window}`` with
+    ``garbage_live_labelled_random{window}`` (over the random picks of ``garbage review`` only:
+    the unbiased estimate): computed from the store at scrape time.
 
 Payload logger (``garbage serve --logger-url``; on the model server's ``/metrics``):
     ``garbage_payload_events_total{outcome}``: what happened to the logged CloudEvents:
@@ -236,21 +238,39 @@ class LiveAccuracyCollector(Collector):
             "Predictions that received a true label, per window.",
             labels=["window"],
         )
+        random_accuracy = GaugeMetricFamily(
+            "garbage_live_accuracy_random",
+            "Share right of the labelled random picks of garbage review, per window: the "
+            "unbiased estimate of accuracy on the traffic.",
+            labels=["window"],
+        )
+        random_labelled = GaugeMetricFamily(
+            "garbage_live_labelled_random",
+            "Labelled random picks of garbage review, per window.",
+            labels=["window"],
+        )
         now = datetime.now(UTC).replace(tzinfo=None)
         for name, span in self.windows.items():
             frame = self.store.load_window(
-                since=now - span, columns=["prediction", "true_label"], labelled_only=True
+                since=now - span,
+                columns=["prediction", "true_label", "label_selection"],
+                labelled_only=True,
             )
             stats = live_accuracy(frame, self.classes)
             labelled.add_metric([name], float(stats["labelled"]))
+            random_labelled.add_metric([name], float(stats["random"]["labelled"]))
             if stats["accuracy"] is not None:
                 accuracy.add_metric([name], float(stats["accuracy"]))
+            if stats["random"]["accuracy"] is not None:
+                random_accuracy.add_metric([name], float(stats["random"]["accuracy"]))
             for label, value in stats["recall"].items():
                 if value is not None:
                     recall.add_metric([name, label], float(value))
         yield accuracy
         yield recall
         yield labelled
+        yield random_accuracy
+        yield random_labelled
 
 
 def drift_registry(

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from garbage.core.names import SELECTION_RANDOM, SELECTION_UNCERTAIN
+
 STRATEGIES = ("margin", "entropy")
-SELECTION_UNCERTAIN = "uncertain"
-SELECTION_RANDOM = "random"
 #: Largest dHash Hamming distance (of 64 bits) at which two images count as near duplicates.
 DEFAULT_NEAR_DUPLICATE = 6
 DEFAULT_RANDOM_SHARE = 0.2

@@ -6,7 +6,9 @@ response event the prediction, label feedback the true label; they may arrive in
 each only fills its own columns, so the three meet in one row whatever the order.
 
 Every label ever given is kept in a second table, ``label_history`` (who gave it and when); the
-row of ``inference_log`` holds the latest one, which is what accuracy counts.
+row of ``inference_log`` holds the latest one, which is what accuracy counts, and
+``label_selection``: how ``garbage review`` picked the image (``random`` or ``uncertain``; empty
+for a label given without a review), so that accuracy on the random picks stays unbiased.
 
 Each row points to its image in the image store (:mod:`monitoring.images`): ``image_sha256``
 (the SHA-256 of the stored bytes; empty when the image was unreadable or could not be stored)
@@ -17,10 +19,11 @@ retention deleted it), so retention needs no listing of the bucket; a deleted im
 
 Migration: opening a store with ``create=True`` (the collector does) creates the tables that are
 missing (``label_history``, ``images``) and adds the columns of ``inference_log`` that an older
-database lacks (``image_sha256``, ``image_dhash``: ``ALTER TABLE ... ADD COLUMN``, nullable, on
-SQLite and PostgreSQL; two processes opening it at once are fine) with their index; old rows keep
-their values and get no image. A store opened with ``create=False`` (the drift job) is left as it
-is and reads only the columns it names.
+database lacks (``image_sha256``, ``image_dhash``, ``label_selection``: ``ALTER TABLE ... ADD
+COLUMN``, nullable, on SQLite and PostgreSQL; two processes opening it at once are fine) with
+their index; old rows keep their values and get no image (and no selection). A store opened with
+``create=False`` (the drift job) is left as it is and reads only the columns it names; a column
+it lacks reads as None.
 
 Values are checked before any SQL runs (:class:`InvalidRecordError`): text no longer than its
 column (PostgreSQL refuses longer values, SQLite would store them), valid UTF-8 without NUL
@@ -65,6 +68,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
 
+from garbage.core.names import SELECTIONS
 from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
 
@@ -89,6 +93,7 @@ FIELD_LENGTHS: dict[str, int] = {
     "labeller": 100,
     "image_sha256": 64,
     "image_dhash": 16,
+    "label_selection": 20,
 }
 #: ``item`` is an ``INTEGER`` column: 32 bits on PostgreSQL.
 MAX_ITEM = 2**31 - 1
@@ -250,6 +255,7 @@ def _table(metadata: MetaData) -> Table:
         Column("probabilities", Text),
         Column("true_label", _text("true_label")),
         Column("label_time", DateTime),
+        Column("label_selection", _text("label_selection")),
         Column("image_sha256", _text("image_sha256")),
         Column("image_dhash", _text("image_dhash")),
         UniqueConstraint(*KEY, name="uq_inference_item"),
@@ -332,6 +338,7 @@ class InferenceStore:
         self.table = _table(self.metadata)
         self.history = _history_table(self.metadata)
         self.images = _images_table(self.metadata)
+        self._absent: set[str] | None = None  # columns the database lacks; None: not looked
         try:
             if self.url.startswith("sqlite:///"):
                 path = self.url[len("sqlite:///") :]
@@ -351,6 +358,7 @@ class InferenceStore:
             if create:
                 self.metadata.create_all(self.engine)
                 self._add_missing_columns()
+                self._absent = set()
         except (ArgumentError, SQLAlchemyError, OSError, ImportError) as e:
             raise StoreError(f"cannot open the inference store at {redact(self.url)}: {e}") from e
 
@@ -695,12 +703,19 @@ class InferenceStore:
         return self._transaction(work)
 
     def record_feedback(
-        self, inference_id: str, item: int, label: str, when: datetime, labeller: str = ""
+        self,
+        inference_id: str,
+        item: int,
+        label: str,
+        when: datetime,
+        labeller: str = "",
+        selection: str | None = None,
     ) -> bool:
         """Attach a true label to a logged prediction and add it to the label history.
 
         The latest label wins: the row keeps the label with the latest ``when`` (a late write
         of an older label goes to the history only), and every label stays in the history.
+        ``selection`` (how the review picked the image) is kept whenever a label brings one.
 
         Args:
             inference_id: The inference's id (its CloudEvent ``ce-id``).
@@ -708,6 +723,8 @@ class InferenceStore:
             label: The true class.
             when: When the label was given (naive UTC).
             labeller: Who gave it (the name of the credential that sent it).
+            selection: How ``garbage review`` picked the image (one of
+                :data:`garbage.core.names.SELECTIONS`); None: not known (the row keeps any it has).
 
         Returns:
             False when no row exists for ``(inference_id, item)`` (nothing is written then).
@@ -720,6 +737,8 @@ class InferenceStore:
         check_item(item)
         check_text("true_label", label, required=True)
         check_text("labeller", labeller)
+        if selection is not None and selection not in SELECTIONS:
+            raise InvalidRecordError("label_selection", f"must be one of {SELECTIONS}")
         t, h = self.table, self.history
 
         def work(conn: Connection) -> int:
@@ -740,6 +759,8 @@ class InferenceStore:
                 .where(*key, or_(t.c.label_time.is_(None), t.c.label_time <= when))
                 .values(true_label=label, label_time=when)
             )
+            if selection is not None:
+                conn.execute(update(t).where(*key).values(label_selection=selection))
             return 1
 
         return self._transaction(work) > 0
@@ -810,12 +831,17 @@ class InferenceStore:
             columns: Columns to read (default: all).
             labelled_only: Only rows with a true label.
 
+        Returns:
+            The rows; a column an older database lacks (a store opened with ``create=False``
+            before the collector added it) is all None.
+
         Raises:
             StoreError: The database cannot be read.
         """
         t = self.table
         cols = [t.c[name] for name in columns] if columns else list(t.c)
-        query = select(*cols)
+        absent = [c.name for c in cols if c.name in self._absent_columns()]
+        query = select(*[c for c in cols if c.name not in absent])
         if since is not None:
             query = query.where(t.c.ts >= since)
         if until is not None:
@@ -830,7 +856,19 @@ class InferenceStore:
                 frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
         except SQLAlchemyError as e:
             raise StoreError(f"cannot read from {redact(self.url)}: {e}") from e
-        return frame
+        for name in absent:
+            frame[name] = None
+        return frame[[c.name for c in cols]]
+
+    def _absent_columns(self) -> set[str]:
+        """Columns of ``inference_log`` this database lacks (looked up once per store)."""
+        if self._absent is None:
+            try:
+                present = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
+            except SQLAlchemyError as e:
+                raise StoreError(f"cannot read from {redact(self.url)}: {e}") from e
+            self._absent = set(self.table.c.keys()) - present
+        return self._absent
 
     def insert_rows(self, rows: pd.DataFrame, chunk: int = 5000) -> int:
         """Bulk-insert complete rows (benchmarks, back-fills); columns must be table columns."""

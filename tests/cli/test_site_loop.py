@@ -206,6 +206,10 @@ def test_site_images_labelled_become_a_version_and_a_retrained_model(
     manifest = version_manifest(open_store(config), name)
     site = manifest[manifest["source"] == "site"]
     assert dict(zip(site["sha256"], site["label"], strict=True)) == truth
+    # The site's test slice is the review's random picks only: a uniform sample of the traffic.
+    random_picks = {t["data"]["sha256"] for t in tasks if t["data"]["selection"] == "random"}
+    site_test = set(site.loc[site["split"] == "test", "sha256"])
+    assert site_test and site_test <= random_picks
     assert report["ledger"]["state"] == "succeeded"
     assert report["ledger"]["init_from"] == champion_uri(config)
 

@@ -70,11 +70,17 @@ def test_events_feedback_accuracy_and_metrics(secured_collector, collector_auth_
 
 
 def test_live_accuracy_over_recent_events(secured_collector, collector_auth_header) -> None:
-    """Events stamped now fall in the 1h window: the gauge shows the live accuracy."""
+    """Events stamped now fall in the 1h window: the gauges show the live accuracy, over every
+    label and over the review's random picks alone."""
     url = secured_collector.url
     image = make_jpeg((150, 150, 160), 5)
-    for i, (predicted, truth) in enumerate(
-        [("metal", "metal"), ("metal", "glass"), ("glass", "glass"), ("metal", "metal")]
+    for i, (predicted, truth, selection) in enumerate(
+        [
+            ("metal", "metal", "random"),
+            ("metal", "glass", "random"),
+            ("glass", "glass", "uncertain"),
+            ("metal", "metal", None),
+        ]
     ):
         headers = kserve_headers(f"now-{i}", "request")
         headers.pop("Ce-Time")  # no time: the collector stamps it on arrival
@@ -93,13 +99,15 @@ def test_live_accuracy_over_recent_events(secured_collector, collector_auth_head
         assert (
             httpx.post(
                 f"{url}/feedback",
-                json={"inference_id": f"now-{i}", "label": truth},
+                json={"inference_id": f"now-{i}", "label": truth}
+                | ({"selection": selection} if selection else {}),
                 headers=collector_auth_header,
             ).status_code
             == 200
         )
     stats = httpx.get(f"{url}/accuracy", params={"window": "1h"}).json()
     assert stats["labelled"] == 4 and stats["accuracy"] == pytest.approx(0.75)
+    assert stats["random"] == {"labelled": 2, "accuracy": 0.5}
     assert stats["recall"] == {
         "cardboard": None,
         "glass": 0.5,
@@ -112,6 +120,8 @@ def test_live_accuracy_over_recent_events(secured_collector, collector_auth_head
     assert 'garbage_live_accuracy{window="1h"} 0.75' in body
     assert 'garbage_live_recall{label="glass",window="1h"} 0.5' in body
     assert 'garbage_live_labelled{window="24h"} 4.0' in body
+    assert 'garbage_live_accuracy_random{window="1h"} 0.5' in body
+    assert 'garbage_live_labelled_random{window="24h"} 2.0' in body
 
 
 def test_structured_mode_and_v2_payloads(secured_collector) -> None:

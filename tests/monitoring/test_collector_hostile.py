@@ -890,6 +890,12 @@ CASES = [
         "comment",
     ),
     Case("feedback-entry-a-string", feedback(["glass"]), (422,), "entry 0"),
+    Case(
+        "feedback-unknown-selection",
+        feedback({"inference_id": LOGGED_ID, "label": "glass", "selection": "hard"}),
+        (422,),
+        "selection",
+    ),
     # other routes
     Case(
         "accuracy-window-overflow",

@@ -96,7 +96,25 @@ def test_the_export_gives_the_latest_non_cancelled_annotation_of_each_task() -> 
     assert by_id["req-b"].completed_by == "4" and by_id["req-b"].annotation_id == 5003
     assert by_id["req-e"].completed_by == "sorter@example.com"  # newer exports: a user object
     assert by_id["req-e"].annotated_at == datetime(2026, 11, 22, 8, 15)  # naive UTC
-    assert by_id["req-a"].feedback() == {"inference_id": "req-a", "item": 0, "label": "glass"}
+    # The task's selection (how the review picked the image) travels with the label.
+    assert by_id["req-a"].feedback() == {
+        "inference_id": "req-a",
+        "item": 0,
+        "label": "glass",
+        "selection": "uncertain",
+    }
+
+
+def test_a_task_without_a_known_selection_sends_none() -> None:
+    when = "2026-11-20T10:00:00Z"
+    tasks = [
+        _task(1, "req-x", [_annotation("glass", when)]),
+        _task(2, "req-y", [_annotation("paper", when)]),
+    ]
+    tasks[1]["data"]["selection"] = "by hand"
+    parsed = parse_export(tasks)
+    assert [label.selection for label in parsed.labels] == [None, None]
+    assert "selection" not in parsed.labels[0].feedback()
 
 
 def test_the_latest_annotation_wins_whatever_the_order_of_the_list() -> None:
@@ -435,9 +453,13 @@ def test_labels_import_sends_the_export_through_feedback_and_keeps_the_history(
     assert report["skipped_reasons"] == {"cancelled": 1, "not annotated": 1}
     labeller = report["labeller"]  # the name the collector knows the credential by
     assert labeller and labeller != "whoever-i-say"
-    rows = store.load_window(columns=["inference_id", "item", "true_label"])
+    rows = store.load_window(columns=["inference_id", "item", "true_label", "label_selection"])
     labels = {(r.inference_id, r.item): r.true_label for r in rows.itertuples()}
     assert labels[("req-a", 0)] == "glass" and labels[("req-b", 0)] == "cardboard"
+    picked = {(r.inference_id, r.item): r.label_selection for r in rows.itertuples()}
+    # How the review picked each image came back with the export and reached the store.
+    assert picked[("req-a", 0)] == "uncertain" and picked[("req-b", 0)] == "random"
+    assert picked[("req-c", 0)] is None
     assert labels[("req-e", 1)] == "metal" and labels[("req-e", 0)] is None
     assert labels[("req-c", 0)] is None  # cancelled in Label Studio: no label
 

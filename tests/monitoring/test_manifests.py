@@ -533,7 +533,7 @@ def model_server(overlay_docs, tiny_model_dir: Path) -> Producer:
 @pytest.fixture(scope="module")
 def collector(overlay_docs, tiny_model_dir: Path, tmp_path_factory) -> Producer:
     """The collector with its Deployment's windows, after a logged request (sent now), its label
-    and an event it refuses."""
+    (a random pick of a review) and an event it refuses."""
     from fastapi.testclient import TestClient
 
     from garbage.core.classifier import OnnxClassifier
@@ -566,7 +566,7 @@ def collector(overlay_docs, tiny_model_dir: Path, tmp_path_factory) -> Producer:
             assert r.status_code == 400, r.text
             r = client.post(
                 "/feedback",
-                json={"inference_id": "c-1", "label": classes[0]},
+                json={"inference_id": "c-1", "label": classes[0], "selection": "random"},
                 headers={"Authorization": "Bearer test-token-0123456789"},
             )
             assert r.status_code == 200, r.text

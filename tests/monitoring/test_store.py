@@ -173,6 +173,19 @@ def test_relabels_keep_their_history_and_the_latest_label_counts(store: Inferenc
     assert store.items_logged("h-1") == 2 and store.items_logged("nope") == 0
 
 
+def test_a_label_keeps_how_the_review_picked_its_image(store: InferenceStore) -> None:
+    store.record_request(EventMeta("s-1", T0), [_features(1.0), _features(2.0)])
+    assert store.record_feedback("s-1", 0, "glass", T0, "alice", selection="random")
+    assert store.record_feedback("s-1", 1, "paper", T0, "alice", selection="uncertain")
+    # A correction given without a review (no selection) keeps how the image was picked.
+    assert store.record_feedback("s-1", 0, "metal", T0 + timedelta(minutes=1), "bob")
+    rows = store.load_window(columns=["item", "true_label", "label_selection"]).sort_values("item")
+    assert rows.to_dict("records") == [
+        {"item": 0, "true_label": "metal", "label_selection": "random"},
+        {"item": 1, "true_label": "paper", "label_selection": "uncertain"},
+    ]
+
+
 @pytest.mark.parametrize(
     ("call", "field", "problem"),
     [
@@ -196,6 +209,11 @@ def test_relabels_keep_their_history_and_the_latest_label_counts(store: Inferenc
         (lambda s: s.record_feedback("a", True, "glass", T0), "item", "integer"),
         (lambda s: s.record_feedback("a", 0, "g" * 101, T0), "true_label", "101"),
         (lambda s: s.record_feedback("a", 0, "glass", T0, "n" * 101), "labeller", "101"),
+        (
+            lambda s: s.record_feedback("a", 0, "glass", T0, selection="hard"),
+            "label_selection",
+            "one of",
+        ),
     ],
 )
 def test_values_that_do_not_fit_are_refused_before_any_sql(
@@ -238,7 +256,8 @@ def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path
 
 
 def _old_inference_log(metadata):
-    """``inference_log`` as collectors before the image store created it: no image columns."""
+    """``inference_log`` as collectors before the image store created it: no image columns (and
+    no ``label_selection``, which came later)."""
     from sqlalchemy import Index, MetaData, Table, UniqueConstraint
 
     from monitoring.store import TABLE_NAME, _table
@@ -247,7 +266,11 @@ def _old_inference_log(metadata):
     return Table(
         TABLE_NAME,
         metadata,
-        *[c._copy() for c in current.columns if not c.name.startswith("image_")],
+        *[
+            c._copy()
+            for c in current.columns
+            if not c.name.startswith("image_") and c.name != "label_selection"
+        ],
         UniqueConstraint("inference_id", "item", name="uq_inference_item"),
         Index("ix_inference_log_ts", "ts"),
     )
@@ -281,10 +304,18 @@ def test_an_old_store_without_the_image_columns_gets_them_on_open(
         )
     engine.dispose()
 
+    # Before the collector migrates it, a reader (create=False) gets the new columns as None.
+    reader = InferenceStore(url, create=False)
+    wanted = ["inference_id", "true_label", "label_selection", "image_sha256"]
+    assert reader.load_window(columns=wanted).to_dict("records") == [
+        {"inference_id": "old-1", "true_label": None, "label_selection": None, "image_sha256": None}
+    ]
+    reader.close()
+
     stores = [InferenceStore(url), InferenceStore(url)]  # the second finds nothing to add
     store = stores[0]
     columns = {c["name"] for c in inspect(store.engine).get_columns(TABLE_NAME)}
-    assert {"image_sha256", "image_dhash"} <= columns
+    assert {"image_sha256", "image_dhash", "label_selection"} <= columns
     indexes = {i["name"] for i in inspect(store.engine).get_indexes(TABLE_NAME)}
     assert "ix_inference_log_image_sha256" in indexes
     [old] = store.load_window().to_dict("records")
@@ -297,6 +328,9 @@ def test_an_old_store_without_the_image_columns_gets_them_on_open(
     new = store.load_window().set_index("inference_id").loc["new-1"]
     assert new["image_sha256"] == sha and new["image_dhash"] == "0" * 16
     assert store.image_record(sha)["size_bytes"] == 10
+    assert store.record_feedback("old-1", 0, "glass", T0, "alice", selection="random")
+    labelled = store.load_window(columns=["label_selection"], labelled_only=True)
+    assert labelled["label_selection"].tolist() == ["random"]
     for s in stores:
         s.close()
 

@@ -47,8 +47,12 @@ version built from the TrashNet archive alone has exactly the pipeline's split o
 ``split.max_per_class`` does not apply: a version keeps every image); a class too small for that
 takes the hash rule. New images of a source the parent has take the hash rule
 (:func:`garbage.training.data.split.hash_split`: a threshold on a uniform value of the image's
-hash, the seed and its source), so an image never moves when others are added. A version only
-grows: images of the parent stay (re-labelled where a newer label says so).
+hash, the seed and its source), so an image never moves when others are added. New images a
+review picked for labelling (their labels say how: ``selection``) are split by that instead:
+the test slice, ``test_fraction`` of them, comes from the review's random picks only, a uniform
+sample of the traffic that measures the site without bias, and the uncertain picks, chosen for
+what they teach, are trained on (:func:`_split_reviewed`). A version only grows: images of the
+parent stay (re-labelled where a newer label says so).
 
 **Training on a version** (``data.version``): :func:`materialize_version` writes its images as
 class folders for the pipeline's validate step, and :func:`apply_version_splits` takes the splits
@@ -74,8 +78,9 @@ from typing import Any
 import pandas as pd
 
 from garbage.core.config import Config, DataConfig, SplitConfig
+from garbage.core.names import SELECTION_RANDOM, SELECTIONS
 from garbage.training.data.fetch import fetch_dataset, fetch_source
-from garbage.training.data.split import SPLITS, hash_split, split_dataset
+from garbage.training.data.split import SPLITS, hash_split, split_dataset, split_uniform
 from garbage.training.data.validate import validate_dataset
 from garbage.training.lineage import code_version, manifest_digest
 
@@ -779,7 +784,8 @@ class SourceImages:
         location: Where it came from (a path or URL; for labelled images, what the caller says).
         digest: The source's own digest: an archive's sha256, else the sha256 of its kept rows.
         root: The folder the table's paths are relative to.
-        table: The kept images: ``path``, ``label``, ``sha256``, ``time``.
+        table: The kept images: ``path``, ``label``, ``sha256``, ``time``, ``selection`` (how a
+            review picked a labelled image; ``""`` when not known).
         dropped: Images left out, by reason.
     """
 
@@ -812,6 +818,7 @@ def images_from_folder(
     location: str | None = None,
     digest: str | None = None,
     times: Mapping[str, str] | None = None,
+    selections: Mapping[str, str] | None = None,
     dropped: Mapping[str, int] | None = None,
 ) -> SourceImages:
     """Validate a folder of class folders as one source.
@@ -824,6 +831,8 @@ def images_from_folder(
         location: Where it came from (default: ``root``).
         digest: The source's digest (an archive's sha256); default: the kept rows' digest.
         times: Label time per image hash (labelled images); default: none (undated).
+        selections: How a review picked each image, per image hash (labelled images); default:
+            not known.
         dropped: Images left out before validation, by reason.
 
     Returns:
@@ -846,6 +855,7 @@ def images_from_folder(
             reasons[reason] += count
     table = kept[["path", "label", "sha256"]].copy()
     table["time"] = [(times or {}).get(sha, "") for sha in table["sha256"]]
+    table["selection"] = [(selections or {}).get(sha, "") for sha in table["sha256"]]
     return SourceImages(
         name=name,
         kind=kind,
@@ -866,12 +876,15 @@ class LabelledImage:
         label: Its class.
         source: The source it belongs to (``site``, ...).
         time: When the label was given (a datetime, naive = UTC, or ISO text); None if unknown.
+        selection: How ``garbage review`` picked it (:data:`garbage.core.names.SELECTIONS`);
+            None if it was labelled without a review.
     """
 
     image: bytes | Path | str
     label: str
     source: str
     time: datetime | str | None = None
+    selection: str | None = None
 
 
 def sources_from_labelled(
@@ -883,11 +896,13 @@ def sources_from_labelled(
     """Validate labelled images as sources, one per source name, in order of appearance.
 
     The images are written once each into ``staging_dir`` (class folders per source) and
-    validated there. An image labelled more than once keeps its newest label. Items with a label
-    that is not a configured class, or whose file cannot be read, are dropped and counted.
+    validated there. An image labelled more than once keeps its newest label, and counts as a
+    random pick of a review when any of its labels was one. Items with a label that is not a
+    configured class, or whose file cannot be read, are dropped and counted.
 
     Args:
-        items: :class:`LabelledImage` or ``(image, label, source, time)`` tuples; consumed once.
+        items: :class:`LabelledImage` or ``(image, label, source, time[, selection])`` tuples;
+            consumed once.
         config: What a valid image is, and the classes.
         staging_dir: An empty folder for the images (the caller removes it after the build).
         location: What to record as the sources' location.
@@ -901,6 +916,7 @@ def sources_from_labelled(
     """
     best: dict[str, dict[str, tuple[str, str, str]]] = {}  # source -> sha -> (label, time, ext)
     dropped: dict[str, Counter[str]] = {}
+    picked: dict[str, dict[str, str]] = {}  # source -> sha -> selection
     for raw in items:
         item = raw if isinstance(raw, LabelledImage) else LabelledImage(*raw)
         source = check_source_name(item.source)
@@ -915,6 +931,9 @@ def sources_from_labelled(
             counts["unreadable file"] += 1
             continue
         sha = hashlib.sha256(data).hexdigest()
+        chosen = picked.setdefault(source, {})
+        if item.selection in SELECTIONS and chosen.get(sha) != SELECTION_RANDOM:
+            chosen[sha] = item.selection
         time = label_time(item.time)
         folder = Path(staging_dir) / source / _STAGED_BYTES
         if sha not in images:
@@ -949,6 +968,7 @@ def sources_from_labelled(
                 kind="labelled",
                 location=location,
                 times=times,
+                selections=picked.get(source),
                 dropped=dropped[source],
             )
         )
@@ -1063,7 +1083,16 @@ def empty_manifest() -> pd.DataFrame:
 def _split_new(
     rows: list[dict[str, Any]], config: SplitConfig, first_of_source: bool, notes: Counter[str]
 ) -> None:
-    """Give each new row of one source its split, in place."""
+    """Give each new row of one source its split, in place (see the module docstring)."""
+    reviewed = [row for row in rows if row.get("selection") in SELECTIONS]
+    if reviewed:
+        _split_reviewed(reviewed, config)
+        notes[f"{reviewed[0]['source']}: picked by a review (test slice from random picks)"] += len(
+            reviewed
+        )
+        rows = [row for row in rows if row.get("selection") not in SELECTIONS]
+        if not rows:
+            return
     if not first_of_source:
         for row in rows:
             row["split"] = hash_split(row["sha256"], config, row["source"])
@@ -1085,6 +1114,31 @@ def _split_new(
         row["split"] = splits[row["sha256"]]
 
 
+def _split_reviewed(rows: list[dict[str, Any]], config: SplitConfig) -> None:
+    """Split the new rows a review picked: a test slice from its random picks only.
+
+    ``test_fraction`` of the rows go to test, all of them random picks (the lowest
+    :func:`~garbage.training.data.split.split_uniform` values; fewer when there are fewer random
+    picks): a uniform sample of the traffic, so the slice measures the site as the model meets
+    it, not the hard cases the rest were picked for. The others go to val at
+    ``val_fraction / (1 - test_fraction)`` by an independent draw, else to train.
+    """
+    source = rows[0]["source"]
+    random = sorted(
+        (row for row in rows if row["selection"] == SELECTION_RANDOM),
+        key=lambda row: split_uniform(row["sha256"], config.seed, source),
+    )
+    test = {row["sha256"] for row in random[: round(len(rows) * config.test_fraction)]}
+    val_share = config.val_fraction / (1 - config.test_fraction)
+    for row in rows:
+        if row["sha256"] in test:
+            row["split"] = "test"
+        elif split_uniform(row["sha256"], config.seed, f"{source}/val") < val_share:
+            row["split"] = "val"
+        else:
+            row["split"] = "train"
+
+
 def _combine(
     parent: pd.DataFrame, sources: Sequence[SourceImages]
 ) -> tuple[list[dict[str, Any]], dict[str, Path], Counter[str]]:
@@ -1102,7 +1156,13 @@ def _combine(
     for source in sources:
         for r in source.table.itertuples(index=False):
             candidates.setdefault(r.sha256, []).append(
-                {"sha256": r.sha256, "label": r.label, "source": source.name, "time": r.time}
+                {
+                    "sha256": r.sha256,
+                    "label": r.label,
+                    "source": source.name,
+                    "time": r.time,
+                    "selection": getattr(r, "selection", ""),
+                }
             )
             files.setdefault(r.sha256, source.root / r.path)
     notes: Counter[str] = Counter()

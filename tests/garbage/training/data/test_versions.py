@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -183,6 +184,40 @@ def test_additions_to_a_known_source_take_the_hash_rule(config: Config, tmp_path
     for row in new.itertuples():
         assert row.split == hash_split(row.sha256, config.split, "site")
         assert row.time.startswith("2026-11-02T")
+
+
+@pytest.mark.parametrize("site_is_new", [True, False])
+def test_a_reviews_test_slice_is_drawn_from_its_random_picks_only(
+    config: Config, tmp_path: Path, site_is_new: bool
+) -> None:
+    """Uncertain picks (the hard cases) are trained on; the test slice is a uniform sample."""
+    parent = None
+    if not site_is_new:
+        parent = build_version(config, labelled(site_images(12, 1), config, tmp_path / "p")).name
+    items = site_images(60, 2, start=T0 + timedelta(days=1))
+    picks = ["random" if i % 5 == 0 else "uncertain" for i in range(len(items))]
+    reviewed = [
+        dataclasses.replace(item, selection=pick) for item, pick in zip(items, picks, strict=True)
+    ]
+    unreviewed = site_images(9, 3, start=T0 + timedelta(days=1))  # /feedback, no review
+    version = build_version(config, labelled(reviewed + unreviewed, config, tmp_path / "s"), parent)
+    rows = version.manifest.set_index("sha256")
+    pick_of = {hashlib.sha256(i.image).hexdigest(): p for i, p in zip(reviewed, picks, strict=True)}
+    split_of_pick = pd.crosstab(pd.Series(pick_of).rename("pick"), rows.loc[list(pick_of), "split"])
+    assert split_of_pick.loc["random", "test"] == round(60 * config.split.test_fraction) == 9
+    assert split_of_pick.loc["uncertain"].get("test", 0) == 0
+    assert split_of_pick.loc["uncertain", "val"] > 0 and split_of_pick.loc["uncertain", "train"] > 0
+    assert split_of_pick.loc["random"].sum() == 12  # 3 random picks left for val and train
+    # Images labelled without a review keep the rule they had: the hash rule on a known source.
+    if not site_is_new:
+        for item in unreviewed:
+            sha = hashlib.sha256(item.image).hexdigest()
+            assert rows.loc[sha, "split"] == hash_split(sha, config.split, "site")
+    # The same labels make the same version: the draw depends on the images only.
+    again = build_version(
+        config, labelled(reviewed + unreviewed, config, tmp_path / "again"), parent
+    )
+    assert again.name == version.name and not again.created
 
 
 def test_a_newer_label_wins_and_the_image_keeps_its_split(config: Config, tmp_path: Path) -> None:
