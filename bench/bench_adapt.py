@@ -889,9 +889,13 @@ def markdown(report: dict[str, Any]) -> str:
     settings = ", ".join(
         f"{key}={value}" for key, value in report["config"]["retrain_train"].items()
     )
+    model = ", ".join(
+        f"{key}={value}" for key, value in report["config"].get("retrain_model", {}).items()
+    )
     lines += [
         "",
-        f"Retrain settings (retrain.train): {settings}; gate: {report['config']['gate_metric']}, "
+        f"Retrain settings (retrain.train): {settings}; (retrain.model): {model or 'none'}; "
+        f"gate: {report['config']['gate_metric']}, "
         f"overall {report['config']['overall']}, slice tolerance "
         f"{report['config']['slice_tolerance']}.",
     ]
@@ -1056,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**asdict(settings), "work": str(settings.work), "out": str(settings.out)},
         "config": {
             "retrain_train": cfg.retrain.train,
+            "retrain_model": cfg.retrain.model,
             "gate_metric": cfg.registry.gate_metric,
             "overall": cfg.registry.overall,
             "slice_tolerance": cfg.registry.slice_tolerance,

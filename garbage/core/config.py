@@ -325,18 +325,37 @@ class RetrainConfig(_Section):
         "needs a smaller learning rate than training from ImageNet weights and no warm-up; "
         "the site's few labels are drawn more often than their share, source_balance).",
     )
+    model: dict[str, Any] = Field(
+        default_factory=lambda: {"image_height": 240, "image_width": 320},
+        description="Model settings a retrain applies over the model section: a larger input "
+        "than TrashNet's small photos need, for a site's photos, whose detail it keeps "
+        "(bench/results/adapt.md). A warm start needs the champion's backbone: a retrain on "
+        "another one sets warm_start to false.",
+    )
 
     @field_validator("train")
     @classmethod
     def _train_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            TrainConfig.model_validate(deep_merge(TrainConfig().model_dump(), value))
-        except ValidationError as e:
-            reasons = "; ".join(
-                f"train.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
-            )
-            raise ValueError(f"not valid train settings: {reasons}") from e
-        return value
+        return _checked_overrides("train", TrainConfig, value)
+
+    @field_validator("model")
+    @classmethod
+    def _model_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _checked_overrides("model", ModelConfig, value)
+
+
+def _checked_overrides(
+    section: str, schema: type[_Section], value: dict[str, Any]
+) -> dict[str, Any]:
+    """``value`` when it is valid over ``schema``'s defaults, else a ValueError naming the keys."""
+    try:
+        schema.model_validate(deep_merge(schema().model_dump(), value))
+    except ValidationError as e:
+        reasons = "; ".join(
+            f"{section}.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise ValueError(f"not valid {section} settings: {reasons}") from e
+    return value
 
 
 class FloatParam(_Section):

@@ -288,7 +288,7 @@ def warm_start_uri(config: Config, champion: Champion | None) -> str | None:
 
 
 def retrain_config(config: Config, version: str, init_from: str | None) -> Config:
-    """The config a retrain runs with: on dataset ``version``, ``retrain.train`` applied.
+    """The config a retrain runs with: on ``version``, with ``retrain.train`` and ``.model``.
 
     Args:
         config: The run's config.
@@ -305,6 +305,7 @@ def retrain_config(config: Config, version: str, init_from: str | None) -> Confi
     tree = config.model_dump(mode="json")
     tree["data"]["version"] = version
     tree["train"] = deep_merge(tree["train"], dict(config.retrain.train))
+    tree["model"] = deep_merge(tree["model"], dict(config.retrain.model))
     if init_from is not None:
         tree["train"]["init_from"] = init_from
     try:
@@ -314,6 +315,6 @@ def retrain_config(config: Config, version: str, init_from: str | None) -> Confi
             f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
         )
         raise ConfigError(
-            f"the retrain's config is not valid ({reasons}); check retrain.train and the "
-            "train section"
+            f"the retrain's config is not valid ({reasons}); check retrain.train, retrain.model "
+            "and the train and model sections"
         ) from e

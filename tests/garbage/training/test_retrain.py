@@ -127,6 +127,20 @@ def test_the_retrain_config_trains_on_the_version_with_retrain_train_merged(
     assert retrain_config(base, VERSION, None).train.init_from is None
 
 
+def test_the_retrain_config_applies_retrain_model_over_the_model_section(tmp_path: Path) -> None:
+    base = _config(tmp_path, "retrain.model={image_height: 96}")
+    config = retrain_config(base, VERSION, None)
+    assert (config.model.image_height, config.model.image_width) == (96, 64)
+    assert config.model.backbone == base.model.backbone
+    assert base.model.image_height == 64
+    # The default profile's retrain reads site photos at a larger input than its champion.
+    default = load_config(overrides=[f"work_dir={tmp_path}"], environ={})
+    larger = retrain_config(default, VERSION, None).model
+    assert larger.image_height * larger.image_width > (
+        default.model.image_height * default.model.image_width
+    )
+
+
 def test_a_warm_start_needs_a_champion_and_retrain_warm_start(tmp_path: Path) -> None:
     champion = Champion("3", VERSION, "models:/garbage-classifier@champion")
     assert warm_start_uri(_config(tmp_path), champion) == champion.uri
@@ -137,6 +151,10 @@ def test_a_warm_start_needs_a_champion_and_retrain_warm_start(tmp_path: Path) ->
 def test_invalid_retrain_train_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         _config(tmp_path, "retrain.train={epochs: 0}")
+    with pytest.raises(ConfigError, match=r"model\.image_height"):
+        _config(tmp_path, "retrain.model={image_height: 8}")
+    with pytest.raises(ConfigError, match=r"model\.depth"):
+        _config(tmp_path, "retrain.model={depth: 3}")
     base = _config(tmp_path)
     # A config built without validation (as no loader builds one): retrain_config checks again.
     broken = base.model_copy(
