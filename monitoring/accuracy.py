@@ -70,16 +70,16 @@ def live_accuracy(frame: pd.DataFrame, classes: Sequence[str]) -> dict[str, Any]
         support[name] = int(mask.sum()) if n else 0
         recall[name] = float(correct[mask].mean()) if support[name] else None
     if n and "label_selection" in labelled:
-        random = correct[labelled["label_selection"] == SELECTION_RANDOM]
+        random_picks = correct[labelled["label_selection"] == SELECTION_RANDOM]
     else:
-        random = correct.iloc[0:0]
+        random_picks = correct.iloc[0:0]
     return {
         "labelled": n,
         "accuracy": float(correct.mean()) if n else None,
         "recall": recall,
         "support": support,
         "random": {
-            "labelled": len(random),
-            "accuracy": float(random.mean()) if len(random) else None,
+            "labelled": len(random_picks),
+            "accuracy": float(random_picks.mean()) if len(random_picks) else None,
         },
     }

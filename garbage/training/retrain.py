@@ -288,7 +288,7 @@ def warm_start_uri(config: Config, champion: Champion | None) -> str | None:
 
 
 def retrain_config(config: Config, version: str, init_from: str | None) -> Config:
-    """The config a retrain runs with: on ``version``, with ``retrain.train`` and ``.model``.
+    """The retrain's config: on dataset ``version``, with ``retrain.train`` and ``retrain.model``.
 
     Args:
         config: The run's config.
