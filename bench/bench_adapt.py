@@ -889,9 +889,7 @@ def markdown(report: dict[str, Any]) -> str:
     settings = ", ".join(
         f"{key}={value}" for key, value in report["config"]["retrain_train"].items()
     )
-    model = ", ".join(
-        f"{key}={value}" for key, value in report["config"].get("retrain_model", {}).items()
-    )
+    model = ", ".join(f"{key}={value}" for key, value in report["config"]["retrain_model"].items())
     lines += [
         "",
         f"Retrain settings (retrain.train): {settings}; (retrain.model): {model or 'none'}; "

@@ -49,6 +49,9 @@ CLASS_COLUMN = "predicted_class"
 REPORT_ROWS = 10_000
 EMBEDDING = "embedding"
 
+#: Window columns beside the features that live accuracy reads (passed through as ``_<name>``).
+LABEL_COLUMNS = ("prediction", "true_label", "label_selection")
+
 
 class DriftInputError(ValueError):
     """The reference or the window cannot be compared; the message says what is missing."""
@@ -215,7 +218,7 @@ def prepare(
         if class_source:
             ref_out[CLASS_COLUMN] = ref[class_source].astype(str).to_numpy()
             cur_out[CLASS_COLUMN] = complete["prediction"].astype("string").to_numpy()
-    for column in ("prediction", "true_label", "label_selection"):
+    for column in LABEL_COLUMNS:
         if column in complete:
             cur_out["_" + column] = complete[column].to_numpy()
     return ref_out, cur_out, class_source, dropped
@@ -313,14 +316,7 @@ def compute_drift(
             | set(cur["_true_label"].dropna().astype(str))
         )
         accuracy = live_accuracy(
-            cur.rename(
-                columns={
-                    "_prediction": "prediction",
-                    "_true_label": "true_label",
-                    "_label_selection": "label_selection",
-                }
-            ),
-            names,
+            cur.rename(columns={f"_{column}": column for column in LABEL_COLUMNS}), names
         )
     return DriftResult(
         status=status,

@@ -68,7 +68,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from garbage.core.names import SELECTIONS
+from garbage.core.names import SELECTIONS, Selection
 from monitoring.defaults import DEFAULT_DB_URL
 from monitoring.features import FEATURE_COLUMNS
 
@@ -709,7 +709,7 @@ class InferenceStore:
         label: str,
         when: datetime,
         labeller: str = "",
-        selection: str | None = None,
+        selection: Selection | None = None,
     ) -> bool:
         """Attach a true label to a logged prediction and add it to the label history.
 

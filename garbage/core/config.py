@@ -328,9 +328,9 @@ class RetrainConfig(_Section):
     model: dict[str, Any] = Field(
         default_factory=lambda: {"image_height": 240, "image_width": 320},
         description="Model settings a retrain applies over the model section: a larger input "
-        "than TrashNet's small photos need, for a site's photos, whose detail it keeps "
-        "(bench/results/adapt.md). A warm start needs the champion's backbone: to retrain on "
-        "another one, set warm_start to false as well.",
+        "than TrashNet's small photos need, for a site's photos, whose detail it keeps (about 2 "
+        "points on held-out site photos, docs/how-to/adapt-to-a-site.md). A warm start needs "
+        "the champion's backbone: to retrain on another one, set warm_start to false as well.",
     )
 
     @field_validator("train")

@@ -1161,7 +1161,7 @@ def _combine(
                     "label": r.label,
                     "source": source.name,
                     "time": r.time,
-                    "selection": getattr(r, "selection", ""),
+                    "selection": r.selection,
                 }
             )
             files.setdefault(r.sha256, source.root / r.path)
