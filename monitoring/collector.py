@@ -9,8 +9,8 @@ Endpoints:
     ``POST /feedback``: true labels for logged predictions, with ``Authorization: Bearer
         <token>``: ``{"inference_id": "...", "label": "glass", "item": 0}`` (optionally with
         ``"selection"``: how ``garbage review`` picked the image) or a list of such objects.
-        Every label is kept in the store's label history with the token's name; the latest one
-        counts for accuracy.
+        Every label is kept in the store's label history with the token's name and its selection;
+        the latest one counts for accuracy, and the first selection an image got stays its own.
     ``GET /images/{sha256}``: a logged image's bytes, for a labeller, with the same bearer
         token as ``/feedback``; 404 for an image never stored or deleted by retention.
     ``GET /accuracy?window=24h``: live accuracy and per-class recall as JSON (``random``: over

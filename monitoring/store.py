@@ -5,10 +5,11 @@ response, and the image's position in the batch. The request event fills the fea
 response event the prediction, label feedback the true label; they may arrive in any order and
 each only fills its own columns, so the three meet in one row whatever the order.
 
-Every label ever given is kept in a second table, ``label_history`` (who gave it and when); the
-row of ``inference_log`` holds the latest one, which is what accuracy counts, and
-``label_selection``: how ``garbage review`` picked the image (``random`` or ``uncertain``; empty
-for a label given without a review), so that accuracy on the random picks stays unbiased.
+Every label ever given is kept in a second table, ``label_history`` (who gave it, when, and the
+selection it came with); the row of ``inference_log`` holds the latest one, which is what
+accuracy counts, and ``label_selection``: how ``garbage review`` first picked the image
+(``random`` or ``uncertain``; empty for a label given without a review), so that accuracy on the
+random picks stays unbiased.
 
 Each row points to its image in the image store (:mod:`monitoring.images`): ``image_sha256``
 (the SHA-256 of the stored bytes; empty when the image was unreadable or could not be stored)
@@ -18,10 +19,11 @@ retention deleted it), so retention needs no listing of the bucket; a deleted im
 ``inference_log`` keep everything, ``image_sha256`` included.
 
 Migration: opening a store with ``create=True`` (the collector does) creates the tables that are
-missing (``label_history``, ``images``) and adds the columns of ``inference_log`` that an older
-database lacks (``image_sha256``, ``image_dhash``, ``label_selection``: ``ALTER TABLE ... ADD
-COLUMN``, nullable, on SQLite and PostgreSQL; two processes opening it at once are fine) with
-their index; old rows keep their values and get no image (and no selection). A store opened with
+missing (``label_history``, ``images``) and adds the columns that an older database lacks
+(``inference_log``'s ``image_sha256``, ``image_dhash``, ``label_selection`` and
+``label_history``'s ``selection``: ``ALTER TABLE ... ADD COLUMN``, nullable, on SQLite and
+PostgreSQL; two processes opening it at once are fine) with their index; old rows keep their
+values and get no image (and no selection). A store opened with
 ``create=False`` (the drift job) is left as it is and reads only the columns it names; a column
 it lacks reads as None.
 
@@ -279,7 +281,7 @@ def _images_table(metadata: MetaData) -> Table:
 
 
 def _history_table(metadata: MetaData) -> Table:
-    """Every label given, with who gave it (the credential's name) and when."""
+    """Every label given: who gave it (the credential's name), when, and its review selection."""
     return Table(
         HISTORY_TABLE_NAME,
         metadata,
@@ -289,6 +291,7 @@ def _history_table(metadata: MetaData) -> Table:
         Column("label", _text("true_label"), nullable=False),
         Column("labeller", _text("labeller"), nullable=False),
         Column("label_time", DateTime, nullable=False),
+        Column("selection", _text("label_selection")),
         Index("ix_label_history_key", *KEY),
     )
 
@@ -363,9 +366,9 @@ class InferenceStore:
             raise StoreError(f"cannot open the inference store at {redact(self.url)}: {e}") from e
 
     def _add_missing_columns(self) -> None:
-        """Add the columns of ``inference_log`` that an older database lacks, and their indexes.
+        """Add the columns of the store's tables that an older database lacks, and their indexes.
 
-        Only nullable columns without a default are added (the ones added since the table first
+        Only nullable columns without a default are added (the ones added since a table first
         shipped), so old rows need no value. PostgreSQL skips a column that exists
         (``IF NOT EXISTS``); on SQLite a column that another process added meanwhile is seen
         when the table is inspected again.
@@ -374,8 +377,13 @@ class InferenceStore:
             StoreError: A column that ALTER TABLE cannot add to an existing table.
             SQLAlchemyError: The database refused the change.
         """
-        present = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
-        missing = [c for c in self.table.columns if c.name not in present]
+        for table in (self.table, self.history):
+            self._add_columns(table)
+
+    def _add_columns(self, table: Table) -> None:
+        """Add ``table``'s columns that the database's table lacks (see _add_missing_columns)."""
+        present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in present]
         if not missing:
             return
         dialect = self.engine.dialect
@@ -384,25 +392,25 @@ class InferenceStore:
         for column in missing:
             if not column.nullable or column.server_default is not None:
                 raise StoreError(
-                    f"{TABLE_NAME}.{column.name} cannot be added to an existing table by "
+                    f"{table.name}.{column.name} cannot be added to an existing table by "
                     "ALTER TABLE alone; migrate the database by hand"
                 )
             kind = column.type.compile(dialect=dialect)
             name = quote(column.name)
-            statement = f"ALTER TABLE {quote(TABLE_NAME)} ADD COLUMN {if_missing}{name} {kind}"
+            statement = f"ALTER TABLE {quote(table.name)} ADD COLUMN {if_missing}{name} {kind}"
             try:
                 with self.engine.begin() as conn:
                     conn.execute(text(statement))
             except (OperationalError, ProgrammingError):
-                added = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
+                added = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
                 if column.name not in added:
                     raise
-        for index in self.table.indexes:
+        for index in table.indexes:
             try:
                 with self.engine.begin() as conn:
                     index.create(conn, checkfirst=True)
             except (OperationalError, ProgrammingError):
-                names = {i["name"] for i in inspect(self.engine).get_indexes(TABLE_NAME)}
+                names = {i["name"] for i in inspect(self.engine).get_indexes(table.name)}
                 if index.name not in names:
                     raise
 
@@ -714,8 +722,9 @@ class InferenceStore:
         """Attach a true label to a logged prediction and add it to the label history.
 
         The latest label wins: the row keeps the label with the latest ``when`` (a late write
-        of an older label goes to the history only), and every label stays in the history.
-        ``selection`` (how the review picked the image) is kept whenever a label brings one.
+        of an older label goes to the history only), and every label stays in the history with
+        its ``selection``. The row keeps the first selection a label brought: an image drawn as
+        a random pick stays one, so the random picks remain a uniform sample of the traffic.
 
         Args:
             inference_id: The inference's id (its CloudEvent ``ce-id``).
@@ -752,6 +761,7 @@ class InferenceStore:
                     label=label,
                     labeller=labeller,
                     label_time=when,
+                    selection=selection,
                 )
             )
             conn.execute(
@@ -760,7 +770,8 @@ class InferenceStore:
                 .values(true_label=label, label_time=when)
             )
             if selection is not None:
-                conn.execute(update(t).where(*key).values(label_selection=selection))
+                first = t.c.label_selection.is_(None)
+                conn.execute(update(t).where(*key, first).values(label_selection=selection))
             return 1
 
         return self._transaction(work) > 0
@@ -781,7 +792,7 @@ class InferenceStore:
         """Every label given to ``(inference_id, item)``, oldest first.
 
         Returns:
-            ``[{"label", "labeller", "label_time"}, ...]``.
+            ``[{"label", "labeller", "label_time", "selection"}, ...]``.
 
         Raises:
             InvalidRecordError: The id or item does not fit its column.
@@ -791,7 +802,7 @@ class InferenceStore:
         check_item(item)
         h = self.history
         query = (
-            select(h.c.label, h.c.labeller, h.c.label_time)
+            select(h.c.label, h.c.labeller, h.c.label_time, h.c.selection)
             .where(h.c.inference_id == inference_id, h.c.item == item)
             .order_by(h.c.label_time, h.c.id)
         )

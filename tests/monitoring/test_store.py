@@ -177,12 +177,22 @@ def test_a_label_keeps_how_the_review_picked_its_image(store: InferenceStore) ->
     store.record_request(EventMeta("s-1", T0), [_features(1.0), _features(2.0)])
     assert store.record_feedback("s-1", 0, "glass", T0, "alice", selection="random")
     assert store.record_feedback("s-1", 1, "paper", T0, "alice", selection="uncertain")
-    # A correction given without a review (no selection) keeps how the image was picked.
+    # A correction given without a review (no selection) keeps how the image was picked, and so
+    # does one from a later review: a random pick stays a random pick.
     assert store.record_feedback("s-1", 0, "metal", T0 + timedelta(minutes=1), "bob")
+    assert store.record_feedback(
+        "s-1", 0, "trash", T0 + timedelta(minutes=2), "carol", selection="uncertain"
+    )
     rows = store.load_window(columns=["item", "true_label", "label_selection"]).sort_values("item")
     assert rows.to_dict("records") == [
-        {"item": 0, "true_label": "metal", "label_selection": "random"},
+        {"item": 0, "true_label": "trash", "label_selection": "random"},
         {"item": 1, "true_label": "paper", "label_selection": "uncertain"},
+    ]
+    history = store.label_history("s-1", 0)
+    assert [(h["label"], h["labeller"], h["selection"]) for h in history] == [
+        ("glass", "alice", "random"),
+        ("metal", "bob", None),
+        ("trash", "carol", "uncertain"),
     ]
 
 
@@ -249,10 +259,25 @@ def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path
     }
     assert store.record_feedback("old-1", 0, "paper", T0, "alice")
     assert store.label_history("old-1") == [
-        {"label": "paper", "labeller": "alice", "label_time": T0}
+        {"label": "paper", "labeller": "alice", "label_time": T0, "selection": None}
     ]
     assert store.load_window()["brightness"].tolist() == [3.0]
     store.close()
+
+
+def _old_label_history(metadata):
+    """``label_history`` as collectors before ``selection`` created it."""
+    from sqlalchemy import Index, MetaData, Table
+
+    from monitoring.store import KEY, _history_table
+
+    current = _history_table(MetaData())
+    return Table(
+        current.name,
+        metadata,
+        *[c._copy() for c in current.columns if c.name != "selection"],
+        Index("ix_label_history_key", *KEY),
+    )
 
 
 def _old_inference_log(metadata):
@@ -293,12 +318,22 @@ def test_an_old_store_without_the_image_columns_gets_them_on_open(
     with engine.begin() as conn:
         for table in ("images", "label_history", TABLE_NAME):
             conn.execute(text(f"DROP TABLE IF EXISTS {table}"))
-    _old_inference_log(MetaData()).create(engine)
+    old_tables = MetaData()
+    _old_inference_log(old_tables)
+    _old_label_history(old_tables)
+    old_tables.create_all(engine)
     with engine.begin() as conn:
         conn.execute(
             text(
                 f"INSERT INTO {TABLE_NAME} (inference_id, item, ts, brightness) "
                 "VALUES (:i, 0, :t, 3)"
+            ),
+            {"i": "old-1", "t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO label_history (inference_id, item, label, labeller, label_time) "
+                "VALUES (:i, 0, 'paper', 'alice', :t)"
             ),
             {"i": "old-1", "t": T0},
         )
@@ -328,9 +363,15 @@ def test_an_old_store_without_the_image_columns_gets_them_on_open(
     new = store.load_window().set_index("inference_id").loc["new-1"]
     assert new["image_sha256"] == sha and new["image_dhash"] == "0" * 16
     assert store.image_record(sha)["size_bytes"] == 10
-    assert store.record_feedback("old-1", 0, "glass", T0, "alice", selection="random")
+    assert "selection" in {c["name"] for c in inspect(store.engine).get_columns("label_history")}
+    later = T0 + timedelta(minutes=1)
+    assert store.record_feedback("old-1", 0, "glass", later, "alice", selection="random")
     labelled = store.load_window(columns=["label_selection"], labelled_only=True)
     assert labelled["label_selection"].tolist() == ["random"]
+    assert store.label_history("old-1") == [
+        {"label": "paper", "labeller": "alice", "label_time": T0, "selection": None},
+        {"label": "glass", "labeller": "alice", "label_time": later, "selection": "random"},
+    ]
     for s in stores:
         s.close()
 
