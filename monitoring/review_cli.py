@@ -8,6 +8,8 @@
   export through the collector's ``/feedback`` (the one write path: the credential check, the
   labeller's name and the label history apply), in batches, and reports what was imported,
   skipped and failed.
+- ``garbage labels history INFERENCE_ID --db URL``: every label one logged image was given (who,
+  when, with which review selection), read from the store.
 
 Re-importing the same export sets the same labels again: each row keeps its label, while the
 label history gains one entry per label and import (``/feedback`` records every label it is
@@ -48,7 +50,7 @@ SHOWN_FAILURES = 50
 ATTEMPTS = 3
 
 labels_app = typer.Typer(
-    help="Labels from Label Studio: its labelling config, and import of its JSON exports.",
+    help="Labels: the Label Studio labelling config, import of its JSON exports, the history.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -376,6 +378,55 @@ def labels_import(
     typer.echo(json.dumps(report, indent=2, default=str))
     if failures:
         raise typer.Exit(1)
+
+
+@labels_app.command("history")
+def labels_history(
+    inference_id: Annotated[str, typer.Argument(help="The logged inference's id (its ce-id).")],
+    item: Annotated[
+        int, typer.Option("--item", min=0, help="The image's position in the request.")
+    ] = 0,
+    db: Annotated[
+        str,
+        typer.Option(
+            "--db",
+            envvar="GARBAGE_MONITORING_DB",
+            help="The collector's store: SQLAlchemy URL (postgresql://...) or SQLite path.",
+        ),
+    ] = DEFAULT_DB_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the history as JSON.")] = False,
+) -> None:
+    """Every label a logged image was given, oldest first: who, when, with which selection.
+
+    The latest label is the one accuracy and dataset versions use; the first selection is the
+    one the image keeps. Reads the store only. Exit 1 when the image has no label.
+    """
+    from monitoring.store import InferenceStore, InvalidRecordError, StoreError, redact
+
+    try:
+        store = InferenceStore(db, create=False)
+        try:
+            history = store.label_history(inference_id, item)
+        finally:
+            store.close()
+    except InvalidRecordError as e:
+        raise _fail(f"error: {e}", code=2) from e
+    except StoreError as e:
+        raise _fail(f"error: {e}; is --db the collector's store?", code=2) from e
+    if as_json:
+        typer.echo(json.dumps(history, indent=2, default=str))
+    if not history:
+        raise _fail(f"no label for {inference_id} item {item} in {redact(db)}")
+    if as_json:
+        return
+    typer.echo(f"{inference_id} item {item}: {len(history)} label(s), oldest first")
+    typer.echo(f"  {'time (UTC)':<19}  {'label':<10} {'labeller':<16} selection")
+    for entry in history:
+        stamp = entry["label_time"].isoformat(sep=" ", timespec="seconds")
+        typer.echo(
+            f"  {stamp:<19}  {entry['label']:<10} {entry['labeller'] or '-':<16} "
+            f"{entry['selection'] or '-'}"
+        )
 
 
 def _since(text: str) -> datetime:

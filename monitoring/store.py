@@ -330,11 +330,13 @@ class InferenceStore:
     """Read and write the inference log table."""
 
     def __init__(self, url: str = DEFAULT_DB_URL, *, create: bool = True) -> None:
-        """Connect to ``url`` and, when ``create``, create the table if it does not exist.
+        """Connect to ``url`` and, when ``create``, create the tables that do not exist.
+
+        Without ``create`` (a reader), an SQLite file must exist already: nothing is created.
 
         Raises:
-            StoreError: Bad URL, a database other than SQLite or PostgreSQL, unreachable server
-                or a folder that cannot be created.
+            StoreError: Bad URL, a database other than SQLite or PostgreSQL, unreachable server,
+                a folder that cannot be created, or (without ``create``) no SQLite file.
         """
         self.url = normalise_url(url)
         self.metadata = MetaData()
@@ -346,6 +348,11 @@ class InferenceStore:
             if self.url.startswith("sqlite:///"):
                 path = self.url[len("sqlite:///") :]
                 if path and path != ":memory:":
+                    if not create and not Path(path).is_file():
+                        raise StoreError(
+                            f"no inference store at {path}: the collector creates it when it "
+                            "first starts; check the path"
+                        )
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 self.engine: Engine = create_engine(
                     self.url, connect_args={"check_same_thread": False, "timeout": 30}

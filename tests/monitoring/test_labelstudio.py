@@ -484,6 +484,17 @@ def test_labels_import_sends_the_export_through_feedback_and_keeps_the_history(
     assert _import(second, secured_collector.url, env=env).exit_code == 0
     assert [h["label"] for h in store.label_history("req-a")] == ["glass", "trash", "trash"]
 
+    # `garbage labels history` shows who gave which label, when, and with which selection.
+    shown = runner.invoke(app, ["labels", "history", "req-a", "--db", store.url])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == "req-a item 0: 3 label(s), oldest first"
+    assert [line.split()[2:] for line in lines[2:]] == [
+        ["glass", labeller, "uncertain"],
+        ["trash", labeller, "uncertain"],
+        ["trash", labeller, "uncertain"],
+    ]
+
 
 @pytest.mark.integration
 def test_labels_import_reports_what_failed_and_exits_1(
@@ -518,6 +529,32 @@ def test_labels_import_needs_a_credential_the_collector_accepts(secured_collecto
     assert answer.status_code == 401 and answer.headers["www-authenticate"].startswith("Bearer")
     assert store.label_history("req-a") == []
     assert store.load_window(labelled_only=True).empty
+
+
+def test_labels_history_of_an_unlabelled_image_exits_1_and_of_no_store_exits_2(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "inferences.db"
+    store = InferenceStore(str(db))
+    _log_fixture_rows(store)
+    store.record_feedback("req-b", 0, "paper", datetime(2026, 12, 1, 9), "alice")
+    store.close()
+    unlabelled = runner.invoke(app, ["labels", "history", "req-a", "--db", str(db)])
+    assert unlabelled.exit_code == 1
+    assert f"no label for req-a item 0 in {db}" in unlabelled.output
+    labelled = runner.invoke(app, ["labels", "history", "req-b", "--db", str(db), "--json"])
+    assert labelled.exit_code == 0, labelled.output
+    assert json.loads(labelled.stdout) == [
+        {
+            "label": "paper",
+            "labeller": "alice",
+            "label_time": "2026-12-01 09:00:00",
+            "selection": None,
+        }
+    ]
+    absent = runner.invoke(app, ["labels", "history", "req-a", "--db", str(tmp_path / "x.db")])
+    assert absent.exit_code == 2 and "no inference store at" in absent.output
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_labels_import_dry_run_sends_nothing() -> None:

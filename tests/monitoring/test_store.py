@@ -150,6 +150,11 @@ def test_urls_and_errors(tmp_path: Path) -> None:
         InferenceStore("notadialect://x")
     with pytest.raises(StoreError, match=r"u:\*\*\*@127.0.0.1"):
         InferenceStore("postgresql://u:secret@127.0.0.1:1/db")
+    # A reader of a store that does not exist is told so, and creates nothing.
+    missing = tmp_path / "no" / "such.db"
+    with pytest.raises(StoreError, match=r"no inference store at .*such\.db: the collector"):
+        InferenceStore(str(missing), create=False)
+    assert not missing.parent.exists()
 
 
 def test_relabels_keep_their_history_and_the_latest_label_counts(store: InferenceStore) -> None:
@@ -239,14 +244,15 @@ def test_values_that_do_not_fit_are_refused_before_any_sql(
 
 def test_a_store_created_before_the_label_history_gets_it_on_open(tmp_path: Path) -> None:
     """The migration-free path: the new table is created, the old rows and columns stay."""
-    from sqlalchemy import MetaData, inspect
+    from sqlalchemy import MetaData, create_engine, inspect
 
     from monitoring.store import HISTORY_TABLE_NAME, IMAGES_TABLE_NAME, TABLE_NAME, _table
 
     path = tmp_path / "old.db"
+    engine = create_engine(normalise_url(str(path)))
+    _table(MetaData()).create(engine)  # what an older collector created
+    engine.dispose()
     old = InferenceStore(str(path), create=False)
-    metadata = MetaData()
-    _table(metadata).create(old.engine)  # what an older collector created
     old.record_request(EventMeta("old-1", T0), [_features(3.0)])
     old.close()
     assert inspect(InferenceStore(str(path), create=False).engine).get_table_names() == [TABLE_NAME]
