@@ -63,6 +63,14 @@ CollectorOption = Annotated[
         help="The collector's base URL (its /feedback and /images).",
     ),
 ]
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="GARBAGE_MONITORING_DB",
+        help="The collector's store: SQLAlchemy URL (postgresql://...) or SQLite path.",
+    ),
+]
 ClassesOption = Annotated[
     str | None,
     typer.Option(
@@ -386,14 +394,7 @@ def labels_history(
     item: Annotated[
         int, typer.Option("--item", min=0, help="The image's position in the request.")
     ] = 0,
-    db: Annotated[
-        str,
-        typer.Option(
-            "--db",
-            envvar="GARBAGE_MONITORING_DB",
-            help="The collector's store: SQLAlchemy URL (postgresql://...) or SQLite path.",
-        ),
-    ] = DEFAULT_DB_URL,
+    db: DbOption = DEFAULT_DB_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the history as JSON.")] = False,
 ) -> None:
     """Every label a logged image was given, oldest first: who, when, with which selection.
@@ -453,14 +454,7 @@ def review(
         Path,
         typer.Option("--out", "-o", dir_okay=False, help="The export file (tasks JSON or CSV)."),
     ],
-    db: Annotated[
-        str,
-        typer.Option(
-            "--db",
-            envvar="GARBAGE_MONITORING_DB",
-            help="The collector's store: SQLAlchemy URL (postgresql://...) or SQLite path.",
-        ),
-    ] = DEFAULT_DB_URL,
+    db: DbOption = DEFAULT_DB_URL,
     since: Annotated[
         str,
         typer.Option("--since", help="Logged since: a duration (24h, 7d) or an ISO date/time."),
