@@ -860,6 +860,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['site']['held_out']} held out (never sent). TrashNet test slice: "
         f"{report['trashnet_test']['description']}.",
         "",
+        "![Site and TrashNet test accuracy against the labels of each loop](adapt.png)",
+        "",
         "| k per class | labels | site accuracy | site macro-F1 | TrashNet test accuracy | gate | loop wall time | model_dir |",
         "| ---: | ---: | --- | --- | --- | --- | ---: | --- |",
     ]
@@ -955,11 +957,70 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_learning_curve(report: dict[str, Any], path: Path) -> Path:
+    """Site and TrashNet test accuracy against the labels each loop got, with the targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before = report["champion"]["before"]
+    rows = sorted(
+        (row for row in report["loops"] if "after" in row), key=lambda r: r["labels_imported"]
+    )
+    labels = [row["labels_imported"] for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for key, name, colour in (
+        ("site", "site (held out)", "C0"),
+        ("trashnet_test", "TrashNet test", "C1"),
+    ):
+        ax.plot(
+            labels,
+            [row["after"][key]["accuracy"] for row in rows],
+            "o-",
+            color=colour,
+            label=f"{name}, after the loop",
+        )
+        ax.axhline(before[key]["accuracy"], color=colour, linestyle=":", label=f"{name}, champion")
+    for row in rows:
+        ax.annotate(
+            f"k={row['k']}",
+            (row["labels_imported"], row["after"]["site"]["accuracy"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
+    by_k = {row["k"]: row for row in rows}
+    targets = [
+        (by_k[k]["labels_imported"], wanted)
+        for k, wanted in SITE_ACCURACY_TARGETS.items()
+        if k in by_k
+    ]
+    if targets:
+        ax.plot(*zip(*targets, strict=True), "r*", markersize=11, label="site target")
+    ax.set_xscale("log")
+    ax.set_xlabel("site labels (log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(
+        f"Site adaptation, {report['date'][:10]}, {report['machine']['cpus_available']} CPUs",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def write_results(report: dict[str, Any], out: Path) -> None:
-    """``adapt.json`` and ``adapt.md`` into ``out``."""
+    """``adapt.json``, ``adapt.md`` and the learning curve ``adapt.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapt.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (out / "adapt.md").write_text(markdown(report))
+    if any("after" in row for row in report["loops"]):
+        plot_learning_curve(report, out / "adapt.png")
 
 
 # -- main -----------------------------------------------------------------------------------------
