@@ -29,7 +29,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults bench-adapt clean
+.PHONY: help venv run test test-unit test-integration bench-train bench-serve bench-drift bench-faults bench-adapt bench-adapt-variants clean
 
 help:
 	@echo "make run          train, evaluate, export, register and promote (kfp.local)"
@@ -39,7 +39,8 @@ help:
 	@echo "make bench-serve  serving benchmark -> bench/results/serve.{json,md}"
 	@echo "make bench-drift  drift-detection benchmark -> bench/results/drift.{json,md}"
 	@echo "make bench-faults faults on serving and logging -> bench/results/faults.{json,md}"
-	@echo "make bench-adapt  site adaptation, k labels a class -> bench/results/adapt.{json,md}"
+	@echo "make bench-adapt  site adaptation, k labels a class -> bench/results/adapt.{json,md,png}"
+	@echo "make bench-adapt-variants  retrain variants on its k=100 loop -> bench/results/adapt-variants.*"
 	@echo "make lint         ruff (lint + format check), mypy, import contracts (lint-imports)"
 	@echo "make coverage     unit tests with a coverage report -> htmlcov/"
 	@echo "make docs         documentation site -> site/ (mkdocs build --strict)"
@@ -79,6 +80,11 @@ bench-faults: $(STAMP)  ## collector outage and kills, a silent sink, client mis
 
 bench-adapt: $(STAMP)  ## champion -> site traffic -> review, labels, retrain, gate for k = 10 25 50 100; about 1 h
 	$(BIN)/python bench/bench_adapt.py $(BENCH_ARGS)
+
+# Variants: --variant NAME [KEY=VALUE ...], each retrained on the loop's dataset version; ~10 min each.
+ADAPT_VARIANTS ?= --variant retrain --variant freeze-1 train.freeze_stages=1
+bench-adapt-variants: $(STAMP)  ## retrain variants side by side on bench-adapt's k = 100 loop (after bench-adapt)
+	$(BIN)/python bench/bench_adapt_variants.py --k 100 $(ADAPT_VARIANTS) $(BENCH_ARGS)
 
 clean:
 	rm -rf work local_outputs .pytest_cache
