@@ -23,9 +23,9 @@ missing (``label_history``, ``images``) and adds the columns that an older datab
 (``inference_log``'s ``image_sha256``, ``image_dhash``, ``label_selection`` and
 ``label_history``'s ``selection``: ``ALTER TABLE ... ADD COLUMN``, nullable, on SQLite and
 PostgreSQL; two processes opening it at once are fine) with their index; old rows keep their
-values and get no image (and no selection). A store opened with
-``create=False`` (the drift job) is left as it is and reads only the columns it names; a column
-it lacks reads as None.
+values and get no image (and no selection). A store opened with ``create=False`` (the drift
+job, the review) is left as it is and reads only the columns it names; a column it lacks reads
+as None. Such a reader of an SQLite file that does not exist is refused; nothing is created.
 
 Values are checked before any SQL runs (:class:`InvalidRecordError`): text no longer than its
 column (PostgreSQL refuses longer values, SQLite would store them), valid UTF-8 without NUL
@@ -343,7 +343,7 @@ class InferenceStore:
         self.table = _table(self.metadata)
         self.history = _history_table(self.metadata)
         self.images = _images_table(self.metadata)
-        self._absent: set[str] | None = None  # columns the database lacks; None: not looked
+        self._absent: dict[str, set[str]] = {}  # per table: the columns the database lacks
         try:
             if self.url.startswith("sqlite:///"):
                 path = self.url[len("sqlite:///") :]
@@ -368,7 +368,7 @@ class InferenceStore:
             if create:
                 self.metadata.create_all(self.engine)
                 self._add_missing_columns()
-                self._absent = set()
+                self._absent = {self.table.name: set(), self.history.name: set()}
         except (ArgumentError, SQLAlchemyError, OSError, ImportError) as e:
             raise StoreError(f"cannot open the inference store at {redact(self.url)}: {e}") from e
 
@@ -808,12 +808,16 @@ class InferenceStore:
         check_text("inference_id", inference_id, required=True)
         check_item(item)
         h = self.history
+        # A reader of a database the collector has not migrated yet gets no selection.
+        wanted = ("label", "labeller", "label_time", "selection")
+        present = [h.c[name] for name in wanted if name not in self._absent_columns(h)]
         query = (
-            select(h.c.label, h.c.labeller, h.c.label_time, h.c.selection)
+            select(*present)
             .where(h.c.inference_id == inference_id, h.c.item == item)
             .order_by(h.c.label_time, h.c.id)
         )
-        return self._read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
+        rows = self._read(lambda conn: [dict(row._mapping) for row in conn.execute(query)])
+        return [{name: row.get(name) for name in wanted} for row in rows]
 
     def _read(self, work: Callable[[Connection], _T]) -> _T:
         try:
@@ -858,7 +862,7 @@ class InferenceStore:
         """
         t = self.table
         cols = [t.c[name] for name in columns] if columns else list(t.c)
-        absent = [c.name for c in cols if c.name in self._absent_columns()]
+        absent = [c.name for c in cols if c.name in self._absent_columns(t)]
         query = select(*[c for c in cols if c.name not in absent])
         if since is not None:
             query = query.where(t.c.ts >= since)
@@ -878,15 +882,15 @@ class InferenceStore:
             frame[name] = None
         return frame[[c.name for c in cols]]
 
-    def _absent_columns(self) -> set[str]:
-        """Columns of ``inference_log`` this database lacks (looked up once per store)."""
-        if self._absent is None:
+    def _absent_columns(self, table: Table) -> set[str]:
+        """Columns of ``table`` this database lacks (looked up once per store and table)."""
+        if table.name not in self._absent:
             try:
-                present = {c["name"] for c in inspect(self.engine).get_columns(TABLE_NAME)}
+                present = {c["name"] for c in inspect(self.engine).get_columns(table.name)}
             except SQLAlchemyError as e:
                 raise StoreError(f"cannot read from {redact(self.url)}: {e}") from e
-            self._absent = set(self.table.c.keys()) - present
-        return self._absent
+            self._absent[table.name] = set(table.c.keys()) - present
+        return self._absent[table.name]
 
     def insert_rows(self, rows: pd.DataFrame, chunk: int = 5000) -> int:
         """Bulk-insert complete rows (benchmarks, back-fills); columns must be table columns."""

@@ -351,6 +351,9 @@ def test_an_old_store_without_the_image_columns_gets_them_on_open(
     assert reader.load_window(columns=wanted).to_dict("records") == [
         {"inference_id": "old-1", "true_label": None, "label_selection": None, "image_sha256": None}
     ]
+    assert reader.label_history("old-1") == [
+        {"label": "paper", "labeller": "alice", "label_time": T0, "selection": None}
+    ]
     reader.close()
 
     stores = [InferenceStore(url), InferenceStore(url)]  # the second finds nothing to add
