@@ -410,10 +410,8 @@ def labels_history(
             history = store.label_history(inference_id, item)
         finally:
             store.close()
-    except InvalidRecordError as e:
+    except (InvalidRecordError, StoreError) as e:
         raise _fail(f"error: {e}", code=2) from e
-    except StoreError as e:
-        raise _fail(f"error: {e}; is --db the collector's store?", code=2) from e
     if as_json:
         typer.echo(json.dumps(history, indent=2, default=str))
     if not history:
