@@ -180,6 +180,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(report: dict[str, Any], out: Path) -> None:
+    """``adapt-variants.json`` and ``.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapt-variants.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / "adapt-variants.md").write_text(markdown(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the variants; write their results."""
     args = parse_args(argv)
@@ -199,18 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     config = variant_config(settings, champion, version, root, folder / "retrain-config.yaml")
     adapt.say(f"k={args.k}: dataset version {version}; {len(args.variant)} variants")
-    rows = []
-    try:
-        for name, *overrides in args.variant:
-            rows.append(
-                run_variant(
-                    settings, champion, config, name, overrides, folder / name, (held_out, test)
-                )
-            )
-    finally:
-        adapt.reset_champion(settings, champion)
     cfg = adapt.load_cfg(settings)
-    report = {
+    report: dict[str, Any] = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(["python bench/bench_adapt_variants.py", *(argv or sys.argv[1:])]),
         "machine": machine,
@@ -220,12 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         "retrain_train": cfg.retrain.train,
         "retrain_model": cfg.retrain.model,
         "before": adapt.score_both(champion.model_dir, held_out, test),
-        "variants": rows,
+        "variants": [],
     }
     out = (args.out or adapt.RESULTS).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "adapt-variants.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / "adapt-variants.md").write_text(markdown(report))
+    try:
+        for name, *overrides in args.variant:
+            report["variants"].append(
+                run_variant(
+                    settings, champion, config, name, overrides, folder / name, (held_out, test)
+                )
+            )
+            write_results(report, out)  # after each variant: a failed one keeps the others
+    finally:
+        adapt.reset_champion(settings, champion)
     print(markdown(report))
     adapt.say(f"wrote {out / 'adapt-variants.json'} and {out / 'adapt-variants.md'}")
     return 0
