@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
 import io
 import json
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,7 @@ from typing import Any
 import pytest
 from support import CLASSES, jpeg_bytes
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-adapt = importlib.import_module("bench.bench_adapt")
+from bench import bench_adapt as adapt
 
 
 def site_images(per_class: int) -> list[Any]:
@@ -45,7 +40,7 @@ def write_archive(path: Path, members: dict[str, bytes]) -> str:
 
 @pytest.fixture
 def report() -> dict[str, Any]:
-    return json.loads((REPO / "bench" / "results" / "adapt.json").read_text())
+    return json.loads((adapt.RESULTS / "adapt.json").read_text())
 
 
 # -- the site split -------------------------------------------------------------------------------

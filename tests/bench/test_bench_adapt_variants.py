@@ -5,23 +5,18 @@ it starts from, and the report (read from the results it committed,
 from __future__ import annotations
 
 import copy
-import importlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-variants = importlib.import_module("bench.bench_adapt_variants")
+from bench import bench_adapt_variants as variants
 
 
 @pytest.fixture
 def report() -> dict[str, Any]:
-    return json.loads((REPO / "bench" / "results" / "adapt-variants.json").read_text())
+    return json.loads((variants.adapt.RESULTS / "adapt-variants.json").read_text())
 
 
 def test_parse_args_reads_each_variant_with_its_overrides() -> None:
